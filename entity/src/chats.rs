@@ -1,0 +1,40 @@
+//! A conversation. `last_seq` is the seq of its newest message: bumping it in
+//! the same transaction as the insert is what keeps seq gap-free and unique.
+
+use sea_orm::entity::prelude::*;
+
+#[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
+#[sea_orm(table_name = "chats")]
+pub struct Model {
+    #[sea_orm(primary_key, auto_increment = false)]
+    pub id: Uuid,
+    pub title: Option<String>,
+    pub owner_id: String,
+    pub assistant_id: Option<String>,
+    pub archived: bool,
+    pub last_seq: i64,
+    pub created_at: DateTimeUtc,
+    pub updated_at: DateTimeUtc,
+}
+
+#[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
+pub enum Relation {
+    #[sea_orm(has_many = "super::chat_participants::Entity")]
+    Participants,
+    #[sea_orm(has_many = "super::chat_messages::Entity")]
+    Messages,
+}
+
+impl Related<super::chat_participants::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Participants.def()
+    }
+}
+
+impl Related<super::chat_messages::Entity> for Entity {
+    fn to() -> RelationDef {
+        Relation::Messages.def()
+    }
+}
+
+impl ActiveModelBehavior for ActiveModel {}

@@ -1,0 +1,16 @@
+//! The confab schema, one migration per change, for SQLite and Postgres alike.
+//! Applied at node start and by `confab migrate`.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261121_000001_create_chats;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261121_000001_create_chats::Migration)]
+    }
+}

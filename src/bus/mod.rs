@@ -1,0 +1,81 @@
+//! The event bus between nodes: the seam where the in-process bus (one node)
+//! and the Redis bus (a cluster) plug in. Above this module nothing knows
+//! which one runs.
+//!
+//! An [`Event`] carries the client-ready JSON of one server frame, serialized
+//! once by the publisher, plus the little the receiving hub needs to route
+//! it: its topic and its kind (ordered message, ephemeral, membership, notice).
+
+mod local;
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use local::LocalBus;
+
+use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
+
+/// Where an event goes: everyone joined to a conversation, or every socket of a user.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Topic {
+    Conversation(ConversationId),
+    User(UserId),
+}
+
+/// How the receiving hub treats an event.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A stored message: delivered in seq order, once per socket.
+    Message { seq: Seq },
+    /// Typing, read receipts, stream tokens: delivered as they come, to
+    /// every joined socket but `except` (the one that caused it).
+    Ephemeral { except: Option<ConnectionId> },
+    /// The participants changed: drop cached membership; detach `removed`.
+    Membership { removed: Option<UserId> },
+    /// A user-level notice; sockets joined to `skip_joined` are skipped
+    /// (they receive the same event on the conversation topic).
+    Notice { skip_joined: Option<ConversationId> },
+}
+
+/// One event on the bus.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub topic: Topic,
+    pub kind: EventKind,
+    /// The server frame's JSON text, exactly as sockets receive it (may be
+    /// empty for internal events such as `Membership`).
+    pub payload: Bytes,
+}
+
+/// Why the bus could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("bus unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Receives what the bus delivers: implemented by the hub.
+pub trait EventSink: Send + Sync {
+    /// An event on a topic this node subscribed to.
+    fn deliver(&self, event: Arc<Event>);
+    /// The bus may have lost events (it reconnected): catch up from the store.
+    fn resync(&self);
+}
+
+/// Publish/subscribe between nodes.
+#[async_trait]
+pub trait Bus: Send + Sync {
+    /// Sends an event to every node subscribed to its topic, this one included.
+    async fn publish(&self, event: Event) -> Result<(), BusError>;
+    /// Starts receiving the topic's events. Completes once subscribed.
+    async fn subscribe(&self, topic: &Topic) -> Result<(), BusError>;
+    /// Stops receiving the topic's events.
+    async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError>;
+    /// Where received events go. Called once, at node start.
+    fn attach(&self, sink: Weak<dyn EventSink>);
+    /// True while the bus can deliver (for readiness).
+    async fn healthy(&self) -> bool;
+}

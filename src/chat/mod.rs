@@ -1,0 +1,488 @@
+//! The use cases: create, list, join, send, history, typing, read,
+//! participants, archive. The one place both `ws` and `http` call: it checks
+//! membership and limits, stores, then publishes. Knows nothing of sockets'
+//! wire format or of routes.
+
+mod limits;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use limits::{Bucket, UserRateLimiter};
+
+use crate::bus::{Bus, Event, EventKind, Topic};
+use crate::config::LimitSettings;
+use crate::error::ChatError;
+use crate::hub::{Access, Conn, Hub};
+use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
+use crate::protocol::{Conversation, Message, ServerFrame, UpdateReason};
+use crate::store::{Appended, NewMessage, Store};
+use crate::telemetry::Metrics;
+
+/// Longest conversation title, in characters.
+const MAX_TITLE_CHARS: usize = 200;
+/// Most participants named when creating a conversation.
+const MAX_INITIAL_PARTICIPANTS: usize = 1000;
+
+/// What `create` takes.
+#[derive(Clone, Debug, Default)]
+pub struct NewChat {
+    pub title: Option<String>,
+    pub participant_ids: Vec<UserId>,
+    pub assistant_id: Option<String>,
+}
+
+/// A history page request: before or after a seq, at most `limit`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Page {
+    pub before: Option<Seq>,
+    pub after: Option<Seq>,
+    pub limit: Option<u64>,
+}
+
+/// A message to send, from a socket or REST.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    pub content: String,
+    pub message_type: Option<String>,
+    pub client_msg_id: Option<String>,
+}
+
+/// The use cases of one node.
+pub struct Chat {
+    store: Store,
+    bus: Arc<dyn Bus>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+    limits: LimitSettings,
+    sends: UserRateLimiter,
+}
+
+impl Chat {
+    pub fn new(
+        store: Store,
+        bus: Arc<dyn Bus>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        limits: LimitSettings,
+    ) -> Self {
+        let sends = UserRateLimiter::new(limits.send_rate_per_sec, limits.send_burst);
+        Self {
+            store,
+            bus,
+            hub,
+            metrics,
+            limits,
+            sends,
+        }
+    }
+
+    pub fn limits(&self) -> &LimitSettings {
+        &self.limits
+    }
+
+    // ------------------------------------------------------------ conversations
+
+    /// Creates a conversation with `user` as owner; tells every participant.
+    pub async fn create(&self, user: &UserId, new: NewChat) -> Result<Conversation, ChatError> {
+        if let Some(title) = &new.title {
+            if title.chars().count() > MAX_TITLE_CHARS {
+                return Err(ChatError::InvalidFrame(format!(
+                    "title is longer than {MAX_TITLE_CHARS} characters"
+                )));
+            }
+        }
+        if new.participant_ids.len() > MAX_INITIAL_PARTICIPANTS {
+            return Err(ChatError::InvalidFrame(format!(
+                "at most {MAX_INITIAL_PARTICIPANTS} participants at creation"
+            )));
+        }
+        if new
+            .participant_ids
+            .iter()
+            .any(|u| u.0.is_empty() || u.0.len() > 256)
+        {
+            return Err(ChatError::InvalidFrame(
+                "participant ids must be 1 to 256 bytes".into(),
+            ));
+        }
+        let conv = self
+            .store
+            .create_chat(user, new.title, &new.participant_ids, new.assistant_id)
+            .await?;
+        self.announce(&conv, UpdateReason::Created, None).await;
+        Ok(conv)
+    }
+
+    /// The user's conversations, newest activity first.
+    pub async fn list(&self, user: &UserId) -> Result<Vec<Conversation>, ChatError> {
+        Ok(self.store.list_chats(user).await?)
+    }
+
+    /// A conversation the user participates in.
+    pub async fn get(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+    ) -> Result<Conversation, ChatError> {
+        let mut chat = self
+            .store
+            .chat(conv)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        if !chat.participants.contains(user) {
+            return Err(not_a_participant());
+        }
+        chat.last_read_seq = None;
+        Ok(chat)
+    }
+
+    /// Adds `target`; any participant may add. Tells everyone, the newcomer included.
+    pub async fn add_participant(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        target: UserId,
+    ) -> Result<Conversation, ChatError> {
+        if target.0.is_empty() || target.0.len() > 256 {
+            return Err(ChatError::InvalidFrame(
+                "user_id must be 1 to 256 bytes".into(),
+            ));
+        }
+        let access = self.require_member(user, conv).await?;
+        if access.archived {
+            return Err(ChatError::Forbidden("conversation is archived".into()));
+        }
+        let added = self.store.add_participant(conv, &target).await?;
+        let chat = self.load(conv).await?;
+        if added {
+            self.membership_changed(conv, None).await;
+            self.announce(&chat, UpdateReason::ParticipantAdded, None)
+                .await;
+        }
+        Ok(chat)
+    }
+
+    /// Removes `target`: the owner may remove anyone, anyone may remove
+    /// themselves. The removed user's sockets stop receiving the conversation.
+    pub async fn remove_participant(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        target: UserId,
+    ) -> Result<Conversation, ChatError> {
+        self.require_member(user, conv).await?;
+        if user != &target && !self.is_owner(user, conv).await? {
+            return Err(ChatError::Forbidden(
+                "only the owner may remove other participants".into(),
+            ));
+        }
+        if !self.store.remove_participant(conv, &target).await? {
+            return Err(ChatError::NotFound("participant"));
+        }
+        let chat = self.load(conv).await?;
+        self.membership_changed(conv, Some(target.clone())).await;
+        self.announce(&chat, UpdateReason::ParticipantRemoved, Some(&target))
+            .await;
+        Ok(chat)
+    }
+
+    /// Archives the conversation (owner only); it leaves every sidebar.
+    pub async fn archive(&self, user: &UserId, conv: ConversationId) -> Result<(), ChatError> {
+        self.require_member(user, conv).await?;
+        if !self.is_owner(user, conv).await? {
+            return Err(ChatError::Forbidden("only the owner may archive".into()));
+        }
+        self.store.archive(conv).await?;
+        let chat = self.load(conv).await?;
+        self.membership_changed(conv, None).await;
+        self.announce(&chat, UpdateReason::Archived, None).await;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ sockets in rooms
+
+    /// Joins a socket to a conversation (see `Hub::join`).
+    pub async fn join(
+        &self,
+        conn: &Arc<Conn>,
+        conv: ConversationId,
+        since: Option<Seq>,
+        reply_to: Option<String>,
+    ) -> Result<(), ChatError> {
+        let access = self.require_member(&conn.user, conv).await?;
+        let mut participants: Vec<UserId> = access.members.iter().cloned().collect();
+        participants.sort();
+        self.hub
+            .join(conn, conv, since, participants, reply_to)
+            .await
+    }
+
+    pub async fn leave(&self, conn: &Arc<Conn>, conv: ConversationId) -> bool {
+        self.hub.leave(conn, conv).await
+    }
+
+    // ------------------------------------------------------------ messages
+
+    /// Stores a message, then publishes it to every socket joined anywhere.
+    /// A retry with the same `client_msg_id` stores and publishes nothing.
+    pub async fn send(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        out: Outgoing,
+    ) -> Result<Appended, ChatError> {
+        let message_type = out.message_type.unwrap_or_else(|| "user".into());
+        if message_type != "user" {
+            return Err(ChatError::InvalidFrame(
+                "message_type must be `user` (other types are the server's)".into(),
+            ));
+        }
+        let len = out.content.chars().count();
+        if len > self.limits.max_message_chars {
+            return Err(ChatError::MessageTooLong {
+                len,
+                max: self.limits.max_message_chars,
+            });
+        }
+        if out.content.trim().is_empty() {
+            return Err(ChatError::InvalidFrame("content must not be empty".into()));
+        }
+        if let Some(cid) = &out.client_msg_id {
+            if cid.is_empty() || cid.chars().count() > crate::protocol::MAX_CLIENT_ID_LEN {
+                return Err(ChatError::InvalidFrame(
+                    "client_msg_id must be 1 to 64 characters".into(),
+                ));
+            }
+        }
+        let access = self.require_member(user, conv).await?;
+        if access.archived {
+            return Err(ChatError::Forbidden("conversation is archived".into()));
+        }
+        if let Err(retry_after_ms) = self.sends.check(user) {
+            self.metrics.rate_limited.inc();
+            return Err(ChatError::RateLimited { retry_after_ms });
+        }
+        let appended = self
+            .store
+            .append(NewMessage {
+                conversation_id: conv,
+                sender_id: user.clone(),
+                message_type,
+                content: out.content,
+                client_msg_id: out.client_msg_id,
+                metadata: None,
+            })
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        if !appended.duplicate {
+            self.metrics.messages_stored.inc();
+            self.publish_message(&appended.message).await;
+        }
+        Ok(appended)
+    }
+
+    /// Publishes a stored message. A bus failure is logged, not returned:
+    /// the message is stored, and nodes catch up from the store.
+    async fn publish_message(&self, message: &Message) {
+        let frame = ServerFrame::MessageReceived {
+            message: message.clone(),
+        };
+        self.publish(
+            Topic::Conversation(message.conversation_id),
+            EventKind::Message { seq: message.seq },
+            &frame,
+        )
+        .await;
+    }
+
+    /// A page of history, oldest first, and whether more lie beyond it.
+    pub async fn history(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        page: Page,
+    ) -> Result<(Vec<Message>, bool), ChatError> {
+        self.require_member(user, conv).await?;
+        let max = self.limits.history_page_max.max(1);
+        let limit = page.limit.unwrap_or(50).clamp(1, max);
+        Ok(match (page.before, page.after) {
+            (Some(_), Some(_)) => {
+                return Err(ChatError::InvalidFrame(
+                    "give before_seq or after_seq, not both".into(),
+                ))
+            }
+            (None, Some(after)) => self.store.messages_after(conv, after, limit).await?,
+            (before, None) => self.store.messages_before(conv, before, limit).await?,
+        })
+    }
+
+    // ------------------------------------------------------------ ephemeral
+
+    /// Tells the conversation's other sockets that `conn`'s user is (not) typing.
+    pub async fn typing(
+        &self,
+        conn: &Conn,
+        conv: ConversationId,
+        is_typing: bool,
+    ) -> Result<(), ChatError> {
+        self.require_member(&conn.user, conv).await?;
+        self.publish_typing(conn.id, &conn.user, conv, is_typing)
+            .await;
+        Ok(())
+    }
+
+    /// Publishes a typing indicator without checks (server-side expiry).
+    pub async fn publish_typing(
+        &self,
+        from: ConnectionId,
+        user: &UserId,
+        conv: ConversationId,
+        is_typing: bool,
+    ) {
+        let frame = ServerFrame::TypingIndicator {
+            conversation_id: conv,
+            user_id: user.clone(),
+            is_typing,
+        };
+        self.publish(
+            Topic::Conversation(conv),
+            EventKind::Ephemeral { except: Some(from) },
+            &frame,
+        )
+        .await;
+    }
+
+    /// Records how far the user has read and tells the conversation and the
+    /// user's other tabs. Returns the recorded seq if it moved.
+    pub async fn mark_read(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        seq: Seq,
+    ) -> Result<Option<Seq>, ChatError> {
+        self.require_member(user, conv).await?;
+        let last = self.store.last_seq(conv).await?.unwrap_or_default();
+        let seq = Seq(seq.0.clamp(0, last.0));
+        let Some(seq) = self.store.mark_read(conv, user, seq).await? else {
+            return Ok(None);
+        };
+        let frame = ServerFrame::ReadReceipt {
+            conversation_id: conv,
+            user_id: user.clone(),
+            seq,
+        };
+        let payload = Bytes::from(frame.encode());
+        self.publish_raw(
+            Topic::Conversation(conv),
+            EventKind::Ephemeral { except: None },
+            payload.clone(),
+        )
+        .await;
+        self.publish_raw(
+            Topic::User(user.clone()),
+            EventKind::Notice {
+                skip_joined: Some(conv),
+            },
+            payload,
+        )
+        .await;
+        Ok(Some(seq))
+    }
+
+    // ------------------------------------------------------------ helpers
+
+    /// Who may use the conversation: cached while this node is subscribed to it.
+    async fn access(&self, conv: ConversationId) -> Result<Arc<Access>, ChatError> {
+        if let Some(access) = self.hub.cached_access(conv) {
+            return Ok(access);
+        }
+        let version = self.hub.access_version(conv);
+        let chat = self
+            .store
+            .chat(conv)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))?;
+        let access = Arc::new(Access {
+            members: chat.participants.into_iter().collect(),
+            archived: chat.archived,
+        });
+        if let Some(version) = version {
+            self.hub.cache_access(conv, version, access.clone());
+        }
+        Ok(access)
+    }
+
+    async fn require_member(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+    ) -> Result<Arc<Access>, ChatError> {
+        let access = self.access(conv).await?;
+        if access.members.contains(user) {
+            Ok(access)
+        } else {
+            Err(not_a_participant())
+        }
+    }
+
+    async fn is_owner(&self, user: &UserId, conv: ConversationId) -> Result<bool, ChatError> {
+        Ok(self.store.role(conv, user).await?.as_deref() == Some("owner"))
+    }
+
+    async fn load(&self, conv: ConversationId) -> Result<Conversation, ChatError> {
+        self.store
+            .chat(conv)
+            .await?
+            .ok_or(ChatError::NotFound("conversation"))
+    }
+
+    /// Tells every node that the participants changed.
+    async fn membership_changed(&self, conv: ConversationId, removed: Option<UserId>) {
+        self.publish_raw(
+            Topic::Conversation(conv),
+            EventKind::Membership { removed },
+            Bytes::new(),
+        )
+        .await;
+    }
+
+    /// Sends `conversation_updated` to every tab of every participant (and
+    /// of `also`, a user just removed).
+    async fn announce(&self, conv: &Conversation, reason: UpdateReason, also: Option<&UserId>) {
+        let frame = ServerFrame::ConversationUpdated {
+            conversation: conv.clone(),
+            reason,
+        };
+        let payload = Bytes::from(frame.encode());
+        for user in conv.participants.iter().chain(also) {
+            self.publish_raw(
+                Topic::User(user.clone()),
+                EventKind::Notice { skip_joined: None },
+                payload.clone(),
+            )
+            .await;
+        }
+    }
+
+    async fn publish(&self, topic: Topic, kind: EventKind, frame: &ServerFrame) {
+        self.publish_raw(topic, kind, Bytes::from(frame.encode()))
+            .await;
+    }
+
+    async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
+        let event = Event {
+            topic,
+            kind,
+            payload,
+        };
+        if let Err(e) = self.bus.publish(event).await {
+            tracing::warn!(error = %e, "publish failed; nodes will catch up from the store");
+        }
+    }
+}
+
+fn not_a_participant() -> ChatError {
+    ChatError::Forbidden("not a participant of this conversation".into())
+}

@@ -1,0 +1,179 @@
+//! Settings: the embedded `config/default.toml`, then `config/$CONFAB_ENV.toml`
+//! if present, then `CONFAB_<SECTION>__<KEY>` environment variables.
+
+use std::{net::SocketAddr, time::Duration};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::Deserialize;
+
+/// The defaults compiled into the binary, so a node runs with no files at all.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// The development JWT secret shipped in the defaults; refused in production.
+pub const DEV_JWT_SECRET: &str = "confab-dev-secret-do-not-use-in-production";
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("invalid configuration: {0}")]
+    Invalid(#[from] Box<figment::Error>),
+    #[error("refusing to start: {0}")]
+    Refused(String),
+}
+
+/// Every setting of a node, grouped as in `config/default.toml`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub database: DatabaseSettings,
+    pub bus: BusSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Listening address, node identity, drain.
+#[derive(Clone, Debug, Deserialize)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub node_id: String,
+    pub drain_secs: u64,
+}
+
+/// Where history lives.
+#[derive(Clone, Debug, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+/// How events cross nodes.
+#[derive(Clone, Debug, Deserialize)]
+pub struct BusSettings {
+    pub redis_url: String,
+    pub prefix: String,
+    pub gap_fill_ms: u64,
+}
+
+/// How tokens are verified.
+#[derive(Clone, Debug, Deserialize)]
+pub struct AuthSettings {
+    pub jwt_secret: String,
+    pub algorithm: String,
+    pub public_key_pem: String,
+    pub timeout_secs: f64,
+    pub leeway_secs: u64,
+}
+
+/// What one user or socket may do; every bound on memory and abuse.
+#[derive(Clone, Debug, Deserialize)]
+pub struct LimitSettings {
+    pub max_message_chars: usize,
+    pub max_frame_bytes: usize,
+    pub max_connections_per_user: usize,
+    pub send_rate_per_sec: f64,
+    pub send_burst: u32,
+    pub frame_rate_per_sec: f64,
+    pub frame_burst: u32,
+    pub outbound_queue: usize,
+    pub typing_ttl_secs: f64,
+    pub history_page_max: u64,
+}
+
+/// Logs (and, later, traces).
+#[derive(Clone, Debug, Deserialize)]
+pub struct TelemetrySettings {
+    pub log_format: String,
+    pub log_level: String,
+}
+
+impl Settings {
+    /// Loads the layered settings for the environment named by `CONFAB_ENV`.
+    pub fn load() -> Result<Self, ConfigError> {
+        let env = std::env::var("CONFAB_ENV").unwrap_or_default();
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if !env.is_empty() {
+            figment = figment.merge(Toml::file(format!("config/{env}.toml")));
+        }
+        let settings: Settings = figment
+            .merge(Env::prefixed("CONFAB_").split("__"))
+            .extract()
+            .map_err(Box::new)?;
+        settings.check(&env)?;
+        Ok(settings)
+    }
+
+    /// The embedded defaults alone, ignoring files and environment (tests, tools).
+    pub fn embedded() -> Self {
+        // The embedded file is part of the binary and covered by tests: it parses.
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("embedded config/default.toml is valid")
+    }
+
+    /// Refuses settings that are unsafe for the named environment.
+    pub fn check(&self, env: &str) -> Result<(), ConfigError> {
+        let hs = self.auth.algorithm.to_ascii_uppercase().starts_with("HS");
+        if env == "production" && hs && self.auth.jwt_secret == DEV_JWT_SECRET {
+            return Err(ConfigError::Refused(
+                "CONFAB_ENV=production with the development JWT secret; \
+                 set CONFAB_AUTH__JWT_SECRET to a secret of your own (32+ random bytes)"
+                    .into(),
+            ));
+        }
+        if hs && self.auth.jwt_secret.len() < 16 {
+            return Err(ConfigError::Refused(
+                "auth.jwt_secret is shorter than 16 bytes".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// True when the node runs on the development secret (worth a loud warning).
+    pub fn uses_dev_secret(&self) -> bool {
+        self.auth.jwt_secret == DEV_JWT_SECRET
+    }
+}
+
+impl AuthSettings {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.timeout_secs.max(0.0))
+    }
+}
+
+impl LimitSettings {
+    pub fn typing_ttl(&self) -> Duration {
+        Duration::from_secs_f64(self.typing_ttl_secs.max(0.0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_parse() {
+        let s = Settings::embedded();
+        assert!(s.bus.redis_url.is_empty());
+        assert_eq!(s.auth.algorithm, "HS256");
+        assert!(s.uses_dev_secret());
+    }
+
+    #[test]
+    fn production_refuses_the_dev_secret() {
+        let s = Settings::embedded();
+        let err = s.check("production").unwrap_err();
+        assert!(err.to_string().contains("CONFAB_AUTH__JWT_SECRET"), "{err}");
+        assert!(s.check("").is_ok());
+    }
+
+    #[test]
+    fn production_accepts_a_real_secret() {
+        let mut s = Settings::embedded();
+        s.auth.jwt_secret = "a-long-and-random-production-secret".into();
+        assert!(s.check("production").is_ok());
+    }
+}

@@ -1,0 +1,110 @@
+//! The one error type of the use cases, and the one place it is mapped to
+//! protocol error codes and HTTP statuses.
+
+use poem::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+/// `error.code` of PROTOCOL.md.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ErrorCode {
+    AuthRequired,
+    AuthFailed,
+    TokenExpired,
+    InvalidFrame,
+    UnknownType,
+    MessageTooLong,
+    NotFound,
+    Forbidden,
+    RateLimited,
+    Unavailable,
+    ProviderError,
+    Internal,
+}
+
+/// Everything a request can fail with, whether it came by socket or REST.
+#[derive(Debug, thiserror::Error)]
+pub enum ChatError {
+    #[error("{0}")]
+    AuthRequired(String),
+    #[error("{0}")]
+    AuthFailed(String),
+    #[error("token expired")]
+    TokenExpired,
+    #[error("{0}")]
+    InvalidFrame(String),
+    #[error("unknown frame type `{0}`")]
+    UnknownType(String),
+    #[error("message is {len} characters; the limit is {max}")]
+    MessageTooLong { len: usize, max: usize },
+    #[error("{0} not found")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("rate limited; retry in {retry_after_ms} ms")]
+    RateLimited { retry_after_ms: u64 },
+    #[error("{0}; nothing was stored, retry")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl ChatError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ChatError::AuthRequired(_) => ErrorCode::AuthRequired,
+            ChatError::AuthFailed(_) => ErrorCode::AuthFailed,
+            ChatError::TokenExpired => ErrorCode::TokenExpired,
+            ChatError::InvalidFrame(_) => ErrorCode::InvalidFrame,
+            ChatError::UnknownType(_) => ErrorCode::UnknownType,
+            ChatError::MessageTooLong { .. } => ErrorCode::MessageTooLong,
+            ChatError::NotFound(_) => ErrorCode::NotFound,
+            ChatError::Forbidden(_) => ErrorCode::Forbidden,
+            ChatError::RateLimited { .. } => ErrorCode::RateLimited,
+            ChatError::Unavailable(_) => ErrorCode::Unavailable,
+            ChatError::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self.code() {
+            ErrorCode::AuthRequired | ErrorCode::AuthFailed | ErrorCode::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            ErrorCode::InvalidFrame | ErrorCode::UnknownType => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ProviderError => StatusCode::BAD_GATEWAY,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn retry_after_ms(&self) -> Option<u64> {
+        match self {
+            ChatError::RateLimited { retry_after_ms } => Some(*retry_after_ms),
+            _ => None,
+        }
+    }
+
+    /// The text a client sees. Internal details stay in the logs.
+    pub fn client_message(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl From<sea_orm::DbErr> for ChatError {
+    fn from(err: sea_orm::DbErr) -> Self {
+        tracing::warn!(error = %err, "storage error");
+        ChatError::Unavailable("storage unavailable".into())
+    }
+}
+
+impl From<crate::bus::BusError> for ChatError {
+    fn from(err: crate::bus::BusError) -> Self {
+        tracing::warn!(error = %err, "bus error");
+        ChatError::Unavailable("event bus unavailable".into())
+    }
+}

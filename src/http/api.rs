@@ -1,0 +1,336 @@
+//! The REST API of PROTOCOL.md, documented by poem-openapi. Every handler is
+//! a thin call into `chat`.
+
+use std::sync::Arc;
+
+use poem::http::StatusCode;
+use poem::{IntoResponse, Request, Response};
+use poem_openapi::auth::Bearer;
+use poem_openapi::param::{Path, Query};
+use poem_openapi::payload::Json;
+use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, Tags};
+
+use crate::auth::Identity;
+use crate::chat::{NewChat, Outgoing, Page};
+use crate::error::{ChatError, ErrorCode};
+use crate::ids::{ConversationId, Seq, UserId};
+use crate::node::Node;
+use crate::protocol::{Conversation, Message};
+
+#[derive(Tags)]
+enum ApiTags {
+    /// Conversations, messages and participants.
+    Chats,
+}
+
+/// `Authorization: Bearer <JWT>`, the same token a socket sends first.
+#[derive(SecurityScheme)]
+#[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
+pub struct BearerAuth(Identity);
+
+async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Identity> {
+    let node = node_of(req)?;
+    node.auth
+        .verify(&bearer.token)
+        .map_err(|e| poem::Error::from_response(error_body(e)))
+}
+
+fn node_of(req: &Request) -> poem::Result<&Arc<Node>> {
+    req.data::<Arc<Node>>().ok_or_else(|| {
+        poem::Error::from_response(error_body(ChatError::Internal("node missing".into())))
+    })
+}
+
+/// The body of every REST error.
+#[derive(Debug, Object)]
+pub struct ErrorBody {
+    /// A protocol error code, e.g. `FORBIDDEN`.
+    pub code: String,
+    pub message: String,
+}
+
+/// A failed REST call: the status and body `ChatError` maps to.
+#[derive(ApiResponse)]
+pub enum ApiError {
+    #[oai(status = 401)]
+    Unauthorized(Json<ErrorBody>),
+    #[oai(status = 403)]
+    Forbidden(Json<ErrorBody>),
+    #[oai(status = 404)]
+    NotFound(Json<ErrorBody>),
+    #[oai(status = 413)]
+    TooLarge(Json<ErrorBody>),
+    #[oai(status = 422)]
+    Invalid(Json<ErrorBody>),
+    #[oai(status = 429)]
+    RateLimited(Json<ErrorBody>, #[oai(header = "Retry-After")] u64),
+    #[oai(status = 500)]
+    Internal(Json<ErrorBody>),
+    #[oai(status = 502)]
+    Upstream(Json<ErrorBody>),
+    #[oai(status = 503)]
+    Unavailable(Json<ErrorBody>),
+}
+
+fn body_of(e: &ChatError) -> Json<ErrorBody> {
+    Json(ErrorBody {
+        code: code_name(e.code()),
+        message: e.client_message(),
+    })
+}
+
+fn code_name(code: ErrorCode) -> String {
+    serde_json::to_value(code)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl From<ChatError> for ApiError {
+    fn from(e: ChatError) -> Self {
+        let body = body_of(&e);
+        match e.status() {
+            StatusCode::UNAUTHORIZED => ApiError::Unauthorized(body),
+            StatusCode::FORBIDDEN => ApiError::Forbidden(body),
+            StatusCode::NOT_FOUND => ApiError::NotFound(body),
+            StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(body),
+            StatusCode::UNPROCESSABLE_ENTITY => ApiError::Invalid(body),
+            StatusCode::TOO_MANY_REQUESTS => {
+                let ms = e.retry_after_ms().unwrap_or(1000);
+                ApiError::RateLimited(body, ms.div_ceil(1000).max(1))
+            }
+            StatusCode::BAD_GATEWAY => ApiError::Upstream(body),
+            StatusCode::SERVICE_UNAVAILABLE => ApiError::Unavailable(body),
+            _ => ApiError::Internal(body),
+        }
+    }
+}
+
+fn error_body(e: ChatError) -> Response {
+    ApiError::from(e).into_response()
+}
+
+/// Turns errors raised outside the handlers (bad JSON, missing auth, a body
+/// over the size limit, an unknown route) into the same JSON shape.
+pub async fn error_response(err: poem::Error) -> Response {
+    if err.is_from_response() {
+        return err.into_response();
+    }
+    let status = err.status();
+    let code = match status {
+        StatusCode::UNAUTHORIZED => ErrorCode::AuthRequired,
+        StatusCode::NOT_FOUND => ErrorCode::NotFound,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLong,
+        StatusCode::METHOD_NOT_ALLOWED
+        | StatusCode::BAD_REQUEST
+        | StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidFrame,
+        s if s.is_server_error() => ErrorCode::Internal,
+        _ => ErrorCode::InvalidFrame,
+    };
+    let status = if status == StatusCode::BAD_REQUEST {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        status
+    };
+    let body = serde_json::json!({ "code": code_name(code), "message": err.to_string() });
+    (status, poem::web::Json(body)).into_response()
+}
+
+/// `POST /chats` body.
+#[derive(Debug, Object)]
+pub struct CreateChatBody {
+    pub title: Option<String>,
+    #[oai(default)]
+    pub participant_ids: Vec<UserId>,
+    pub assistant_id: Option<String>,
+}
+
+/// `POST /chats/{id}/messages` body.
+#[derive(Debug, Object)]
+pub struct SendBody {
+    pub content: String,
+    pub client_msg_id: Option<String>,
+}
+
+/// `POST /chats/{id}/participants` body.
+#[derive(Debug, Object)]
+pub struct AddParticipantBody {
+    pub user_id: UserId,
+}
+
+/// A conversation with one page of its history.
+#[derive(Debug, Object)]
+pub struct ChatWithHistory {
+    pub conversation: Conversation,
+    pub messages: Vec<Message>,
+    pub has_more: bool,
+}
+
+#[derive(ApiResponse)]
+pub enum Created {
+    #[oai(status = 201)]
+    Chat(Json<Conversation>),
+}
+
+#[derive(ApiResponse)]
+pub enum Sent {
+    /// Stored and broadcast.
+    #[oai(status = 201)]
+    Stored(Json<Message>),
+    /// A retry of a stored send (same `client_msg_id`): the original message.
+    #[oai(status = 200)]
+    Duplicate(Json<Message>),
+}
+
+#[derive(ApiResponse)]
+pub enum NoContent {
+    #[oai(status = 204)]
+    Done,
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+/// The REST endpoints under `/api/v1/chat`.
+pub struct ChatApi;
+
+#[OpenApi(prefix_path = "/api/v1/chat", tag = "ApiTags::Chats")]
+impl ChatApi {
+    /// The caller's conversations, newest activity first.
+    #[oai(path = "/chats", method = "get")]
+    async fn list(&self, req: &Request, auth: BearerAuth) -> ApiResult<Json<Vec<Conversation>>> {
+        let node = node(req)?;
+        Ok(Json(node.chat.list(&auth.0.user_id).await?))
+    }
+
+    /// Creates a conversation; the caller joins as owner.
+    #[oai(path = "/chats", method = "post")]
+    async fn create(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        body: Json<CreateChatBody>,
+    ) -> ApiResult<Created> {
+        let node = node(req)?;
+        let body = body.0;
+        let conv = node
+            .chat
+            .create(
+                &auth.0.user_id,
+                NewChat {
+                    title: body.title,
+                    participant_ids: body.participant_ids,
+                    assistant_id: body.assistant_id,
+                },
+            )
+            .await?;
+        Ok(Created::Chat(Json(conv)))
+    }
+
+    /// A conversation and a page of its history (oldest first).
+    #[oai(path = "/chats/:id", method = "get")]
+    async fn get(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        before_seq: Query<Option<i64>>,
+        after_seq: Query<Option<i64>>,
+        limit: Query<Option<u64>>,
+    ) -> ApiResult<Json<ChatWithHistory>> {
+        let node = node(req)?;
+        let user = &auth.0.user_id;
+        let conversation = node.chat.get(user, id.0).await?;
+        let page = Page {
+            before: before_seq.0.map(Seq),
+            after: after_seq.0.map(Seq),
+            limit: limit.0,
+        };
+        let (messages, has_more) = node.chat.history(user, id.0, page).await?;
+        Ok(Json(ChatWithHistory {
+            conversation,
+            messages,
+            has_more,
+        }))
+    }
+
+    /// Sends a message, broadcast exactly as a WebSocket `send_message`.
+    #[oai(path = "/chats/:id/messages", method = "post")]
+    async fn send(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        body: Json<SendBody>,
+    ) -> ApiResult<Sent> {
+        let node = node(req)?;
+        let body = body.0;
+        let appended = node
+            .chat
+            .send(
+                &auth.0.user_id,
+                id.0,
+                Outgoing {
+                    content: body.content,
+                    message_type: None,
+                    client_msg_id: body.client_msg_id,
+                },
+            )
+            .await?;
+        Ok(if appended.duplicate {
+            Sent::Duplicate(Json(appended.message))
+        } else {
+            Sent::Stored(Json(appended.message))
+        })
+    }
+
+    /// Archives the conversation (owner only).
+    #[oai(path = "/chats/:id", method = "delete")]
+    async fn archive(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+    ) -> ApiResult<NoContent> {
+        node(req)?.chat.archive(&auth.0.user_id, id.0).await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Adds a participant (any participant may).
+    #[oai(path = "/chats/:id/participants", method = "post")]
+    async fn add_participant(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        body: Json<AddParticipantBody>,
+    ) -> ApiResult<Json<Conversation>> {
+        let node = node(req)?;
+        let conv = node
+            .chat
+            .add_participant(&auth.0.user_id, id.0, body.0.user_id)
+            .await?;
+        Ok(Json(conv))
+    }
+
+    /// Removes a participant (the owner, or the participant themselves).
+    #[oai(path = "/chats/:id/participants/:user_id", method = "delete")]
+    async fn remove_participant(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        user_id: Path<String>,
+    ) -> ApiResult<Json<Conversation>> {
+        let node = node(req)?;
+        let conv = node
+            .chat
+            .remove_participant(&auth.0.user_id, id.0, UserId(user_id.0))
+            .await?;
+        Ok(Json(conv))
+    }
+}
+
+fn node(req: &Request) -> Result<&Arc<Node>, ApiError> {
+    req.data::<Arc<Node>>()
+        .ok_or_else(|| ChatError::Internal("node missing from request".into()).into())
+}

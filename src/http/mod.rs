@@ -1,0 +1,56 @@
+//! HTTP: the REST API (documented with OpenAPI), health, readiness, metrics,
+//! and the WebSocket route. Requests become chat calls; errors become JSON
+//! `{code, message}` with the status `ChatError::status` gives.
+
+mod api;
+mod ops;
+
+use std::sync::Arc;
+
+use poem::http::StatusCode;
+use poem::{get, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
+use poem_openapi::OpenApiService;
+
+use crate::node::Node;
+
+pub use api::ChatApi;
+
+/// Every route of a node.
+pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
+    let api = OpenApiService::new(ChatApi, "confab", env!("CARGO_PKG_VERSION"))
+        .description("REST API of the confab chat hub. WebSocket protocol: GET /api/v1/chat/ws (see docs/protocol.md).");
+    let docs = api.swagger_ui();
+    let spec = api.spec_endpoint();
+    let max_body = node.settings.limits.max_frame_bytes;
+    Route::new()
+        .at("/api/v1/chat/ws", get(crate::ws::upgrade))
+        .nest(
+            "/",
+            api.around(move |ep, req| limit_body(ep, req, max_body))
+                .catch_all_error(api::error_response)
+                .into_endpoint(),
+        )
+        .nest("/api/docs", docs)
+        .at("/api/openapi.json", spec)
+        .at("/health", get(ops::health))
+        .at("/ready", get(ops::ready))
+        .at("/metrics", get(ops::metrics))
+        .at("/", get(ops::index))
+        .data(node)
+}
+
+/// Reads the request body up to `max` bytes; a larger one is refused with 413
+/// before any handler runs (with or without a Content-Length).
+async fn limit_body<E: Endpoint>(
+    ep: Arc<E>,
+    mut req: Request,
+    max: usize,
+) -> poem::Result<Response> {
+    match req.take_body().into_bytes_limit(max).await {
+        Ok(bytes) => {
+            req.set_body(bytes);
+            Ok(ep.call(req).await?.into_response())
+        }
+        Err(_) => Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)),
+    }
+}

@@ -1,0 +1,137 @@
+//! One authenticated socket as the hub sees it: a bounded queue of frames
+//! to write, the conversations it joined, and a way to close it.
+
+use std::collections::HashSet;
+use std::sync::OnceLock;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc::{self, error::TrySendError};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
+
+use crate::ids::{ConnectionId, ConversationId, UserId};
+
+/// Why the node closes a socket; each maps to a WebSocket close code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client closed, or the socket ended.
+    Normal,
+    /// 4001: authentication failed, missing or too slow.
+    AuthFailed,
+    /// 4003: the token expired without renewal.
+    TokenExpired,
+    /// 4008: policy (too many connections for one user).
+    Policy,
+    /// 4009: the outbound queue overflowed.
+    SlowConsumer,
+    /// 1009: a frame larger than `max_frame_bytes`.
+    TooBig,
+    /// 1012: the node is restarting (drain).
+    Restart,
+}
+
+impl CloseReason {
+    pub fn code(self) -> u16 {
+        match self {
+            CloseReason::Normal => 1000,
+            CloseReason::AuthFailed => 4001,
+            CloseReason::TokenExpired => 4003,
+            CloseReason::Policy => 4008,
+            CloseReason::SlowConsumer => 4009,
+            CloseReason::TooBig => 1009,
+            CloseReason::Restart => 1012,
+        }
+    }
+
+    pub fn text(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "bye",
+            CloseReason::AuthFailed => "authentication failed",
+            CloseReason::TokenExpired => "token expired",
+            CloseReason::Policy => "policy violation",
+            CloseReason::SlowConsumer => "too slow a consumer",
+            CloseReason::TooBig => "frame too large",
+            CloseReason::Restart => "node restarting",
+        }
+    }
+}
+
+/// A socket's handle, shared by its reader, its writer and the hub.
+pub struct Conn {
+    pub id: ConnectionId,
+    pub user: UserId,
+    tx: mpsc::Sender<Utf8Bytes>,
+    joined: Mutex<HashSet<ConversationId>>,
+    reason: OnceLock<CloseReason>,
+    closing: CancellationToken,
+}
+
+impl Conn {
+    /// A handle and the receiving end of its outbound queue (for the writer).
+    pub fn new(user: UserId, queue: usize) -> (Self, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(queue.max(1));
+        let conn = Conn {
+            id: ConnectionId::new(),
+            user,
+            tx,
+            joined: Mutex::new(HashSet::new()),
+            reason: OnceLock::new(),
+            closing: CancellationToken::new(),
+        };
+        (conn, rx)
+    }
+
+    /// Queues a broadcast frame without waiting. A full queue means the client
+    /// cannot keep up: the socket is closed (4009) rather than grow memory.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(TrySendError::Full(_)) => {
+                self.close(CloseReason::SlowConsumer);
+                false
+            }
+            Err(TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Queues a reply, waiting for room (the sender's own request paces it).
+    pub async fn send(&self, frame: Utf8Bytes) -> bool {
+        tokio::select! {
+            res = self.tx.send(frame) => res.is_ok(),
+            _ = self.closing.cancelled() => false,
+        }
+    }
+
+    /// Asks the writer to close the socket. The first reason wins.
+    pub fn close(&self, reason: CloseReason) {
+        if self.reason.set(reason).is_ok() {
+            self.closing.cancel();
+        }
+    }
+
+    /// Completes once `close` was called.
+    pub fn closed(&self) -> WaitForCancellationFuture<'_> {
+        self.closing.cancelled()
+    }
+
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        self.reason.get().copied()
+    }
+
+    pub fn is_joined(&self, conv: &ConversationId) -> bool {
+        self.joined.lock().contains(conv)
+    }
+
+    pub(super) fn set_joined(&self, conv: ConversationId, joined: bool) {
+        let mut set = self.joined.lock();
+        if joined {
+            set.insert(conv);
+        } else {
+            set.remove(&conv);
+        }
+    }
+
+    pub fn joined(&self) -> Vec<ConversationId> {
+        self.joined.lock().iter().copied().collect()
+    }
+}

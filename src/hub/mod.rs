@@ -1,0 +1,481 @@
+//! This node's sockets: who is connected, who is joined where, and the
+//! ordered, deduplicated delivery of bus events to them.
+//!
+//! The way out of a node is bus -> hub -> each socket's queue. A stored
+//! message reaches each local socket in seq order, none missing, none twice:
+//! the room holds a later seq until the earlier one arrives and fills a gap
+//! from the store if it does not come in time.
+
+mod conn;
+mod room;
+
+use std::collections::HashSet;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::DashMap;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+pub use conn::{CloseReason, Conn};
+pub use room::Access;
+use room::{Buffered, Member, Room};
+
+use crate::bus::{Bus, Event, EventKind, EventSink, Topic};
+use crate::error::ChatError;
+use crate::ids::{ConversationId, Seq, UserId};
+use crate::protocol::{Message, ServerFrame};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Messages read from the store per page when replaying or filling gaps.
+const PAGE: u64 = 200;
+
+/// Hub tunables, from the limits and bus settings.
+#[derive(Clone, Debug)]
+pub struct HubSettings {
+    pub gap_wait: Duration,
+    pub outbound_queue: usize,
+    pub max_connections_per_user: usize,
+}
+
+/// The registry of this node's sockets and rooms.
+pub struct Hub {
+    me: Weak<Hub>,
+    store: Store,
+    bus: Arc<dyn Bus>,
+    metrics: Arc<Metrics>,
+    settings: HubSettings,
+    rooms: DashMap<ConversationId, Arc<Room>>,
+    users: DashMap<UserId, Vec<Arc<Conn>>>,
+    /// Serializes opening and closing rooms and user entries, so a bus
+    /// subscribe and unsubscribe of one topic never race.
+    topology: tokio::sync::Mutex<()>,
+}
+
+impl Hub {
+    pub fn new(
+        store: Store,
+        bus: Arc<dyn Bus>,
+        metrics: Arc<Metrics>,
+        settings: HubSettings,
+    ) -> Arc<Self> {
+        let hub = Arc::new_cyclic(|me| Hub {
+            me: me.clone(),
+            store,
+            bus: bus.clone(),
+            metrics,
+            settings,
+            rooms: DashMap::new(),
+            users: DashMap::new(),
+            topology: tokio::sync::Mutex::new(()),
+        });
+        let sink: Arc<dyn EventSink> = hub.clone();
+        bus.attach(Arc::downgrade(&sink));
+        hub
+    }
+
+    fn arc(&self) -> Option<Arc<Hub>> {
+        self.me.upgrade()
+    }
+
+    // ------------------------------------------------------------ sockets
+
+    /// Registers an authenticated socket of `user`; subscribes the node to
+    /// the user's topic if it is the user's first socket here.
+    pub async fn register(
+        &self,
+        user: UserId,
+    ) -> Result<(Arc<Conn>, tokio::sync::mpsc::Receiver<Utf8Bytes>), ChatError> {
+        let (conn, rx) = Conn::new(user.clone(), self.settings.outbound_queue);
+        let conn = Arc::new(conn);
+        let _guard = self.topology.lock().await;
+        let count = self.users.get(&user).map(|c| c.len()).unwrap_or(0);
+        if count >= self.settings.max_connections_per_user {
+            return Err(ChatError::Forbidden(format!(
+                "too many connections for this user (limit {})",
+                self.settings.max_connections_per_user
+            )));
+        }
+        if count == 0 {
+            self.bus.subscribe(&Topic::User(user.clone())).await?;
+        }
+        self.users.entry(user).or_default().push(conn.clone());
+        self.metrics.sockets_open.inc();
+        Ok((conn, rx))
+    }
+
+    /// Forgets a socket: leaves its rooms, and the user's topic if it was the last.
+    pub async fn unregister(&self, conn: &Arc<Conn>) {
+        for conv in conn.joined() {
+            self.detach(conn, conv).await;
+        }
+        let _guard = self.topology.lock().await;
+        let now_empty = match self.users.get_mut(&conn.user) {
+            Some(mut conns) => {
+                conns.retain(|c| c.id != conn.id);
+                conns.is_empty()
+            }
+            None => false,
+        };
+        if now_empty {
+            self.users.remove(&conn.user);
+            if let Err(e) = self.bus.unsubscribe(&Topic::User(conn.user.clone())).await {
+                tracing::warn!(error = %e, "unsubscribe from user topic failed");
+            }
+        }
+        self.metrics.sockets_open.dec();
+    }
+
+    /// Every local socket, for drain and shutdown.
+    pub fn connections(&self) -> Vec<Arc<Conn>> {
+        self.users.iter().flat_map(|e| e.value().clone()).collect()
+    }
+
+    /// Local sockets of one user.
+    pub fn connections_of(&self, user: &UserId) -> usize {
+        self.users.get(user).map(|c| c.len()).unwrap_or(0)
+    }
+
+    // ------------------------------------------------------------ rooms
+
+    /// Joins `conn` to the conversation: replies `joined`, replays every
+    /// stored message after `since` (if given), then delivers live events,
+    /// with none missing and none twice.
+    pub async fn join(
+        &self,
+        conn: &Arc<Conn>,
+        conv: ConversationId,
+        since: Option<Seq>,
+        participants: Vec<UserId>,
+        reply_to: Option<String>,
+    ) -> Result<(), ChatError> {
+        if conn.is_joined(&conv) {
+            self.detach(conn, conv).await;
+        }
+        let (room, start) = loop {
+            let room = self.open_room(conv).await?;
+            let mut st = room.state.lock();
+            if st.closed {
+                continue;
+            }
+            let last = st.delivered.unwrap_or_default();
+            let joined = ServerFrame::Joined {
+                conversation_id: conv,
+                last_seq: last,
+                participants: participants.clone(),
+                reply_to: reply_to.clone(),
+            };
+            conn.push(joined.encode().into());
+            let start = since.map(|s| s.min(last));
+            st.members.insert(
+                conn.id,
+                Member {
+                    conn: conn.clone(),
+                    cursor: start.unwrap_or(last),
+                    replay: start.map(|_| Vec::new()),
+                },
+            );
+            conn.set_joined(conv, true);
+            drop(st);
+            break (room, start);
+        };
+        let Some(mut cursor) = start else {
+            return Ok(());
+        };
+        loop {
+            let (page, more) = match self.store.messages_after(conv, cursor, PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    self.detach(conn, conv).await;
+                    return Err(e.into());
+                }
+            };
+            for message in page {
+                cursor = message.seq;
+                if !conn.send(message_frame(message)).await {
+                    return Ok(());
+                }
+            }
+            if !more {
+                break;
+            }
+        }
+        let mut st = room.state.lock();
+        if let Some(member) = st.members.get_mut(&conn.id) {
+            for item in member.replay.take().unwrap_or_default() {
+                match item {
+                    Buffered::Message(seq, frame) if seq > cursor => {
+                        cursor = seq;
+                        conn.push(frame);
+                    }
+                    Buffered::Message(..) => {}
+                    Buffered::Other(frame) => {
+                        conn.push(frame);
+                    }
+                }
+            }
+            member.cursor = cursor;
+        }
+        Ok(())
+    }
+
+    /// Stops delivering the conversation's events to `conn`. False if it was not joined.
+    pub async fn leave(&self, conn: &Arc<Conn>, conv: ConversationId) -> bool {
+        self.detach(conn, conv).await
+    }
+
+    async fn detach(&self, conn: &Arc<Conn>, conv: ConversationId) -> bool {
+        conn.set_joined(conv, false);
+        let Some(room) = self.rooms.get(&conv).map(|r| r.clone()) else {
+            return false;
+        };
+        let (was_member, now_empty) = {
+            let mut st = room.state.lock();
+            let was = st.members.remove(&conn.id).is_some();
+            (was, st.members.is_empty())
+        };
+        if now_empty {
+            self.close_room_if_empty(conv).await;
+        }
+        was_member
+    }
+
+    /// Finds or opens the room: subscribe first, then read the last seq, so
+    /// no event published in between is missed.
+    async fn open_room(&self, conv: ConversationId) -> Result<Arc<Room>, ChatError> {
+        if let Some(room) = self.rooms.get(&conv) {
+            return Ok(room.clone());
+        }
+        let _guard = self.topology.lock().await;
+        if let Some(room) = self.rooms.get(&conv) {
+            return Ok(room.clone());
+        }
+        let room = Arc::new(Room::new(conv, self.settings.outbound_queue));
+        self.rooms.insert(conv, room.clone());
+        let topic = Topic::Conversation(conv);
+        let opened = match self.bus.subscribe(&topic).await {
+            Ok(()) => match self.store.last_seq(conv).await {
+                Ok(Some(last)) => Ok(last),
+                Ok(None) => Err(ChatError::NotFound("conversation")),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e.into()),
+        };
+        match opened {
+            Ok(last) => {
+                let gap = room.state.lock().initialize(last);
+                if gap {
+                    self.start_gap_fill(&room);
+                }
+                Ok(room)
+            }
+            Err(e) => {
+                room.state.lock().closed = true;
+                self.rooms.remove(&conv);
+                let _ = self.bus.unsubscribe(&topic).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn close_room_if_empty(&self, conv: ConversationId) {
+        let _guard = self.topology.lock().await;
+        let Some(room) = self.rooms.get(&conv).map(|r| r.clone()) else {
+            return;
+        };
+        {
+            let mut st = room.state.lock();
+            if !st.members.is_empty() {
+                return;
+            }
+            st.closed = true;
+        }
+        self.rooms.remove(&conv);
+        if let Err(e) = self.bus.unsubscribe(&Topic::Conversation(conv)).await {
+            tracing::warn!(error = %e, %conv, "unsubscribe from conversation failed");
+        }
+    }
+
+    // ------------------------------------------------------------ membership cache
+
+    /// Cached access rules of a conversation this node is subscribed to.
+    pub fn cached_access(&self, conv: ConversationId) -> Option<Arc<Access>> {
+        self.rooms.get(&conv)?.state.lock().access.clone()
+    }
+
+    /// The version to pass to `cache_access` after loading from the store.
+    pub fn access_version(&self, conv: ConversationId) -> Option<u64> {
+        Some(self.rooms.get(&conv)?.state.lock().access_version)
+    }
+
+    /// Caches access rules loaded at `version`, unless they changed since.
+    pub fn cache_access(&self, conv: ConversationId, version: u64, access: Arc<Access>) {
+        if let Some(room) = self.rooms.get(&conv) {
+            let mut st = room.state.lock();
+            if st.access_version == version && !st.closed {
+                st.access = Some(access);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ gap filling
+
+    fn start_gap_fill(&self, room: &Arc<Room>) {
+        {
+            let mut st = room.state.lock();
+            if st.gap_fill_running {
+                return;
+            }
+            st.gap_fill_running = true;
+        }
+        let (Some(hub), room) = (self.arc(), room.clone()) else {
+            return;
+        };
+        tokio::spawn(async move { hub.fill_gaps(room).await });
+    }
+
+    /// Waits briefly for a late publisher, then reads what is still missing
+    /// from the store, until the room has no gap.
+    async fn fill_gaps(self: Arc<Self>, room: Arc<Room>) {
+        loop {
+            tokio::time::sleep(self.settings.gap_wait).await;
+            let from = {
+                let mut st = room.state.lock();
+                match st.gap_start() {
+                    Some(from) if !st.closed => from,
+                    _ => {
+                        st.gap_fill_running = false;
+                        return;
+                    }
+                }
+            };
+            self.metrics.gap_fills.inc();
+            if let Err(e) = self.catch_up(&room, from).await {
+                tracing::warn!(error = %e, conv = %room.id, "gap fill failed; retrying");
+            }
+        }
+    }
+
+    /// Feeds every stored message after `from` through the room's ordering.
+    async fn catch_up(&self, room: &Arc<Room>, mut from: Seq) -> Result<(), sea_orm::DbErr> {
+        loop {
+            let (page, more) = self.store.messages_after(room.id, from, PAGE).await?;
+            for message in page {
+                from = message.seq;
+                let seq = message.seq;
+                let (sent, _) = room.state.lock().on_message(seq, message_frame(message));
+                self.metrics.events_delivered.inc_by(sent as u64);
+            }
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// The `message_received` frame of a stored message.
+pub fn message_frame(message: Message) -> Utf8Bytes {
+    ServerFrame::MessageReceived { message }.encode().into()
+}
+
+impl EventSink for Hub {
+    fn deliver(&self, event: Arc<Event>) {
+        let Ok(frame) = Utf8Bytes::try_from(event.payload.clone()) else {
+            tracing::warn!("dropped a bus event that is not UTF-8");
+            return;
+        };
+        let sent = match (&event.topic, &event.kind) {
+            (Topic::Conversation(conv), kind) => {
+                let Some(room) = self.rooms.get(conv).map(|r| r.clone()) else {
+                    return;
+                };
+                match kind {
+                    EventKind::Message { seq } => {
+                        let (sent, gap) = room.state.lock().on_message(*seq, frame);
+                        if gap {
+                            self.start_gap_fill(&room);
+                        }
+                        sent
+                    }
+                    EventKind::Ephemeral { except } => {
+                        room.state.lock().on_ephemeral(&frame, *except)
+                    }
+                    EventKind::Membership { removed } => {
+                        self.on_membership(&room, removed.as_ref());
+                        0
+                    }
+                    EventKind::Notice { .. } => 0,
+                }
+            }
+            (Topic::User(user), EventKind::Notice { skip_joined }) => {
+                let conns = self.users.get(user).map(|c| c.clone()).unwrap_or_default();
+                conns
+                    .iter()
+                    .filter(|c| skip_joined.is_none_or(|conv| !c.is_joined(&conv)))
+                    .map(|c| c.push(frame.clone()) as usize)
+                    .sum()
+            }
+            (Topic::User(_), _) => 0,
+        };
+        self.metrics.events_delivered.inc_by(sent as u64);
+    }
+
+    fn resync(&self) {
+        let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
+        let Some(hub) = self.arc() else { return };
+        tokio::spawn(async move {
+            for room in rooms {
+                let from = room.state.lock().delivered;
+                if let Some(from) = from {
+                    if let Err(e) = hub.catch_up(&room, from).await {
+                        tracing::warn!(error = %e, conv = %room.id, "resync failed");
+                        hub.start_gap_fill(&room);
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Hub {
+    /// Participants changed: forget cached access; detach a removed user's
+    /// sockets (they get `left`, and no more of the conversation's events).
+    fn on_membership(&self, room: &Arc<Room>, removed: Option<&UserId>) {
+        let mut kicked = Vec::new();
+        let now_empty = {
+            let mut st = room.state.lock();
+            st.access = None;
+            st.access_version += 1;
+            if let Some(user) = removed {
+                let ids: HashSet<_> = st
+                    .members
+                    .values()
+                    .filter(|m| &m.conn.user == user)
+                    .map(|m| m.conn.id)
+                    .collect();
+                for id in ids {
+                    if let Some(m) = st.members.remove(&id) {
+                        kicked.push(m.conn);
+                    }
+                }
+            }
+            !kicked.is_empty() && st.members.is_empty()
+        };
+        let left: Utf8Bytes = ServerFrame::Left {
+            conversation_id: room.id,
+            reply_to: None,
+        }
+        .encode()
+        .into();
+        for conn in kicked {
+            conn.set_joined(room.id, false);
+            conn.push(left.clone());
+        }
+        if now_empty {
+            if let Some(hub) = self.arc() {
+                let conv = room.id;
+                tokio::spawn(async move { hub.close_room_if_empty(conv).await });
+            }
+        }
+    }
+}

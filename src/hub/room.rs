@@ -1,0 +1,239 @@
+//! One conversation's delivery state on this node: which local sockets are
+//! joined, the highest seq delivered, and later seqs held back until the
+//! earlier ones arrive. All methods are synchronous and run under the room's
+//! lock; anything slow (store reads) happens outside it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use super::conn::Conn;
+use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
+
+/// Who may use a conversation, cached while this node is subscribed to it.
+#[derive(Debug)]
+pub struct Access {
+    pub members: HashSet<UserId>,
+    pub archived: bool,
+}
+
+/// A local socket joined to the room.
+pub(super) struct Member {
+    pub conn: Arc<Conn>,
+    /// Highest seq this socket has been sent.
+    pub cursor: Seq,
+    /// While the socket's `since_seq` replay runs, live frames wait here.
+    pub replay: Option<Vec<Buffered>>,
+}
+
+/// A live frame that arrived during a replay.
+pub(super) enum Buffered {
+    Message(Seq, Utf8Bytes),
+    Other(Utf8Bytes),
+}
+
+/// A conversation with at least one local socket joined.
+pub(super) struct Room {
+    pub id: ConversationId,
+    pub state: parking_lot::Mutex<RoomState>,
+}
+
+pub(super) struct RoomState {
+    /// Highest seq delivered in order; None until the room is initialized.
+    pub delivered: Option<Seq>,
+    /// Seqs that arrived ahead of a missing one.
+    pub pending: BTreeMap<Seq, Utf8Bytes>,
+    pub gap_fill_running: bool,
+    pub members: HashMap<ConnectionId, Member>,
+    pub access: Option<Arc<Access>>,
+    /// Bumped on every membership change, so a stale load is not cached.
+    pub access_version: u64,
+    /// Set when the room is removed from the hub; late joiners retry.
+    pub closed: bool,
+    /// Bound on buffered frames per replaying socket.
+    pub queue_limit: usize,
+}
+
+impl Room {
+    pub fn new(id: ConversationId, queue_limit: usize) -> Self {
+        Room {
+            id,
+            state: parking_lot::Mutex::new(RoomState {
+                delivered: None,
+                pending: BTreeMap::new(),
+                gap_fill_running: false,
+                members: HashMap::new(),
+                access: None,
+                access_version: 0,
+                closed: false,
+                queue_limit,
+            }),
+        }
+    }
+}
+
+impl RoomState {
+    /// Takes a stored message's frame. Returns how many sockets got it and
+    /// whether a gap remains (seqs held back behind a missing one).
+    pub fn on_message(&mut self, seq: Seq, frame: Utf8Bytes) -> (usize, bool) {
+        let Some(delivered) = self.delivered else {
+            self.pending.insert(seq, frame);
+            return (0, false);
+        };
+        if seq <= delivered {
+            return (0, !self.pending.is_empty());
+        }
+        if seq != delivered.next() {
+            self.pending.insert(seq, frame);
+            return (0, true);
+        }
+        let mut sent = self.fan_out(seq, frame);
+        sent += self.drain_pending();
+        (sent, !self.pending.is_empty())
+    }
+
+    /// Sets the starting point once the store told the last seq.
+    pub fn initialize(&mut self, last: Seq) -> bool {
+        self.delivered = Some(last);
+        self.drain_pending();
+        !self.pending.is_empty()
+    }
+
+    /// Delivers held seqs that are now next in line; drops stale ones.
+    fn drain_pending(&mut self) -> usize {
+        let mut sent = 0;
+        while let Some(entry) = self.pending.first_entry() {
+            let delivered = self.delivered.unwrap_or_default();
+            let seq = *entry.key();
+            if seq <= delivered {
+                entry.remove();
+            } else if seq == delivered.next() {
+                let frame = entry.remove();
+                sent += self.fan_out(seq, frame);
+            } else {
+                break;
+            }
+        }
+        sent
+    }
+
+    fn fan_out(&mut self, seq: Seq, frame: Utf8Bytes) -> usize {
+        self.delivered = Some(seq);
+        let limit = self.queue_limit;
+        let mut sent = 0;
+        for m in self.members.values_mut() {
+            if let Some(buf) = &mut m.replay {
+                push_buffered(&m.conn, buf, Buffered::Message(seq, frame.clone()), limit);
+            } else if seq > m.cursor {
+                m.cursor = seq;
+                sent += m.conn.push(frame.clone()) as usize;
+            }
+        }
+        sent
+    }
+
+    /// Delivers an ephemeral frame to every joined socket but `except`.
+    pub fn on_ephemeral(&mut self, frame: &Utf8Bytes, except: Option<ConnectionId>) -> usize {
+        let limit = self.queue_limit;
+        let mut sent = 0;
+        for m in self.members.values_mut() {
+            if Some(m.conn.id) == except {
+                continue;
+            }
+            if let Some(buf) = &mut m.replay {
+                push_buffered(&m.conn, buf, Buffered::Other(frame.clone()), limit);
+            } else {
+                sent += m.conn.push(frame.clone()) as usize;
+            }
+        }
+        sent
+    }
+
+    /// The first missing seq's predecessor, if a gap is waiting to be filled.
+    pub fn gap_start(&self) -> Option<Seq> {
+        match (self.delivered, self.pending.is_empty()) {
+            (Some(d), false) => Some(d),
+            _ => None,
+        }
+    }
+}
+
+fn push_buffered(conn: &Conn, buf: &mut Vec<Buffered>, item: Buffered, limit: usize) {
+    if buf.len() >= limit {
+        conn.close(super::CloseReason::SlowConsumer);
+    } else {
+        buf.push(item);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room_with_member() -> (RoomState, tokio::sync::mpsc::Receiver<Utf8Bytes>) {
+        let room = Room::new(ConversationId::new(), 100);
+        let (conn, rx) = Conn::new(UserId::from("u"), 100);
+        let conn = Arc::new(conn);
+        let mut st = room.state.into_inner();
+        st.initialize(Seq(0));
+        st.members.insert(
+            conn.id,
+            Member {
+                conn,
+                cursor: Seq(0),
+                replay: None,
+            },
+        );
+        (st, rx)
+    }
+
+    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(f) = rx.try_recv() {
+            out.push(f.to_string());
+        }
+        out
+    }
+
+    #[test]
+    fn holds_later_seqs_until_the_gap_closes() {
+        let (mut st, mut rx) = room_with_member();
+        assert_eq!(st.on_message(Seq(2), "2".into()), (0, true));
+        assert_eq!(st.on_message(Seq(3), "3".into()), (0, true));
+        assert!(drain(&mut rx).is_empty());
+        assert_eq!(st.gap_start(), Some(Seq(0)));
+        assert_eq!(st.on_message(Seq(1), "1".into()), (3, false));
+        assert_eq!(drain(&mut rx), ["1", "2", "3"]);
+    }
+
+    #[test]
+    fn drops_duplicates() {
+        let (mut st, mut rx) = room_with_member();
+        st.on_message(Seq(1), "1".into());
+        st.on_message(Seq(1), "1".into());
+        st.on_message(Seq(2), "2".into());
+        st.on_message(Seq(1), "1".into());
+        assert_eq!(drain(&mut rx), ["1", "2"]);
+    }
+
+    #[test]
+    fn events_before_initialization_wait() {
+        let room = Room::new(ConversationId::new(), 10);
+        let mut st = room.state.into_inner();
+        st.on_message(Seq(5), "5".into());
+        st.on_message(Seq(6), "6".into());
+        // The store said 5 was already there when the room opened.
+        assert!(!st.initialize(Seq(5)));
+        assert_eq!(st.delivered, Some(Seq(6)));
+    }
+
+    #[test]
+    fn ephemeral_skips_the_originating_socket() {
+        let (mut st, mut rx) = room_with_member();
+        let id = *st.members.keys().next().unwrap();
+        assert_eq!(st.on_ephemeral(&"t".into(), Some(id)), 0);
+        assert_eq!(st.on_ephemeral(&"t".into(), None), 1);
+        assert_eq!(drain(&mut rx), ["t"]);
+    }
+}

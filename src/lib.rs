@@ -1,0 +1,17 @@
+//! confab: a realtime chat hub. Stateless nodes hold WebSockets, history
+//! lives in SQL, events cross nodes on a bus. See docs/protocol.md for the
+//! wire contract and README.md for the layout.
+
+pub mod auth;
+pub mod bus;
+pub mod chat;
+pub mod config;
+pub mod error;
+pub mod http;
+pub mod hub;
+pub mod ids;
+pub mod node;
+pub mod protocol;
+pub mod store;
+pub mod telemetry;
+pub mod ws;

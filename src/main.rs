@@ -1,0 +1,108 @@
+//! The confab command line: `serve` (the default), `migrate`, `token`.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use confab::{auth::Authenticator, config::Settings, node, store::Store, telemetry};
+
+#[derive(Parser)]
+#[command(name = "confab", version, about = "A realtime chat hub")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print a JWT for a user, signed with the configured secret (for development).
+    Token {
+        /// The user id (the token's `sub`).
+        #[arg(long)]
+        user: String,
+        /// A display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// How long the token is valid, e.g. 30m, 1h, 7d.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+    },
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("confab: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(settings).await,
+        Command::Migrate => migrate(settings).await,
+        Command::Token { user, name, ttl } => Authenticator::new(&settings.auth)
+            .map_err(|e| e.to_string())
+            .and_then(|a| a.mint(&user, name.as_deref(), ttl))
+            .map(|t| println!("{t}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("confab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(settings: Settings) -> Result<(), String> {
+    telemetry::init_logging(&settings.telemetry);
+    if settings.uses_dev_secret() {
+        tracing::warn!("USING THE DEVELOPMENT JWT SECRET: anyone can mint tokens. Set CONFAB_AUTH__JWT_SECRET for any real use.");
+    }
+    let listen = settings.server.listen;
+    let node = node::Node::start(settings)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (acceptor, addr) = node::bind(listen).await.map_err(|e| e.to_string())?;
+    tracing::info!(%addr, node = %node.node_id, db = node.store.backend_name(), "confab listening");
+    node::serve(node, acceptor, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn migrate(settings: Settings) -> Result<(), String> {
+    let store = Store::connect(&settings.database.url, 2)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    println!("migrations applied to {}", store.backend_name());
+    Ok(())
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+    tracing::info!("shutdown signal received");
+}

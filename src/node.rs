@@ -1,0 +1,165 @@
+//! One confab node: its parts wired together, and its life (start, serve,
+//! drain, stop).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use poem::listener::{Acceptor, TcpAcceptor};
+use poem::Server;
+
+use crate::auth::{AuthConfigError, Authenticator};
+use crate::bus::{Bus, LocalBus};
+use crate::chat::Chat;
+use crate::config::Settings;
+use crate::hub::{CloseReason, Hub, HubSettings};
+use crate::store::Store;
+use crate::telemetry::Metrics;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("database: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    #[error(transparent)]
+    Auth(#[from] AuthConfigError),
+    #[error("bus: {0}")]
+    Bus(String),
+    #[error("listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// Everything one node holds; shared by every request and socket.
+pub struct Node {
+    pub settings: Settings,
+    pub node_id: String,
+    pub store: Store,
+    pub bus: Arc<dyn Bus>,
+    pub hub: Arc<Hub>,
+    pub chat: Arc<Chat>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    draining: AtomicBool,
+}
+
+impl Node {
+    /// Connects storage (migrating it) and the bus, and builds the node.
+    pub async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
+        let auth = Authenticator::new(&settings.auth)?;
+        let store =
+            Store::connect(&settings.database.url, settings.database.max_connections).await?;
+        store.migrate().await?;
+        if !settings.bus.redis_url.is_empty() {
+            return Err(StartError::Bus(
+                "bus.redis_url is set, but this build has only the in-process bus".into(),
+            ));
+        }
+        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
+        let node_id = if settings.server.node_id.is_empty() {
+            format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+        } else {
+            settings.server.node_id.clone()
+        };
+        let metrics = Arc::new(Metrics::new(&node_id));
+        let hub = Hub::new(
+            store.clone(),
+            bus.clone(),
+            metrics.clone(),
+            HubSettings {
+                gap_wait: Duration::from_millis(settings.bus.gap_fill_ms),
+                outbound_queue: settings.limits.outbound_queue,
+                max_connections_per_user: settings.limits.max_connections_per_user,
+            },
+        );
+        let chat = Arc::new(Chat::new(
+            store.clone(),
+            bus.clone(),
+            hub.clone(),
+            metrics.clone(),
+            settings.limits.clone(),
+        ));
+        Ok(Arc::new(Node {
+            settings,
+            node_id,
+            store,
+            bus,
+            hub,
+            chat,
+            auth,
+            metrics,
+            draining: AtomicBool::new(false),
+        }))
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Readiness: storage answers, the bus delivers, not draining.
+    pub async fn is_ready(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".into());
+        }
+        self.store
+            .ping()
+            .await
+            .map_err(|e| format!("storage: {e}"))?;
+        if !self.bus.healthy().await {
+            return Err("bus: not delivering".into());
+        }
+        Ok(())
+    }
+
+    /// Stops taking sockets and closes the open ones with 1012, spread over
+    /// `server.drain_secs` so their reconnects do not land all at once.
+    pub async fn drain(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let conns = self.hub.connections();
+        let window = Duration::from_secs(self.settings.server.drain_secs);
+        tracing::info!(sockets = conns.len(), ?window, "draining");
+        if !conns.is_empty() {
+            let step = window / conns.len() as u32;
+            for conn in conns {
+                conn.close(CloseReason::Restart);
+                if !step.is_zero() {
+                    tokio::time::sleep(step).await;
+                }
+            }
+        }
+        // Give writers a moment to send their close frames.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !self.hub.connections().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// Binds the configured address (or `addr`, for tests picking port 0).
+pub async fn bind(addr: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartError> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let local = acceptor
+        .local_addr()
+        .first()
+        .and_then(|a| a.as_socket_addr().copied())
+        .unwrap_or(addr);
+    Ok((acceptor, local))
+}
+
+/// Serves HTTP and WebSockets until `shutdown` completes, then drains.
+pub async fn serve(
+    node: Arc<Node>,
+    acceptor: TcpAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = crate::http::routes(node.clone());
+    let drain_node = node.clone();
+    let signal = async move {
+        shutdown.await;
+        drain_node.drain().await;
+    };
+    Server::new_with_acceptor(acceptor)
+        .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(5)))
+        .await
+}

@@ -1,0 +1,482 @@
+//! PROTOCOL.md as serde types: what a client may send (`ClientFrame`), what a
+//! node sends (`ServerFrame`), and the data both carry (`Message`,
+//! `Conversation`). Decoding never panics; every failure is an `ErrorCode`.
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::error::{ChatError, ErrorCode};
+use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, UserId};
+
+/// Longest `id` or `client_msg_id` a client may send.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
+/// A stored message as every client sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub message_type: String,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub client_msg_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A conversation as a sidebar shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Conversation {
+    pub id: ConversationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    pub owner_id: UserId,
+    pub participants: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub assistant_id: Option<String>,
+    pub archived: bool,
+    pub last_seq: Seq,
+    /// How far the requesting user has read (only in answers to that user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub last_read_seq: Option<Seq>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a `conversation_updated` was sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateReason {
+    Created,
+    ParticipantAdded,
+    ParticipantRemoved,
+    Renamed,
+    Archived,
+}
+
+// ---------------------------------------------------------------- client frames
+
+/// Frame types a client may send. Anything else decodes as `Unknown`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FrameType {
+    Auth,
+    JoinConversation,
+    LeaveConversation,
+    SendMessage,
+    Typing,
+    TypingStart,
+    TypingStop,
+    LoadMessages,
+    MarkRead,
+    Ping,
+    #[serde(other)]
+    Unknown,
+}
+
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(rename = "type")]
+    kind: FrameType,
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
+}
+
+/// Raw type name, read only to say which type was unknown.
+#[derive(Deserialize)]
+struct TypeName<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Join {
+    pub conversation_id: ConversationId,
+    #[serde(default)]
+    pub since_seq: Option<Seq>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct ConversationRef {
+    pub conversation_id: ConversationId,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct SendMessage {
+    pub conversation_id: ConversationId,
+    pub content: String,
+    #[serde(default)]
+    pub message_type: Option<String>,
+    #[serde(default)]
+    pub client_msg_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct Typing {
+    pub conversation_id: ConversationId,
+    pub is_typing: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct LoadMessages {
+    pub conversation_id: ConversationId,
+    #[serde(default)]
+    pub before_seq: Option<Seq>,
+    #[serde(default)]
+    pub after_seq: Option<Seq>,
+    #[serde(default)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct MarkRead {
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+}
+
+/// A decoded client frame.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ClientFrame {
+    Auth { token: String },
+    Join(Join),
+    Leave(ConversationRef),
+    Send(SendMessage),
+    Typing(Typing),
+    LoadMessages(LoadMessages),
+    MarkRead(MarkRead),
+    Ping(Option<serde_json::Value>),
+}
+
+impl ClientFrame {
+    /// Short name for logs and metrics labels (bounded set).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientFrame::Auth { .. } => "auth",
+            ClientFrame::Join(_) => "join_conversation",
+            ClientFrame::Leave(_) => "leave_conversation",
+            ClientFrame::Send(_) => "send_message",
+            ClientFrame::Typing(_) => "typing",
+            ClientFrame::LoadMessages(_) => "load_messages",
+            ClientFrame::MarkRead(_) => "mark_read",
+            ClientFrame::Ping(_) => "ping",
+        }
+    }
+}
+
+/// A frame that could not be decoded, with the `id` to answer when known.
+#[derive(Debug)]
+pub struct DecodeError {
+    pub id: Option<String>,
+    pub error: ChatError,
+}
+
+/// Decodes one text frame. Never panics.
+pub fn decode(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> {
+    let env: Envelope = serde_json::from_str(text).map_err(|e| DecodeError {
+        id: None,
+        error: ChatError::InvalidFrame(format!("not a frame: {e}")),
+    })?;
+    if let Some(id) = &env.id {
+        if id.chars().count() > MAX_CLIENT_ID_LEN {
+            return Err(DecodeError {
+                id: None,
+                error: ChatError::InvalidFrame(format!(
+                    "id is longer than {MAX_CLIENT_ID_LEN} characters"
+                )),
+            });
+        }
+    }
+    let id = env.id.clone();
+    let fail = |error: ChatError| DecodeError {
+        id: id.clone(),
+        error,
+    };
+    let data = |name: &str| -> Result<&RawValue, DecodeError> {
+        env.data
+            .ok_or_else(|| fail(ChatError::InvalidFrame(format!("{name} needs `data`"))))
+    };
+    fn parse<'a, T: Deserialize<'a>>(raw: &'a RawValue, name: &str) -> Result<T, ChatError> {
+        serde_json::from_str(raw.get())
+            .map_err(|e| ChatError::InvalidFrame(format!("bad {name} data: {e}")))
+    }
+    let frame = match env.kind {
+        FrameType::Auth => match env.token.clone() {
+            Some(token) => ClientFrame::Auth { token },
+            None => return Err(fail(ChatError::InvalidFrame("auth needs `token`".into()))),
+        },
+        FrameType::JoinConversation => {
+            ClientFrame::Join(parse(data("join_conversation")?, "join_conversation").map_err(fail)?)
+        }
+        FrameType::LeaveConversation => ClientFrame::Leave(
+            parse(data("leave_conversation")?, "leave_conversation").map_err(fail)?,
+        ),
+        FrameType::SendMessage => {
+            let send: SendMessage = parse(data("send_message")?, "send_message").map_err(fail)?;
+            if let Some(cid) = &send.client_msg_id {
+                if cid.is_empty() || cid.chars().count() > MAX_CLIENT_ID_LEN {
+                    return Err(fail(ChatError::InvalidFrame(format!(
+                        "client_msg_id must be 1 to {MAX_CLIENT_ID_LEN} characters"
+                    ))));
+                }
+            }
+            ClientFrame::Send(send)
+        }
+        FrameType::Typing => ClientFrame::Typing(parse(data("typing")?, "typing").map_err(fail)?),
+        FrameType::TypingStart | FrameType::TypingStop => {
+            let r: ConversationRef = parse(data("typing")?, "typing").map_err(fail)?;
+            ClientFrame::Typing(Typing {
+                conversation_id: r.conversation_id,
+                is_typing: env.kind == FrameType::TypingStart,
+            })
+        }
+        FrameType::LoadMessages => {
+            ClientFrame::LoadMessages(parse(data("load_messages")?, "load_messages").map_err(fail)?)
+        }
+        FrameType::MarkRead => {
+            ClientFrame::MarkRead(parse(data("mark_read")?, "mark_read").map_err(fail)?)
+        }
+        FrameType::Ping => ClientFrame::Ping(match env.data {
+            Some(raw) => Some(parse(raw, "ping").map_err(fail)?),
+            None => None,
+        }),
+        FrameType::Unknown => {
+            let name = serde_json::from_str::<TypeName>(text)
+                .map(|t| t.kind.into_owned())
+                .unwrap_or_default();
+            let name: String = name.chars().take(64).collect();
+            return Err(fail(ChatError::UnknownType(name)));
+        }
+    };
+    Ok((id, frame))
+}
+
+// ---------------------------------------------------------------- server frames
+
+/// A frame a node sends. Serialized once per event and shared by every socket.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", content = "data", rename_all = "snake_case")]
+pub enum ServerFrame {
+    AuthSuccess {
+        user_id: UserId,
+        connection_id: ConnectionId,
+        expires_at: DateTime<Utc>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    Joined {
+        conversation_id: ConversationId,
+        last_seq: Seq,
+        participants: Vec<UserId>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    Left {
+        conversation_id: ConversationId,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    MessageReceived {
+        message: Message,
+    },
+    Messages {
+        conversation_id: ConversationId,
+        messages: Vec<Message>,
+        has_more: bool,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    TypingIndicator {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        is_typing: bool,
+    },
+    ConversationUpdated {
+        conversation: Conversation,
+        reason: UpdateReason,
+    },
+    ReadReceipt {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        seq: Seq,
+    },
+    Ack(Ack),
+    Pong(serde_json::Value),
+    Error(ErrorBody),
+}
+
+/// `ack`: the request's `ref` plus what it produced.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Ack {
+    #[serde(rename = "ref")]
+    pub reply_to: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<MessageId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub seq: Option<Seq>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<bool>,
+}
+
+/// `error` data.
+#[derive(Clone, Debug, Serialize)]
+pub struct ErrorBody {
+    pub code: ErrorCode,
+    pub message: String,
+    #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
+}
+
+impl ServerFrame {
+    pub fn error(err: &ChatError, reply_to: Option<String>) -> Self {
+        ServerFrame::Error(ErrorBody {
+            code: err.code(),
+            message: err.client_message(),
+            reply_to,
+            retry_after_ms: err.retry_after_ms(),
+        })
+    }
+
+    /// The `pong` answer to a `ping`: its data echoed, plus `ref` when asked.
+    pub fn pong(data: Option<serde_json::Value>, reply_to: Option<String>) -> Self {
+        let body = match (data, reply_to) {
+            (Some(serde_json::Value::Object(mut map)), Some(r)) => {
+                map.insert("ref".into(), r.into());
+                serde_json::Value::Object(map)
+            }
+            (None, Some(r)) => serde_json::json!({ "ref": r }),
+            (Some(other), Some(r)) => serde_json::json!({ "ref": r, "data": other }),
+            (Some(data), None) => data,
+            (None, None) => serde_json::json!({}),
+        };
+        ServerFrame::Pong(body)
+    }
+
+    /// The JSON text of this frame.
+    pub fn encode(&self) -> String {
+        // Serializing these types cannot fail: every map key is a string and
+        // no Serialize impl here returns an error.
+        serde_json::to_string(self).expect("server frames always serialize")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> (Option<String>, ErrorCode) {
+        let e = decode(text).unwrap_err();
+        (e.id, e.error.code())
+    }
+
+    #[test]
+    fn decodes_auth_with_top_level_token() {
+        let (id, f) = decode(r#"{"type":"auth","token":"abc"}"#).unwrap();
+        assert_eq!(id, None);
+        assert_eq!(
+            f,
+            ClientFrame::Auth {
+                token: "abc".into()
+            }
+        );
+    }
+
+    #[test]
+    fn decodes_send_with_id() {
+        let conv = ConversationId::new();
+        let text = format!(
+            r#"{{"type":"send_message","id":"r1","data":{{"conversation_id":"{conv}","content":"hi","client_msg_id":"c1"}}}}"#
+        );
+        let (id, f) = decode(&text).unwrap();
+        assert_eq!(id.as_deref(), Some("r1"));
+        match f {
+            ClientFrame::Send(s) => {
+                assert_eq!(s.conversation_id, conv);
+                assert_eq!(s.content, "hi");
+                assert_eq!(s.client_msg_id.as_deref(), Some("c1"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn typing_aliases_map_to_typing() {
+        let conv = ConversationId::new();
+        let text = format!(r#"{{"type":"typing_stop","data":{{"conversation_id":"{conv}"}}}}"#);
+        let (_, f) = decode(&text).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Typing(Typing {
+                conversation_id: conv,
+                is_typing: false
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_frames_are_invalid_with_ref_when_known() {
+        assert_eq!(code_of("not json"), (None, ErrorCode::InvalidFrame));
+        assert_eq!(code_of(r#"{"data":{}}"#), (None, ErrorCode::InvalidFrame));
+        assert_eq!(
+            code_of(r#"{"type":"send_message","id":"x","data":{"content":"hi"}}"#),
+            (Some("x".into()), ErrorCode::InvalidFrame)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join_conversation","id":"y"}"#),
+            (Some("y".into()), ErrorCode::InvalidFrame)
+        );
+        let long = "a".repeat(65);
+        assert_eq!(
+            code_of(&format!(r#"{{"type":"ping","id":"{long}"}}"#)),
+            (None, ErrorCode::InvalidFrame)
+        );
+    }
+
+    #[test]
+    fn unknown_types_are_named() {
+        let e = decode(r#"{"type":"stream_response","id":"s","data":{}}"#).unwrap_err();
+        assert_eq!(e.error.code(), ErrorCode::UnknownType);
+        assert_eq!(e.id.as_deref(), Some("s"));
+        assert!(e.error.to_string().contains("stream_response"));
+    }
+
+    #[test]
+    fn pong_echoes_data_and_adds_ref() {
+        let f = ServerFrame::pong(Some(serde_json::json!({"t": 5})), Some("p".into()));
+        let v: serde_json::Value = serde_json::from_str(&f.encode()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "pong", "data": {"t": 5, "ref": "p"}})
+        );
+    }
+
+    #[test]
+    fn error_frames_carry_code_ref_and_retry() {
+        let f = ServerFrame::error(
+            &ChatError::RateLimited {
+                retry_after_ms: 250,
+            },
+            Some("q".into()),
+        );
+        let v: serde_json::Value = serde_json::from_str(&f.encode()).unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["data"]["code"], "RATE_LIMITED");
+        assert_eq!(v["data"]["ref"], "q");
+        assert_eq!(v["data"]["retry_after_ms"], 250);
+    }
+}

@@ -1,0 +1,177 @@
+//! Messages: appending with gap-free seq allocation, idempotent by
+//! `client_msg_id`, and reading history pages.
+
+use entity::{chat_messages as msgs, chats};
+use sea_orm::{
+    sea_query::{Expr, ExprTrait},
+    ActiveValue::Set,
+    ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
+    TransactionTrait,
+};
+
+use super::{now, Store};
+use crate::ids::{ConversationId, MessageId, Seq, UserId};
+use crate::protocol::Message;
+
+/// A message to append.
+#[derive(Clone, Debug)]
+pub struct NewMessage {
+    pub conversation_id: ConversationId,
+    pub sender_id: UserId,
+    pub message_type: String,
+    pub content: String,
+    pub client_msg_id: Option<String>,
+    pub metadata: Option<serde_json::Value>,
+}
+
+/// The stored message, and whether it had been stored before (a retry).
+#[derive(Clone, Debug)]
+pub struct Appended {
+    pub message: Message,
+    pub duplicate: bool,
+}
+
+impl Store {
+    /// Stores a message at the conversation's next seq. None if the
+    /// conversation does not exist.
+    ///
+    /// One transaction bumps `chats.last_seq` (the row lock serializes
+    /// writers of one conversation on every node) and inserts the row, so
+    /// seq is unique and gap-free: a failed insert rolls the bump back.
+    pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
+        if let Some(found) = self.find_retry(&new).await? {
+            return Ok(Some(found));
+        }
+        match self.insert_next(&new).await {
+            Ok(message) => Ok(message.map(|message| Appended {
+                message,
+                duplicate: false,
+            })),
+            // A concurrent retry of the same send won the race.
+            Err(e) if is_unique_violation(&e) && new.client_msg_id.is_some() => {
+                self.find_retry(&new).await?.map(Some).ok_or(e)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn insert_next(&self, new: &NewMessage) -> Result<Option<Message>, DbErr> {
+        let txn = self.db.begin().await?;
+        let created_at = now();
+        let bumped = chats::Entity::update_many()
+            .col_expr(
+                chats::Column::LastSeq,
+                Expr::col(chats::Column::LastSeq).add(1),
+            )
+            .col_expr(chats::Column::UpdatedAt, created_at.into())
+            .filter(chats::Column::Id.eq(new.conversation_id.0))
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(chat) = bumped.into_iter().next() else {
+            return Ok(None);
+        };
+        let message = Message {
+            id: MessageId::new(),
+            conversation_id: new.conversation_id,
+            seq: Seq(chat.last_seq),
+            sender_id: new.sender_id.clone(),
+            message_type: new.message_type.clone(),
+            content: new.content.clone(),
+            client_msg_id: new.client_msg_id.clone(),
+            metadata: new.metadata.clone(),
+            created_at,
+        };
+        msgs::Entity::insert(msgs::ActiveModel {
+            id: Set(message.id.0),
+            chat_id: Set(message.conversation_id.0),
+            seq: Set(message.seq.0),
+            sender_id: Set(message.sender_id.0.clone()),
+            message_type: Set(message.message_type.clone()),
+            content: Set(message.content.clone()),
+            client_msg_id: Set(message.client_msg_id.clone()),
+            metadata: Set(message.metadata.clone()),
+            created_at: Set(created_at),
+        })
+        .exec_without_returning(&txn)
+        .await?;
+        txn.commit().await?;
+        Ok(Some(message))
+    }
+
+    async fn find_retry(&self, new: &NewMessage) -> Result<Option<Appended>, DbErr> {
+        let Some(cid) = &new.client_msg_id else {
+            return Ok(None);
+        };
+        Ok(msgs::Entity::find()
+            .filter(msgs::Column::ChatId.eq(new.conversation_id.0))
+            .filter(msgs::Column::SenderId.eq(new.sender_id.0.clone()))
+            .filter(msgs::Column::ClientMsgId.eq(cid.clone()))
+            .one(&self.db)
+            .await?
+            .map(|m| Appended {
+                message: to_message(m),
+                duplicate: true,
+            }))
+    }
+
+    /// Messages with seq > `after`, oldest first, at most `limit`; and
+    /// whether more follow.
+    pub async fn messages_after(
+        &self,
+        id: ConversationId,
+        after: Seq,
+        limit: u64,
+    ) -> Result<(Vec<Message>, bool), DbErr> {
+        let mut rows = msgs::Entity::find()
+            .filter(msgs::Column::ChatId.eq(id.0))
+            .filter(msgs::Column::Seq.gt(after.0))
+            .order_by_asc(msgs::Column::Seq)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        Ok((rows.into_iter().map(to_message).collect(), more))
+    }
+
+    /// The newest messages with seq < `before` (or the newest of all),
+    /// oldest first, at most `limit`; and whether older ones exist.
+    pub async fn messages_before(
+        &self,
+        id: ConversationId,
+        before: Option<Seq>,
+        limit: u64,
+    ) -> Result<(Vec<Message>, bool), DbErr> {
+        let mut query = msgs::Entity::find().filter(msgs::Column::ChatId.eq(id.0));
+        if let Some(before) = before {
+            query = query.filter(msgs::Column::Seq.lt(before.0));
+        }
+        let mut rows = query
+            .order_by_desc(msgs::Column::Seq)
+            .limit(limit + 1)
+            .all(&self.db)
+            .await?;
+        let more = rows.len() as u64 > limit;
+        rows.truncate(limit as usize);
+        rows.reverse();
+        Ok((rows.into_iter().map(to_message).collect(), more))
+    }
+}
+
+fn is_unique_violation(e: &DbErr) -> bool {
+    matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
+}
+
+fn to_message(m: msgs::Model) -> Message {
+    Message {
+        id: MessageId(m.id),
+        conversation_id: ConversationId(m.chat_id),
+        seq: Seq(m.seq),
+        sender_id: UserId(m.sender_id),
+        message_type: m.message_type,
+        content: m.content,
+        client_msg_id: m.client_msg_id,
+        metadata: m.metadata,
+        created_at: m.created_at,
+    }
+}

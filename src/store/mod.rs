@@ -1,0 +1,109 @@
+//! History through sea-orm: conversations, participants and messages, on
+//! SQLite or Postgres alike. Knows nothing of sockets, frames or HTTP.
+
+mod chats;
+mod messages;
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use migration::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+
+pub use messages::{Appended, NewMessage};
+
+/// The node's handle on the database: a pooled connection, cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+}
+
+impl Store {
+    /// Connects to `url` (sqlite://... or postgres://...). A SQLite file and
+    /// its folder are created if missing; SQLite runs in WAL mode.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+        if let Some(path) = sqlite_path(url) {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                if !dir.as_os_str().is_empty() {
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        DbErr::Custom(format!("cannot create {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+        }
+        let mut opts = ConnectOptions::new(url.to_owned());
+        opts.max_connections(max_connections)
+            .min_connections(1)
+            .connect_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(5))
+            .sqlx_logging(false)
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true)
+            });
+        Ok(Self::from_connection(Database::connect(opts).await?))
+    }
+
+    /// Wraps an existing connection (tests use this to pick a Postgres schema).
+    pub fn from_connection(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    /// Applies every pending migration.
+    pub async fn migrate(&self) -> Result<(), DbErr> {
+        Migrator::up(&self.db, None).await
+    }
+
+    /// A round trip to the database, for readiness.
+    pub async fn ping(&self) -> Result<(), DbErr> {
+        self.db.ping().await
+    }
+
+    /// The raw connection, for tests and tools.
+    pub fn connection(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        match self.db.get_database_backend() {
+            sea_orm::DbBackend::Sqlite => "sqlite",
+            sea_orm::DbBackend::Postgres => "postgres",
+            _ => "other",
+        }
+    }
+}
+
+/// The file path of a `sqlite://` URL, if it names a file.
+fn sqlite_path(url: &str) -> Option<&str> {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or(rest);
+    (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
+/// Now, at the millisecond precision every backend stores exactly, so a
+/// message built in memory equals the same message read back.
+pub fn now() -> DateTime<Utc> {
+    let ms = Utc::now().timestamp_millis();
+    // A millisecond timestamp taken from the clock is always representable.
+    DateTime::from_timestamp_millis(ms).expect("current time is representable")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_paths() {
+        assert_eq!(
+            sqlite_path("sqlite://data/confab.db?mode=rwc"),
+            Some("data/confab.db")
+        );
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://x/y"), None);
+    }
+}

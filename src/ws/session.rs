@@ -1,0 +1,361 @@
+//! The reader side of one socket: authenticate the first frame, register
+//! with the hub, then turn each frame into a chat call and answer it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use futures_util::{stream::SplitStream, StreamExt};
+use poem::Upgraded;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{error::CapacityError, Error as WsError, Message};
+use tokio_tungstenite::WebSocketStream;
+
+use super::writer;
+use crate::auth::Identity;
+use crate::chat::{Bucket, Outgoing, Page};
+use crate::error::ChatError;
+use crate::hub::{CloseReason, Conn};
+use crate::ids::ConversationId;
+use crate::node::Node;
+use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
+
+type Stream = SplitStream<WebSocketStream<Upgraded>>;
+
+/// Runs a socket from its first frame to its close.
+pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
+    let (sink, mut stream) = ws.split();
+    let identity = match authenticate(&node, &mut stream).await {
+        Ok(Some(identity)) => identity,
+        Ok(None) => return,
+        Err((err, reason)) => {
+            node.metrics
+                .sockets_closed
+                .with_label_values(&[&reason.code().to_string()])
+                .inc();
+            let frame = ServerFrame::error(&err, None).encode();
+            writer::reject(sink, frame.into(), reason).await;
+            return;
+        }
+    };
+    let (conn, rx) = match node.hub.register(identity.user_id.clone()).await {
+        Ok(registered) => registered,
+        Err(err) => {
+            let reason = match err {
+                ChatError::Forbidden(_) => CloseReason::Policy,
+                _ => CloseReason::Restart,
+            };
+            node.metrics
+                .sockets_closed
+                .with_label_values(&[&reason.code().to_string()])
+                .inc();
+            writer::reject(sink, ServerFrame::error(&err, None).encode().into(), reason).await;
+            return;
+        }
+    };
+    let writer = tokio::spawn(writer::run(sink, rx, conn.clone()));
+    let mut session = Session {
+        frames: Bucket::full(node.settings.limits.frame_burst),
+        node,
+        conn,
+        expires_at: deadline_of(&identity),
+        typing: HashMap::new(),
+    };
+    session
+        .reply(ServerFrame::AuthSuccess {
+            user_id: identity.user_id.clone(),
+            connection_id: session.conn.id,
+            expires_at: identity.expires_at,
+            reply_to: None,
+        })
+        .await;
+    session.read(&mut stream).await;
+    session.finish().await;
+    let reason = writer.await.unwrap_or(CloseReason::Normal);
+    session
+        .node
+        .metrics
+        .sockets_closed
+        .with_label_values(&[&reason.code().to_string()])
+        .inc();
+}
+
+/// Waits for the auth frame. Ok(None) if the peer left first.
+async fn authenticate(
+    node: &Node,
+    stream: &mut Stream,
+) -> Result<Option<Identity>, (ChatError, CloseReason)> {
+    let timeout = node.settings.auth.timeout();
+    let first = tokio::time::timeout(timeout, async {
+        loop {
+            match stream.next().await {
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await;
+    let auth_required = |why: &str| (ChatError::AuthRequired(why.into()), CloseReason::AuthFailed);
+    let text = match first {
+        Err(_) => {
+            return Err(auth_required(&format!(
+                "no auth frame within {} s",
+                timeout.as_secs_f64()
+            )))
+        }
+        Ok(None | Some(Ok(Message::Close(_)))) => return Ok(None),
+        Ok(Some(Err(WsError::Capacity(_)))) => {
+            return Err((
+                ChatError::InvalidFrame("frame too large".into()),
+                CloseReason::TooBig,
+            ))
+        }
+        Ok(Some(Err(_))) => return Ok(None),
+        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(Some(Ok(_))) => return Err(auth_required("the first frame must be a text auth frame")),
+    };
+    match protocol::decode(&text) {
+        Ok((_, ClientFrame::Auth { token })) => node
+            .auth
+            .verify(&token)
+            .map(Some)
+            .map_err(|e| (e, CloseReason::AuthFailed)),
+        _ => Err(auth_required(
+            "the first frame must be {\"type\":\"auth\",\"token\":...}",
+        )),
+    }
+}
+
+fn deadline_of(identity: &Identity) -> Instant {
+    let left = (identity.expires_at - Utc::now())
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    Instant::now() + left
+}
+
+/// One authenticated socket's reader state.
+struct Session {
+    node: Arc<Node>,
+    conn: Arc<Conn>,
+    expires_at: Instant,
+    /// Conversations this socket's user is typing in, and when that lapses.
+    typing: HashMap<ConversationId, Instant>,
+    frames: Bucket,
+}
+
+impl Session {
+    async fn read(&mut self, stream: &mut Stream) {
+        loop {
+            let typing_due = self.typing.values().min().copied();
+            let conn = self.conn.clone();
+            tokio::select! {
+                biased;
+                _ = conn.closed() => return,
+                _ = tokio::time::sleep_until(self.expires_at) => {
+                    self.reply(ServerFrame::error(&ChatError::TokenExpired, None)).await;
+                    self.conn.close(CloseReason::TokenExpired);
+                    return;
+                }
+                _ = sleep_until_opt(typing_due) => self.expire_typing().await,
+                next = stream.next() => match next {
+                    Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                    Some(Ok(Message::Binary(_))) => {
+                        let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
+                        self.reply(ServerFrame::error(&err, None)).await;
+                    }
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
+                        self.conn.close(CloseReason::TooBig);
+                        return;
+                    }
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                        self.conn.close(CloseReason::Normal);
+                        return;
+                    }
+                },
+            }
+        }
+    }
+
+    async fn handle(&mut self, text: &str) {
+        let limits = &self.node.settings.limits;
+        let (id, frame) = match protocol::decode(text) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.reply(ServerFrame::error(&e.error, e.id)).await;
+                return;
+            }
+        };
+        self.node
+            .metrics
+            .frames_in
+            .with_label_values(&[frame.kind()])
+            .inc();
+        let is_send = matches!(frame, ClientFrame::Send(_));
+        if !is_send {
+            if let Err(retry_after_ms) = self
+                .frames
+                .take(limits.frame_rate_per_sec, limits.frame_burst)
+            {
+                self.node.metrics.rate_limited.inc();
+                let err = ChatError::RateLimited { retry_after_ms };
+                self.reply(ServerFrame::error(&err, id)).await;
+                return;
+            }
+        }
+        if let Err(err) = self.dispatch(id.clone(), frame).await {
+            self.reply(ServerFrame::error(&err, id)).await;
+        }
+    }
+
+    async fn dispatch(&mut self, id: Option<String>, frame: ClientFrame) -> Result<(), ChatError> {
+        let chat = self.node.chat.clone();
+        let user = self.conn.user.clone();
+        match frame {
+            ClientFrame::Auth { token } => {
+                let identity = self.node.auth.verify(&token)?;
+                if identity.user_id != user {
+                    return Err(ChatError::AuthFailed(
+                        "a renewed token must be for the same user".into(),
+                    ));
+                }
+                self.expires_at = deadline_of(&identity);
+                self.reply(ServerFrame::AuthSuccess {
+                    user_id: user,
+                    connection_id: self.conn.id,
+                    expires_at: identity.expires_at,
+                    reply_to: id,
+                })
+                .await;
+            }
+            ClientFrame::Join(join) => {
+                chat.join(&self.conn, join.conversation_id, join.since_seq, id)
+                    .await?;
+            }
+            ClientFrame::Leave(leave) => {
+                self.stop_typing(leave.conversation_id).await;
+                chat.leave(&self.conn, leave.conversation_id).await;
+                self.reply(ServerFrame::Left {
+                    conversation_id: leave.conversation_id,
+                    reply_to: id,
+                })
+                .await;
+            }
+            ClientFrame::Send(send) => {
+                let conv = send.conversation_id;
+                let appended = chat
+                    .send(
+                        &user,
+                        conv,
+                        Outgoing {
+                            content: send.content,
+                            message_type: send.message_type,
+                            client_msg_id: send.client_msg_id,
+                        },
+                    )
+                    .await?;
+                // A sent message ends the sender's typing in that conversation.
+                self.stop_typing(conv).await;
+                if let Some(reply_to) = id {
+                    self.reply(ServerFrame::Ack(Ack {
+                        reply_to,
+                        message_id: Some(appended.message.id),
+                        seq: Some(appended.message.seq),
+                        duplicate: Some(appended.duplicate),
+                    }))
+                    .await;
+                }
+            }
+            ClientFrame::Typing(typing) => {
+                let conv = typing.conversation_id;
+                if typing.is_typing {
+                    if !self.typing.contains_key(&conv) {
+                        chat.typing(&self.conn, conv, true).await?;
+                    }
+                    let ttl = self.node.settings.limits.typing_ttl();
+                    self.typing.insert(conv, Instant::now() + ttl);
+                } else if self.typing.contains_key(&conv) {
+                    chat.typing(&self.conn, conv, false).await?;
+                    self.typing.remove(&conv);
+                }
+                self.ack(id).await;
+            }
+            ClientFrame::LoadMessages(load) => {
+                let conv = load.conversation_id;
+                let page = Page {
+                    before: load.before_seq,
+                    after: load.after_seq,
+                    limit: load.limit,
+                };
+                let (messages, has_more) = chat.history(&user, conv, page).await?;
+                self.reply(ServerFrame::Messages {
+                    conversation_id: conv,
+                    messages,
+                    has_more,
+                    reply_to: id,
+                })
+                .await;
+            }
+            ClientFrame::MarkRead(read) => {
+                chat.mark_read(&user, read.conversation_id, read.seq)
+                    .await?;
+                self.ack(id).await;
+            }
+            ClientFrame::Ping(data) => self.reply(ServerFrame::pong(data, id)).await,
+        }
+        Ok(())
+    }
+
+    async fn reply(&self, frame: ServerFrame) {
+        self.conn.send(frame.encode().into()).await;
+    }
+
+    async fn ack(&self, id: Option<String>) {
+        if let Some(reply_to) = id {
+            self.reply(ServerFrame::Ack(Ack {
+                reply_to,
+                ..Ack::default()
+            }))
+            .await;
+        }
+    }
+
+    async fn stop_typing(&mut self, conv: ConversationId) {
+        if self.typing.remove(&conv).is_some() {
+            self.node
+                .chat
+                .publish_typing(self.conn.id, &self.conn.user, conv, false)
+                .await;
+        }
+    }
+
+    async fn expire_typing(&mut self) {
+        let now = Instant::now();
+        let due: Vec<_> = self
+            .typing
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(c, _)| *c)
+            .collect();
+        for conv in due {
+            self.stop_typing(conv).await;
+        }
+    }
+
+    /// The socket is gone: typers stop, rooms and the user topic are left.
+    async fn finish(&mut self) {
+        let convs: Vec<_> = self.typing.keys().copied().collect();
+        for conv in convs {
+            self.stop_typing(conv).await;
+        }
+        self.node.hub.unregister(&self.conn).await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

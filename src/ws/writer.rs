@@ -1,0 +1,83 @@
+//! The writer task of one socket: it drains the outbound queue, writing every
+//! frame queued at that moment and flushing once, and on close sends the
+//! close frame with the reason's code.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{stream::SplitSink, SinkExt};
+use poem::Upgraded;
+use tokio::sync::mpsc::Receiver;
+use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
+use tokio_tungstenite::WebSocketStream;
+
+use crate::hub::{CloseReason, Conn};
+
+pub type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
+
+/// Most frames written before one flush.
+const BATCH: usize = 512;
+/// How long a closing socket may take to take its last frames.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Runs until the connection is closed; returns the reason.
+pub async fn run(mut sink: Sink, mut rx: Receiver<Utf8Bytes>, conn: Arc<Conn>) -> CloseReason {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = conn.closed() => break,
+            frame = rx.recv() => frame,
+        };
+        let Some(first) = first else { break };
+        let write = async {
+            sink.feed(Message::Text(first)).await?;
+            for _ in 1..BATCH {
+                match rx.try_recv() {
+                    Ok(frame) => sink.feed(Message::Text(frame)).await?,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await
+        };
+        let written = tokio::select! {
+            res = write => res.is_ok(),
+            // A peer that stopped reading must not hold the writer forever.
+            _ = conn.closed() => false,
+        };
+        if !written {
+            conn.close(CloseReason::Normal);
+            break;
+        }
+    }
+    let reason = conn.close_reason().unwrap_or(CloseReason::Normal);
+    let goodbye = async {
+        if reason != CloseReason::SlowConsumer {
+            while let Ok(frame) = rx.try_recv() {
+                sink.feed(Message::Text(frame)).await?;
+            }
+        }
+        sink.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: reason.text().into(),
+        })))
+        .await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    reason
+}
+
+/// Sends an error and closes a socket that never got a queue (auth failures).
+pub async fn reject(mut sink: Sink, error: Utf8Bytes, reason: CloseReason) {
+    let goodbye = async {
+        sink.feed(Message::Text(error)).await?;
+        sink.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::from(reason.code()),
+            reason: reason.text().into(),
+        })))
+        .await?;
+        sink.close().await
+    };
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+}

@@ -1,0 +1,273 @@
+//! Test support: nodes started in-process on free ports with their own
+//! SQLite file, and a WebSocket client that waits for frames with a timeout.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use confab::config::Settings;
+use confab::node::{self, Node};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for any one expected event.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A node serving on 127.0.0.1 with a fresh SQLite database.
+pub struct TestNode {
+    pub addr: SocketAddr,
+    pub node: Arc<Node>,
+    shutdown: Option<oneshot::Sender<()>>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> TestNode {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::embedded();
+    settings.database.url = format!("sqlite://{}/confab.db?mode=rwc", dir.path().display());
+    settings.server.listen = "127.0.0.1:0".parse().unwrap();
+    settings.server.drain_secs = 0;
+    tweak(&mut settings);
+    let node = Node::start(settings).await.expect("node starts");
+    let (acceptor, addr) = node::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (tx, rx) = oneshot::channel::<()>();
+    tokio::spawn(node::serve(node.clone(), acceptor, async move {
+        let _ = rx.await;
+    }));
+    TestNode {
+        addr,
+        node,
+        shutdown: Some(tx),
+        _dir: dir,
+    }
+}
+
+impl TestNode {
+    pub fn token(&self, user: &str) -> String {
+        self.node
+            .auth
+            .mint(user, None, Duration::from_secs(3600))
+            .unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// A socket that has not authenticated yet.
+    pub async fn raw(&self) -> Client {
+        let (ws, _) =
+            tokio_tungstenite::connect_async(format!("ws://{}/api/v1/chat/ws", self.addr))
+                .await
+                .expect("websocket connects");
+        Client {
+            ws,
+            user: String::new(),
+            next_id: 0,
+        }
+    }
+
+    /// An authenticated socket of `user`.
+    pub async fn connect(&self, user: &str) -> Client {
+        let mut c = self.raw().await;
+        c.send(json!({"type": "auth", "token": self.token(user)}))
+            .await;
+        let ok = c.next().await;
+        assert_eq!(ok["type"], "auth_success", "{ok}");
+        assert_eq!(ok["data"]["user_id"], user);
+        c.user = user.to_owned();
+        c
+    }
+
+    /// REST call with the user's token; returns status and JSON body.
+    pub async fn rest(
+        &self,
+        user: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let mut req = client
+            .request(method, self.url(path))
+            .bearer_auth(self.token(user));
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.expect("http request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        (status, body)
+    }
+
+    /// Creates a conversation owned by `owner` with `others`; returns its id.
+    pub async fn create_chat(&self, owner: &str, others: &[&str]) -> String {
+        let (status, body) = self
+            .rest(
+                owner,
+                "POST",
+                "/api/v1/chat/chats",
+                Some(json!({"title": "t", "participant_ids": others})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A test's WebSocket.
+pub struct Client {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub user: String,
+    next_id: u64,
+}
+
+/// How a socket ended.
+#[derive(Debug)]
+pub struct Closed {
+    pub code: Option<u16>,
+    /// Text frames received before the close.
+    pub frames: Vec<Value>,
+}
+
+impl Client {
+    pub async fn send(&mut self, frame: Value) {
+        self.ws
+            .send(Message::text(frame.to_string()))
+            .await
+            .unwrap();
+    }
+
+    pub async fn send_text(&mut self, text: String) {
+        self.ws.send(Message::text(text)).await.unwrap();
+    }
+
+    /// The next text frame; panics if none comes within `WAIT` or the socket closes.
+    pub async fn next(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a frame within the timeout")
+                .expect("socket open")
+                .expect("no socket error");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+                Message::Close(c) => panic!("socket closed: {c:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    /// Frames until one matches; returns it and the frames skipped before it.
+    pub async fn until(&mut self, pred: impl Fn(&Value) -> bool) -> (Value, Vec<Value>) {
+        let mut skipped = Vec::new();
+        loop {
+            let f = self.next().await;
+            if pred(&f) {
+                return (f, skipped);
+            }
+            skipped.push(f);
+        }
+    }
+
+    /// The next frame of type `kind`, skipping others.
+    pub async fn next_of(&mut self, kind: &str) -> Value {
+        self.until(|f| f["type"] == kind).await.0
+    }
+
+    /// Sends a frame with a fresh `id` and returns the reply carrying it as
+    /// `ref`, and the frames that came before it.
+    pub async fn request(&mut self, kind: &str, data: Value) -> (Value, Vec<Value>) {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        self.send(json!({"type": kind, "id": id, "data": data}))
+            .await;
+        self.until(|f| f["data"]["ref"] == id.as_str()).await
+    }
+
+    pub async fn join(&mut self, conv: &str, since: Option<i64>) -> Value {
+        let mut data = json!({"conversation_id": conv});
+        if let Some(s) = since {
+            data["since_seq"] = s.into();
+        }
+        let (reply, _) = self.request("join_conversation", data).await;
+        assert_eq!(reply["type"], "joined", "{reply}");
+        reply
+    }
+
+    /// Sends a message and returns its ack.
+    pub async fn say(&mut self, conv: &str, content: &str) -> Value {
+        let (ack, _) = self
+            .request(
+                "send_message",
+                json!({"conversation_id": conv, "content": content}),
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack
+    }
+
+    /// Waits for the server to close the socket.
+    pub async fn closed(&mut self) -> Closed {
+        let mut frames = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("the socket closes within the timeout");
+            match msg {
+                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Ok(Message::Close(c))) => {
+                    return Closed {
+                        code: c.map(|c| u16::from(c.code)),
+                        frames,
+                    }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Closed { code: None, frames },
+            }
+        }
+    }
+
+    /// Round-trips a ping, proving every frame queued before it has arrived.
+    /// Returns the frames that came first.
+    pub async fn sync(&mut self) -> Vec<Value> {
+        self.request("ping", json!({})).await.1
+    }
+}
+
+/// The `message_received` frames among `frames`, as (seq, content).
+pub fn messages(frames: &[Value]) -> Vec<(i64, String)> {
+    frames
+        .iter()
+        .filter(|f| f["type"] == "message_received")
+        .map(|f| {
+            (
+                f["data"]["message"]["seq"].as_i64().unwrap(),
+                f["data"]["message"]["content"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}

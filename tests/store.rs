@@ -1,0 +1,241 @@
+//! The store on real databases: SQLite always, Postgres when
+//! `CONFAB_TEST_POSTGRES_URL` is set (each test in a schema of its own).
+//! Seq allocation stays gap-free and unique under concurrent writers, as
+//! when many nodes write to one conversation.
+
+use std::collections::BTreeSet;
+
+use confab::ids::{Seq, UserId};
+use confab::store::{NewMessage, Store};
+use sea_orm::{ConnectOptions, ConnectionTrait, Database};
+
+/// Stores on one fresh database: `n` separate pools, like `n` nodes.
+async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile::TempDir>)> {
+    match backend {
+        "sqlite" => {
+            let dir = tempfile::tempdir().unwrap();
+            let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+            let mut out = Vec::new();
+            for _ in 0..n {
+                out.push(Store::connect(&url, 4).await.unwrap());
+            }
+            out[0].migrate().await.unwrap();
+            Some((out, Some(dir)))
+        }
+        _ => {
+            let url = std::env::var("CONFAB_TEST_POSTGRES_URL").ok()?;
+            let schema = format!("t_{}", uuid::Uuid::now_v7().simple());
+            let admin = Database::connect(&url).await.unwrap();
+            admin
+                .execute_unprepared(&format!("CREATE SCHEMA {schema}"))
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            for _ in 0..n {
+                let mut opts = ConnectOptions::new(url.clone());
+                opts.max_connections(4)
+                    .set_schema_search_path(schema.clone())
+                    .sqlx_logging(false);
+                out.push(Store::from_connection(
+                    Database::connect(opts).await.unwrap(),
+                ));
+            }
+            out[0].migrate().await.unwrap();
+            Some((out, None))
+        }
+    }
+}
+
+fn msg(
+    conv: confab::ids::ConversationId,
+    sender: &str,
+    content: &str,
+    cid: Option<&str>,
+) -> NewMessage {
+    NewMessage {
+        conversation_id: conv,
+        sender_id: UserId::from(sender),
+        message_type: "user".into(),
+        content: content.into(),
+        client_msg_id: cid.map(str::to_owned),
+        metadata: None,
+    }
+}
+
+async fn appends_in_order_and_idempotently(backend: &str) {
+    let Some((stores, _dir)) = stores(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let alice = UserId::from("alice");
+    let conv = store
+        .create_chat(&alice, Some("t".into()), &["bob".into()], None)
+        .await
+        .unwrap();
+    assert_eq!(conv.participants, vec![alice.clone(), UserId::from("bob")]);
+
+    let first = store
+        .append(msg(conv.id, "alice", "one", Some("c1")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((first.message.seq, first.duplicate), (Seq(1), false));
+    let retry = store
+        .append(msg(conv.id, "alice", "one", Some("c1")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(retry.duplicate);
+    assert_eq!(
+        retry.message, first.message,
+        "a retry returns the original, equal field by field"
+    );
+    // Another sender may reuse the same client id.
+    let bob = store
+        .append(msg(conv.id, "bob", "two", Some("c1")))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((bob.message.seq, bob.duplicate), (Seq(2), false));
+    let third = store
+        .append(msg(conv.id, "alice", "three", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.message.seq, Seq(3));
+
+    let (after, more) = store.messages_after(conv.id, Seq(1), 10).await.unwrap();
+    assert_eq!(
+        after.iter().map(|m| m.seq.0).collect::<Vec<_>>(),
+        vec![2, 3]
+    );
+    assert!(!more);
+    let (before, more) = store
+        .messages_before(conv.id, Some(Seq(3)), 1)
+        .await
+        .unwrap();
+    assert_eq!(before.iter().map(|m| m.seq.0).collect::<Vec<_>>(), vec![2]);
+    assert!(more);
+    assert_eq!(store.last_seq(conv.id).await.unwrap(), Some(Seq(3)));
+
+    // A conversation that does not exist stores nothing.
+    let missing = confab::ids::ConversationId::new();
+    assert!(store
+        .append(msg(missing, "alice", "x", None))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Read marks only move forward.
+    assert_eq!(
+        store.mark_read(conv.id, &alice, Seq(2)).await.unwrap(),
+        Some(Seq(2))
+    );
+    assert_eq!(
+        store.mark_read(conv.id, &alice, Seq(1)).await.unwrap(),
+        None
+    );
+    let listed = store.list_chats(&alice).await.unwrap();
+    assert_eq!(listed[0].last_read_seq, Some(Seq(2)));
+
+    // Participants and archive.
+    assert!(store
+        .add_participant(conv.id, &"carol".into())
+        .await
+        .unwrap());
+    assert!(!store
+        .add_participant(conv.id, &"carol".into())
+        .await
+        .unwrap());
+    assert!(store
+        .remove_participant(conv.id, &"carol".into())
+        .await
+        .unwrap());
+    assert!(!store
+        .remove_participant(conv.id, &"carol".into())
+        .await
+        .unwrap());
+    store.archive(conv.id).await.unwrap();
+    assert!(store.list_chats(&alice).await.unwrap().is_empty());
+    assert!(store.chat(conv.id).await.unwrap().unwrap().archived);
+}
+
+/// `nodes` stores (pools) each run `writers` tasks of `each` appends into
+/// one conversation at once; seqs must be exactly 1..=total.
+async fn concurrent_writers_keep_seq_gap_free(
+    backend: &str,
+    nodes: usize,
+    writers: usize,
+    each: usize,
+) {
+    let Some((stores, _dir)) = stores(backend, nodes).await else {
+        return;
+    };
+    let conv = stores[0]
+        .create_chat(&"alice".into(), None, &[], None)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for (n, store) in stores.iter().enumerate() {
+        for w in 0..writers {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut seqs = Vec::new();
+                for i in 0..each {
+                    // Every other send carries a client id, and is retried once.
+                    let cid = (i % 2 == 0).then(|| format!("n{n}w{w}i{i}"));
+                    let m = msg(conv.id, "alice", &format!("{n}/{w}/{i}"), cid.as_deref());
+                    let a = store.append(m.clone()).await.unwrap().unwrap();
+                    seqs.push(a.message.seq.0);
+                    if cid.is_some() {
+                        let again = store.append(m).await.unwrap().unwrap();
+                        assert!(again.duplicate);
+                        assert_eq!(again.message.seq, a.message.seq);
+                    }
+                }
+                seqs
+            }));
+        }
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let total = nodes * writers * each;
+    let unique: BTreeSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), total);
+    assert_eq!(
+        unique,
+        (1..=total as i64).collect::<BTreeSet<_>>(),
+        "gap-free and unique"
+    );
+    let (stored, _) = stores[0]
+        .messages_after(conv.id, Seq(0), total as u64 + 10)
+        .await
+        .unwrap();
+    assert_eq!(stored.len(), total);
+    assert_eq!(
+        stores[0].last_seq(conv.id).await.unwrap(),
+        Some(Seq(total as i64))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_appends_in_order_and_idempotently() {
+    appends_in_order_and_idempotently("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_concurrent_writers_keep_seq_gap_free() {
+    concurrent_writers_keep_seq_gap_free("sqlite", 2, 4, 25).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_appends_in_order_and_idempotently() {
+    appends_in_order_and_idempotently("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_concurrent_writers_keep_seq_gap_free() {
+    concurrent_writers_keep_seq_gap_free("postgres", 4, 4, 50).await;
+}

@@ -1,0 +1,177 @@
+//! First-frame authentication over a real socket: every failure gets one
+//! error frame, then close 4001, and nothing else. Renewal and expiry.
+
+mod common;
+
+use chrono::Utc;
+use common::{start_node, TestNode};
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+fn sign(alg: Algorithm, secret: &[u8], sub: &str, exp_from_now: i64) -> String {
+    let claims = json!({"sub": sub, "exp": Utc::now().timestamp() + exp_from_now});
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// Opens a socket, sends `first` (if any) and checks: one error with `code`, then 4001.
+async fn assert_rejected(node: &TestNode, first: Option<String>, code: &str) {
+    let mut c = node.raw().await;
+    if let Some(text) = first {
+        c.send_text(text).await;
+    }
+    let closed = c.closed().await;
+    assert_eq!(closed.code, Some(4001), "close code for {code}");
+    assert_eq!(
+        closed.frames.len(),
+        1,
+        "exactly one frame: {:?}",
+        closed.frames
+    );
+    assert_eq!(closed.frames[0]["type"], "error");
+    assert_eq!(
+        closed.frames[0]["data"]["code"], code,
+        "{:?}",
+        closed.frames
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_first_frame_failure_is_an_error_then_4001() {
+    let node = start_node(|s| {
+        s.auth.timeout_secs = 0.5;
+        s.auth.leeway_secs = 0;
+    })
+    .await;
+    let secret = node.node.settings.auth.jwt_secret.clone().into_bytes();
+
+    // Silence past the timeout.
+    assert_rejected(&node, None, "AUTH_REQUIRED").await;
+    // Another type first.
+    let conv = uuid::Uuid::now_v7();
+    assert_rejected(
+        &node,
+        Some(json!({"type": "join_conversation", "data": {"conversation_id": conv}}).to_string()),
+        "AUTH_REQUIRED",
+    )
+    .await;
+    // Not JSON.
+    assert_rejected(&node, Some("{nope".into()), "AUTH_REQUIRED").await;
+    // Signed with another secret.
+    let forged = sign(Algorithm::HS256, b"not-the-configured-secret", "eve", 3600);
+    assert_rejected(
+        &node,
+        Some(json!({"type": "auth", "token": forged}).to_string()),
+        "AUTH_FAILED",
+    )
+    .await;
+    // Expired.
+    let expired = sign(Algorithm::HS256, &secret, "bob", -3600);
+    assert_rejected(
+        &node,
+        Some(json!({"type": "auth", "token": expired}).to_string()),
+        "TOKEN_EXPIRED",
+    )
+    .await;
+    // alg: none, unsigned.
+    let none = "eyJhbGciOiJub25lIiwidHlwIjoiSldUIn0.eyJzdWIiOiJldmUiLCJleHAiOjk5OTk5OTk5OTl9.";
+    assert_rejected(
+        &node,
+        Some(json!({"type": "auth", "token": none}).to_string()),
+        "AUTH_FAILED",
+    )
+    .await;
+    // The right secret, but not the configured algorithm.
+    let hs512 = sign(Algorithm::HS512, &secret, "eve", 3600);
+    assert_rejected(
+        &node,
+        Some(json!({"type": "auth", "token": hs512}).to_string()),
+        "AUTH_FAILED",
+    )
+    .await;
+    // Auth without a token.
+    assert_rejected(
+        &node,
+        Some(json!({"type": "auth"}).to_string()),
+        "AUTH_REQUIRED",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unauthenticated_socket_receives_no_events() {
+    let node = start_node(|s| s.auth.timeout_secs = 1.0).await;
+    let conv = node.create_chat("alice", &["bob"]).await;
+    let mut alice = node.connect("alice").await;
+    alice.join(&conv, None).await;
+    let mut lurker = node.raw().await;
+    alice.say(&conv, "secret").await;
+    let closed = lurker.closed().await;
+    assert_eq!(closed.code, Some(4001));
+    assert_eq!(closed.frames.len(), 1, "{:?}", closed.frames);
+    assert_eq!(closed.frames[0]["data"]["code"], "AUTH_REQUIRED");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_that_expires_closes_the_socket_with_4003() {
+    let node = start_node(|s| s.auth.leeway_secs = 0).await;
+    let secret = node.node.settings.auth.jwt_secret.clone().into_bytes();
+    let mut c = node.raw().await;
+    let short = sign(Algorithm::HS256, &secret, "alice", 1);
+    c.send(json!({"type": "auth", "token": short})).await;
+    assert_eq!(c.next().await["type"], "auth_success");
+    let closed = c.closed().await;
+    assert_eq!(closed.code, Some(4003));
+    assert_eq!(
+        closed.frames.last().unwrap()["data"]["code"],
+        "TOKEN_EXPIRED"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_token_renews_the_session_for_the_same_user_only() {
+    let node = start_node(|s| s.auth.leeway_secs = 0).await;
+    let secret = node.node.settings.auth.jwt_secret.clone().into_bytes();
+    let mut c = node.connect("alice").await;
+
+    let fresh = sign(Algorithm::HS256, &secret, "alice", 7200);
+    c.send(json!({"type": "auth", "id": "renew", "token": fresh}))
+        .await;
+    let ok = c.next().await;
+    assert_eq!(ok["type"], "auth_success");
+    assert_eq!(ok["data"]["ref"], "renew");
+    let expires =
+        chrono::DateTime::parse_from_rfc3339(ok["data"]["expires_at"].as_str().unwrap()).unwrap();
+    assert!(expires.timestamp() > Utc::now().timestamp() + 7000);
+
+    let other = sign(Algorithm::HS256, &secret, "mallory", 7200);
+    c.send(json!({"type": "auth", "id": "steal", "token": other}))
+        .await;
+    let err = c.next().await;
+    assert_eq!(err["data"]["code"], "AUTH_FAILED");
+    assert_eq!(err["data"]["ref"], "steal");
+    // Still alice, still open.
+    let (pong, _) = c.request("ping", json!({"n": 1})).await;
+    assert_eq!(pong["type"], "pong");
+    assert_eq!(pong["data"]["n"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_sockets_for_one_user_close_with_4008() {
+    let node = start_node(|s| s.limits.max_connections_per_user = 2).await;
+    let _a = node.connect("alice").await;
+    let _b = node.connect("alice").await;
+    let mut third = node.raw().await;
+    third
+        .send(json!({"type": "auth", "token": node.token("alice")}))
+        .await;
+    let closed = third.closed().await;
+    assert_eq!(closed.code, Some(4008));
+    assert_eq!(closed.frames[0]["data"]["code"], "FORBIDDEN");
+    // Another user is unaffected.
+    let _bob = node.connect("bob").await;
+}
