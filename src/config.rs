@@ -54,6 +54,7 @@ pub struct DatabaseSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct BusSettings {
     pub redis_url: String,
+    pub cluster: bool,
     pub prefix: String,
     pub gap_fill_ms: u64,
 }

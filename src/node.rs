@@ -10,7 +10,7 @@ use poem::listener::{Acceptor, TcpAcceptor};
 use poem::Server;
 
 use crate::auth::{AuthConfigError, Authenticator};
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::chat::Chat;
 use crate::config::Settings;
 use crate::hub::{CloseReason, Hub, HubSettings};
@@ -50,16 +50,17 @@ impl Node {
         let store =
             Store::connect(&settings.database.url, settings.database.max_connections).await?;
         store.migrate().await?;
-        if !settings.bus.redis_url.is_empty() {
-            return Err(StartError::Bus(
-                "bus.redis_url is set, but this build has only the in-process bus".into(),
-            ));
-        }
-        let bus: Arc<dyn Bus> = Arc::new(LocalBus::new());
         let node_id = if settings.server.node_id.is_empty() {
             format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
         } else {
             settings.server.node_id.clone()
+        };
+        let bus: Arc<dyn Bus> = if settings.bus.redis_url.is_empty() {
+            Arc::new(LocalBus::new())
+        } else {
+            RedisBus::connect(&settings.bus, &node_id)
+                .await
+                .map_err(|e| StartError::Bus(e.to_string()))?
         };
         let metrics = Arc::new(Metrics::new(&node_id));
         let hub = Hub::new(

@@ -7,6 +7,7 @@
 //! it: its topic and its kind (ordered message, ephemeral, membership, notice).
 
 mod local;
+mod redis;
 
 use std::sync::{Arc, Weak};
 
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use local::LocalBus;
+pub use redis::RedisBus;
 
 use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
 

@@ -2,6 +2,8 @@
 //! SQLite file, and a WebSocket client that waits for frames with a timeout.
 #![allow(dead_code)]
 
+pub mod procs;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,6 +156,29 @@ pub struct Closed {
 }
 
 impl Client {
+    /// Opens a socket without authenticating.
+    pub async fn open(url: &str) -> Client {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("websocket connects");
+        Client {
+            ws,
+            user: String::new(),
+            next_id: 0,
+        }
+    }
+
+    /// Opens a socket and authenticates as `user` with `token`.
+    pub async fn connect(url: &str, token: &str, user: &str) -> Client {
+        let mut c = Client::open(url).await;
+        c.send(json!({"type": "auth", "token": token})).await;
+        let ok = c.next().await;
+        assert_eq!(ok["type"], "auth_success", "{ok}");
+        assert_eq!(ok["data"]["user_id"], user);
+        c.user = user.to_owned();
+        c
+    }
+
     pub async fn send(&mut self, frame: Value) {
         self.ws
             .send(Message::text(frame.to_string()))
