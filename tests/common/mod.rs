@@ -276,6 +276,37 @@ impl Client {
         }
     }
 
+    /// Like `sync`, but a socket that was closed reports how instead of panicking.
+    pub async fn try_sync(&mut self) -> Result<Vec<Value>, Closed> {
+        self.next_id += 1;
+        let id = format!("r{}", self.next_id);
+        let ping = json!({"type": "ping", "id": id, "data": {}}).to_string();
+        let _ = self.ws.send(Message::text(ping)).await;
+        let mut frames = Vec::new();
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("a pong or a close within the timeout");
+            match msg {
+                Some(Ok(Message::Text(t))) => {
+                    let f: Value = serde_json::from_str(&t).unwrap();
+                    if f["type"] == "pong" && f["data"]["ref"] == id.as_str() {
+                        return Ok(frames);
+                    }
+                    frames.push(f);
+                }
+                Some(Ok(Message::Close(c))) => {
+                    return Err(Closed {
+                        code: c.map(|c| u16::from(c.code)),
+                        frames,
+                    })
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Err(Closed { code: None, frames }),
+            }
+        }
+    }
+
     /// Round-trips a ping, proving every frame queued before it has arrived.
     /// Returns the frames that came first.
     pub async fn sync(&mut self) -> Vec<Value> {

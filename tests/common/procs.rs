@@ -207,3 +207,118 @@ impl Drop for NodeProcess {
         }
     }
 }
+
+/// A dev token for `user`, signed with the embedded development secret the
+/// node processes run on.
+pub fn token(user: &str) -> String {
+    confab::auth::Authenticator::new(&confab::config::Settings::embedded().auth)
+        .unwrap()
+        .mint(user, None, Duration::from_secs(3600))
+        .unwrap()
+}
+
+/// Node processes sharing one Redis and one SQLite file.
+pub struct ProcCluster {
+    pub redis: Redis,
+    pub dir: tempfile::TempDir,
+    pub nodes: Vec<NodeProcess>,
+}
+
+impl ProcCluster {
+    pub async fn start(n: usize, drain_secs: u64) -> ProcCluster {
+        let redis = Redis::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let env = [
+            (
+                "CONFAB_DATABASE__URL",
+                format!("sqlite://{}/shared.db?mode=rwc", dir.path().display()),
+            ),
+            ("CONFAB_BUS__REDIS_URL", redis.url()),
+            ("CONFAB_SERVER__DRAIN_SECS", drain_secs.to_string()),
+            ("CONFAB_LIMITS__SEND_BURST", "100000".into()),
+        ];
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(NodeProcess::start(&format!("n{i}"), dir.path(), &env).await);
+        }
+        ProcCluster { redis, dir, nodes }
+    }
+}
+
+/// Creates a conversation over REST at `base` (a node or the balancer).
+pub async fn create_chat(base: &str, owner: &str, others: &[&str]) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/chat/chats"))
+        .bearer_auth(token(owner))
+        .json(&serde_json::json!({"participant_ids": others}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// nginx in front of the given node ports, rendered from tests/lb/nginx.conf.
+pub struct Nginx {
+    pub port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    pub async fn start(upstreams: &[u16]) -> Nginx {
+        let dir = tempfile::tempdir().unwrap();
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        }
+        let port = free_port();
+        let servers: String = upstreams
+            .iter()
+            .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
+            .collect();
+        let conf = include_str!("../lb/nginx.conf")
+            .replace("{{DIR}}", &dir.path().display().to_string())
+            .replace("{{PORT}}", &port.to_string())
+            .replace("{{UPSTREAMS}}", &servers);
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("nginx is installed (apt-get install nginx; .ci/run does it)");
+        let url = format!("http://127.0.0.1:{port}/health");
+        wait_until("nginx to proxy", Duration::from_secs(10), || {
+            let url = url.clone();
+            async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
+        })
+        .await;
+        Nginx {
+            port,
+            child,
+            _dir: dir,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/api/v1/chat/ws", self.port)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,137 @@
+//! Three node processes behind a real nginx (round robin, no stickiness):
+//! clients spread over the nodes stay in sync, and stay in sync when one node
+//! is restarted behind the balancer.
+
+mod common;
+
+use std::time::Duration;
+
+use common::procs::{create_chat, token, Nginx, ProcCluster};
+use common::{messages, Client};
+use serde_json::Value;
+
+/// `confab_sockets_open` of one node.
+async fn sockets_open(metrics_url: String) -> i64 {
+    let text = reqwest::get(metrics_url)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find(|l| l.starts_with("confab_sockets_open"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+struct Tab {
+    user: String,
+    client: Client,
+    seen: Vec<(i64, String)>,
+}
+
+impl Tab {
+    fn last(&self) -> i64 {
+        self.seen.last().map(|(s, _)| *s).unwrap_or(0)
+    }
+
+    fn record(&mut self, frames: &[Value]) {
+        self.seen.extend(messages(frames));
+    }
+
+    /// Sends a message, keeping every frame that came before the ack.
+    async fn say(&mut self, conv: &str, content: &str) -> Value {
+        let (ack, before) = self
+            .client
+            .request(
+                "send_message",
+                serde_json::json!({"conversation_id": conv, "content": content}),
+            )
+            .await;
+        self.record(&before);
+        assert_eq!(ack["type"], "ack", "{ack}");
+        ack
+    }
+
+    async fn read_to(&mut self, seq: i64) {
+        while self.last() < seq {
+            let (f, skipped) = self.client.until(|f| f["type"] == "message_received").await;
+            self.record(&skipped);
+            self.record(&[f]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_nginx_stay_in_sync_through_a_node_restart() {
+    let mut cluster = ProcCluster::start(3, 1).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let lb = Nginx::start(&ports).await;
+    let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+    let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
+    let conv = create_chat(&lb.url(), &users[0], &others).await;
+
+    let mut tabs = Vec::new();
+    for u in &users {
+        let mut client = Client::connect(&lb.ws_url(), &token(u), u).await;
+        client.join(&conv, None).await;
+        tabs.push(Tab {
+            user: u.clone(),
+            client,
+            seen: Vec::new(),
+        });
+    }
+    // Round robin spread them: every node holds some of them.
+    for node in &cluster.nodes {
+        assert!(
+            sockets_open(node.url("/metrics")).await >= 1,
+            "{} holds no socket",
+            node.node_id
+        );
+    }
+
+    let mut seq = 0;
+    for round in 0..3 {
+        for t in tabs.iter_mut() {
+            seq += 1;
+            let ack = t.say(&conv, &format!("m{seq}")).await;
+            assert_eq!(ack["data"]["seq"], seq, "round {round}");
+        }
+    }
+    for t in tabs.iter_mut() {
+        t.read_to(seq).await;
+    }
+
+    // Restart one node behind the balancer; its clients come back through it.
+    let victim = &mut cluster.nodes[1];
+    victim.signal("TERM");
+    assert_eq!(victim.wait_exit(Duration::from_secs(20)).await, Some(0));
+    let mut moved = 0;
+    for t in tabs.iter_mut() {
+        match t.client.try_sync().await {
+            Ok(frames) => t.record(&frames),
+            Err(closed) => {
+                assert_eq!(closed.code, Some(1012));
+                t.record(&closed.frames);
+                let mut client = Client::connect(&lb.ws_url(), &token(&t.user), &t.user).await;
+                client.join(&conv, Some(t.last())).await;
+                t.client = client;
+                moved += 1;
+            }
+        }
+    }
+    assert!(moved >= 1, "the restarted node held some clients");
+    cluster.nodes[1].restart().await;
+
+    for t in tabs.iter_mut() {
+        seq += 1;
+        let ack = t.say(&conv, &format!("m{seq}")).await;
+        assert_eq!(ack["data"]["seq"], seq);
+    }
+    let want: Vec<(i64, String)> = (1..=seq).map(|i| (i, format!("m{i}"))).collect();
+    for t in tabs.iter_mut() {
+        t.read_to(seq).await;
+        assert_eq!(t.seen, want, "{}: every message, in order, once", t.user);
+    }
+}

@@ -1,0 +1,105 @@
+//! The bus on a real three-master Redis Cluster (sharded pub/sub), built by
+//! the test from `redis-server` processes.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::procs::{free_port, wait_until, Redis};
+use common::{messages, start_node};
+
+async fn cluster_ok(port: u16) -> bool {
+    Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "cluster", "info"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("cluster_state:ok"))
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sharded_pubsub_carries_every_conversation_across_nodes() {
+    let mut shards = Vec::new();
+    for _ in 0..3 {
+        let port = free_port();
+        let extra = vec![
+            "--cluster-enabled".to_string(),
+            "yes".into(),
+            "--cluster-config-file".into(),
+            format!("nodes-{port}.conf"),
+            "--cluster-node-timeout".into(),
+            "5000".into(),
+        ];
+        shards.push(Redis::start_with(port, extra).await);
+    }
+    let mut create = Command::new("redis-cli");
+    create.arg("--cluster").arg("create");
+    for r in &shards {
+        create.arg(format!("127.0.0.1:{}", r.port));
+    }
+    let out = create
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .output()
+        .expect("redis-cli is installed");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    for r in &shards {
+        let port = r.port;
+        wait_until("cluster_state:ok", Duration::from_secs(20), || {
+            cluster_ok(port)
+        })
+        .await;
+    }
+
+    let db = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
+    let mut nodes = Vec::new();
+    for (i, seed) in [0usize, 1].into_iter().enumerate() {
+        let (db_url, url) = (db_url.clone(), shards[seed].url());
+        nodes.push(
+            start_node(move |s| {
+                s.database.url = db_url;
+                s.bus.redis_url = url;
+                s.bus.cluster = true;
+                s.server.node_id = format!("n{i}");
+                s.limits.send_burst = 10_000;
+            })
+            .await,
+        );
+    }
+
+    // Enough conversations that their channels land on every shard.
+    let mut convs = Vec::new();
+    for _ in 0..8 {
+        convs.push(nodes[0].create_chat("alice", &["bob"]).await);
+    }
+    let mut bob = nodes[1].connect("bob").await;
+    let mut alice = nodes[0].connect("alice").await;
+    for conv in &convs {
+        bob.join(conv, None).await;
+    }
+    for (i, conv) in convs.iter().enumerate() {
+        for k in 1..=5 {
+            alice.say(conv, &format!("{i}-{k}")).await;
+        }
+    }
+    let total = convs.len() * 5;
+    let mut got = Vec::new();
+    while got.len() < total {
+        let f = bob.next_of("message_received").await;
+        got.extend(messages(&[f]));
+    }
+    for (i, _) in convs.iter().enumerate() {
+        let mine: Vec<_> = got
+            .iter()
+            .filter(|(_, c)| c.starts_with(&format!("{i}-")))
+            .collect();
+        let want: Vec<(i64, String)> = (1..=5).map(|k| (k, format!("{i}-{k}"))).collect();
+        assert_eq!(mine, want.iter().collect::<Vec<_>>(), "conversation {i}");
+    }
+    let frames = bob.sync().await;
+    assert!(messages(&frames).is_empty(), "nothing twice: {frames:?}");
+}
