@@ -1,7 +1,7 @@
 //! Settings: the embedded `config/default.toml`, then `config/$CONFAB_ENV.toml`
 //! if present, then `CONFAB_<SECTION>__<KEY>` environment variables.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{collections::BTreeMap, net::SocketAddr, time::Duration};
 
 use figment::{
     providers::{Env, Format, Toml},
@@ -32,6 +32,8 @@ pub struct Settings {
     pub bus: BusSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub assistants: BTreeMap<String, AssistantSettings>,
+    pub streaming: StreamingSettings,
     pub telemetry: TelemetrySettings,
 }
 
@@ -82,6 +84,47 @@ pub struct LimitSettings {
     pub outbound_queue: usize,
     pub typing_ttl_secs: f64,
     pub history_page_max: u64,
+}
+
+/// One configured assistant (`[assistants.<id>]`). Unset keys take the
+/// defaults below, so an assistant can be defined from the environment alone.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default)]
+pub struct AssistantSettings {
+    pub provider: String,
+    pub model: String,
+    pub base_url: String,
+    pub api_key_env: String,
+    pub system_prompt: String,
+    pub max_history_messages: u64,
+    pub timeout_secs: f64,
+    pub echo_delay_ms: u64,
+}
+
+impl Default for AssistantSettings {
+    fn default() -> Self {
+        Self {
+            provider: "echo".into(),
+            model: "echo-1".into(),
+            base_url: String::new(),
+            api_key_env: String::new(),
+            system_prompt: String::new(),
+            max_history_messages: 20,
+            timeout_secs: 60.0,
+            echo_delay_ms: 60,
+        }
+    }
+}
+
+/// How assistant answers travel: coalescing, liveness, limits, retries.
+#[derive(Clone, Debug, Deserialize)]
+pub struct StreamingSettings {
+    pub coalesce_ms: u64,
+    pub heartbeat_secs: f64,
+    pub stream_timeout_secs: f64,
+    pub max_streams_per_user: usize,
+    pub retry_budget: u32,
+    pub max_retry_wait_secs: f64,
 }
 
 /// Logs (and, later, traces).

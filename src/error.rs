@@ -19,6 +19,8 @@ pub enum ErrorCode {
     RateLimited,
     Unavailable,
     ProviderError,
+    /// A stream's node went silent (it died or lost the bus).
+    Interrupted,
     Internal,
 }
 
@@ -45,6 +47,8 @@ pub enum ChatError {
     RateLimited { retry_after_ms: u64 },
     #[error("{0}; nothing was stored, retry")]
     Unavailable(String),
+    #[error("{0}")]
+    Provider(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -62,6 +66,7 @@ impl ChatError {
             ChatError::Forbidden(_) => ErrorCode::Forbidden,
             ChatError::RateLimited { .. } => ErrorCode::RateLimited,
             ChatError::Unavailable(_) => ErrorCode::Unavailable,
+            ChatError::Provider(_) => ErrorCode::ProviderError,
             ChatError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -77,7 +82,7 @@ impl ChatError {
             ErrorCode::Forbidden => StatusCode::FORBIDDEN,
             ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ProviderError => StatusCode::BAD_GATEWAY,
+            ErrorCode::ProviderError | ErrorCode::Interrupted => StatusCode::BAD_GATEWAY,
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

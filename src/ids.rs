@@ -24,6 +24,11 @@ pub struct MessageId(pub Uuid);
 #[serde(transparent)]
 pub struct ConnectionId(pub Uuid);
 
+/// One assistant answer being streamed, unique across the cluster.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, NewType)]
+#[serde(transparent)]
+pub struct StreamId(pub Uuid);
+
 /// A user: the JWT `sub`, an opaque string.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, NewType)]
 #[serde(transparent)]
@@ -62,6 +67,24 @@ impl MessageId {
 impl ConnectionId {
     pub fn new() -> Self {
         Self(Uuid::now_v7())
+    }
+}
+
+impl StreamId {
+    pub fn new() -> Self {
+        Self(Uuid::now_v7())
+    }
+}
+
+impl Default for StreamId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
     }
 }
 

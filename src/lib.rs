@@ -2,6 +2,7 @@
 //! lives in SQL, events cross nodes on a bus. See docs/protocol.md for the
 //! wire contract and README.md for the layout.
 
+pub mod assistant;
 pub mod auth;
 pub mod bus;
 pub mod chat;

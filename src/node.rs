@@ -9,11 +9,12 @@ use std::time::Duration;
 use poem::listener::{Acceptor, TcpAcceptor};
 use poem::Server;
 
+use crate::assistant::Streams;
 use crate::auth::{AuthConfigError, Authenticator};
-use crate::bus::{Bus, LocalBus, RedisBus};
+use crate::bus::{Bus, LocalBus, RedisBus, Topic};
 use crate::chat::Chat;
 use crate::config::Settings;
-use crate::hub::{CloseReason, Hub, HubSettings};
+use crate::hub::{CloseReason, Hub, HubSettings, StreamControl};
 use crate::store::Store;
 use crate::telemetry::Metrics;
 
@@ -26,6 +27,8 @@ pub enum StartError {
     Auth(#[from] AuthConfigError),
     #[error("bus: {0}")]
     Bus(String),
+    #[error("configuration: {0}")]
+    Config(String),
     #[error("listen: {0}")]
     Listen(#[from] std::io::Error),
 }
@@ -71,14 +74,31 @@ impl Node {
                 gap_wait: Duration::from_millis(settings.bus.gap_fill_ms),
                 outbound_queue: settings.limits.outbound_queue,
                 max_connections_per_user: settings.limits.max_connections_per_user,
+                stream_timeout: Duration::from_secs_f64(settings.streaming.stream_timeout_secs),
             },
         );
+        let streams = Arc::new(
+            Streams::new(
+                &settings.assistants,
+                settings.streaming.clone(),
+                store.clone(),
+                bus.clone(),
+                metrics.clone(),
+            )
+            .map_err(StartError::Config)?,
+        );
+        let control: Arc<dyn StreamControl> = streams.clone();
+        hub.set_stream_control(Arc::downgrade(&control));
+        bus.subscribe(&Topic::Streams)
+            .await
+            .map_err(|e| StartError::Bus(e.to_string()))?;
         let chat = Arc::new(Chat::new(
             store.clone(),
             bus.clone(),
             hub.clone(),
             metrics.clone(),
             settings.limits.clone(),
+            streams,
         ));
         Ok(Arc::new(Node {
             settings,

@@ -7,8 +7,9 @@ use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
+use crate::assistant::Usage;
 use crate::error::{ChatError, ErrorCode};
-use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, UserId};
+use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 
 /// Longest `id` or `client_msg_id` a client may send.
 pub const MAX_CLIENT_ID_LEN: usize = 64;
@@ -80,6 +81,8 @@ enum FrameType {
     LoadMessages,
     MarkRead,
     Ping,
+    StreamResponse,
+    CancelStream,
     #[serde(other)]
     Unknown,
 }
@@ -143,6 +146,20 @@ pub struct LoadMessages {
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct StreamResponse {
+    pub conversation_id: ConversationId,
+    #[serde(default)]
+    pub message_id: Option<MessageId>,
+    #[serde(default)]
+    pub assistant_id: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct CancelStream {
+    pub stream_id: StreamId,
+}
+
+#[derive(Clone, Debug, PartialEq, Deserialize)]
 pub struct MarkRead {
     pub conversation_id: ConversationId,
     pub seq: Seq,
@@ -159,6 +176,8 @@ pub enum ClientFrame {
     LoadMessages(LoadMessages),
     MarkRead(MarkRead),
     Ping(Option<serde_json::Value>),
+    StreamResponse(StreamResponse),
+    CancelStream(CancelStream),
 }
 
 impl ClientFrame {
@@ -173,6 +192,8 @@ impl ClientFrame {
             ClientFrame::LoadMessages(_) => "load_messages",
             ClientFrame::MarkRead(_) => "mark_read",
             ClientFrame::Ping(_) => "ping",
+            ClientFrame::StreamResponse(_) => "stream_response",
+            ClientFrame::CancelStream(_) => "cancel_stream",
         }
     }
 }
@@ -249,6 +270,12 @@ pub fn decode(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> 
         FrameType::MarkRead => {
             ClientFrame::MarkRead(parse(data("mark_read")?, "mark_read").map_err(fail)?)
         }
+        FrameType::StreamResponse => ClientFrame::StreamResponse(
+            parse(data("stream_response")?, "stream_response").map_err(fail)?,
+        ),
+        FrameType::CancelStream => {
+            ClientFrame::CancelStream(parse(data("cancel_stream")?, "cancel_stream").map_err(fail)?)
+        }
         FrameType::Ping => ClientFrame::Ping(match env.data {
             Some(raw) => Some(parse(raw, "ping").map_err(fail)?),
             None => None,
@@ -313,6 +340,39 @@ pub enum ServerFrame {
         user_id: UserId,
         seq: Seq,
     },
+    StreamStart {
+        stream_id: StreamId,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        reply_to: MessageId,
+        assistant_id: String,
+    },
+    StreamContent {
+        stream_id: StreamId,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        content: String,
+        index: u64,
+        is_complete: bool,
+    },
+    StreamComplete {
+        stream_id: StreamId,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        /// The stored answer; absent when nothing was produced.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<Message>,
+        usage: Usage,
+        finish_reason: String,
+    },
+    StreamError {
+        stream_id: StreamId,
+        conversation_id: ConversationId,
+        code: ErrorCode,
+        message: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    },
     Ack(Ack),
     Pong(serde_json::Value),
     Error(ErrorBody),
@@ -329,6 +389,8 @@ pub struct Ack {
     pub seq: Option<Seq>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub duplicate: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stream_id: Option<StreamId>,
 }
 
 /// `error` data.
@@ -449,10 +511,10 @@ mod tests {
 
     #[test]
     fn unknown_types_are_named() {
-        let e = decode(r#"{"type":"stream_response","id":"s","data":{}}"#).unwrap_err();
+        let e = decode(r#"{"type":"summon_dragon","id":"s","data":{}}"#).unwrap_err();
         assert_eq!(e.error.code(), ErrorCode::UnknownType);
         assert_eq!(e.id.as_deref(), Some("s"));
-        assert!(e.error.to_string().contains("stream_response"));
+        assert!(e.error.to_string().contains("summon_dragon"));
     }
 
     #[test]

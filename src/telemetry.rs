@@ -29,6 +29,9 @@ pub struct Metrics {
     pub messages_stored: IntCounter,
     pub gap_fills: IntCounter,
     pub rate_limited: IntCounter,
+    pub streams_active: IntGauge,
+    pub assistant_tokens: IntCounter,
+    pub assistant_errors: IntCounterVec,
 }
 
 impl Metrics {
@@ -62,6 +65,21 @@ impl Metrics {
         .unwrap();
         let rate_limited =
             IntCounter::new("rate_limited_total", "Requests refused as RATE_LIMITED").unwrap();
+        let streams_active =
+            IntGauge::new("streams_active", "Assistant streams running on this node").unwrap();
+        let assistant_tokens = IntCounter::new(
+            "assistant_tokens_total",
+            "Assistant deltas received from providers",
+        )
+        .unwrap();
+        let assistant_errors = IntCounterVec::new(
+            Opts::new(
+                "assistant_errors_total",
+                "Assistant upstream errors, by kind",
+            ),
+            &["kind"],
+        )
+        .unwrap();
         for c in [
             Box::new(sockets_open.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(sockets_closed.clone()),
@@ -70,6 +88,9 @@ impl Metrics {
             Box::new(messages_stored.clone()),
             Box::new(gap_fills.clone()),
             Box::new(rate_limited.clone()),
+            Box::new(streams_active.clone()),
+            Box::new(assistant_tokens.clone()),
+            Box::new(assistant_errors.clone()),
         ] {
             // Each collector has a distinct name, registered once.
             registry.register(c).expect("distinct metric names");
@@ -83,6 +104,9 @@ impl Metrics {
             messages_stored,
             gap_fills,
             rate_limited,
+            streams_active,
+            assistant_tokens,
+            assistant_errors,
         }
     }
 

@@ -194,9 +194,9 @@ async fn malformed_and_unknown_frames_get_errors_and_the_socket_keeps_working() 
         (e["data"]["code"].as_str(), e["data"]["ref"].as_str()),
         (Some("UNKNOWN_TYPE"), Some("u1"))
     );
-    c.send(json!({"type": "stream_response", "id": "s1", "data": {"conversation_id": conv}}))
+    c.send(json!({"type": "stream_response", "id": "s1", "data": {"assistant_id": "default"}}))
         .await;
-    assert_eq!(c.next().await["data"]["code"], "UNKNOWN_TYPE");
+    assert_eq!(c.next().await["data"]["code"], "INVALID_FRAME");
     let too_long = "x".repeat(node.node.settings.limits.max_message_chars + 1);
     let (e, _) = c
         .request(

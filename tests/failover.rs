@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use common::procs::{self, token, NodeProcess, ProcCluster};
 use common::{messages, Client};
+use serde_json::json;
 
 async fn create_chat(node: &NodeProcess, owner: &str, others: &[&str]) -> String {
     procs::create_chat(&node.url(""), owner, others).await
@@ -132,4 +133,64 @@ async fn sigterm_drains_with_1012_and_not_ready_then_exits_zero() {
         r.read_until_seq(60).await;
         assert_complete(&r.seen, 60);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_node_dies_is_reported_interrupted_elsewhere() {
+    let llm = common::fake_llm::FakeLlm::start().await;
+    let mut env = vec![
+        (
+            "CONFAB_STREAMING__STREAM_TIMEOUT_SECS".to_string(),
+            "1.5".to_string(),
+        ),
+        (
+            "CONFAB_STREAMING__HEARTBEAT_SECS".to_string(),
+            "0.3".to_string(),
+        ),
+    ];
+    for (name, model) in [("SLOW", "slow"), ("OK", "ok")] {
+        env.push((
+            format!("CONFAB_ASSISTANTS__{name}__PROVIDER"),
+            "openai".into(),
+        ));
+        env.push((format!("CONFAB_ASSISTANTS__{name}__MODEL"), model.into()));
+        env.push((
+            format!("CONFAB_ASSISTANTS__{name}__BASE_URL"),
+            llm.base_url.clone(),
+        ));
+    }
+    let s = ProcCluster::start_with(2, 1, &env).await;
+    let conv = create_chat(&s.nodes[0], "alice", &["bob"]).await;
+    let mut alice = Client::connect(&s.nodes[0].ws_url(), &token("alice"), "alice").await;
+    let mut bob = Client::connect(&s.nodes[1].ws_url(), &token("bob"), "bob").await;
+    alice.join(&conv, None).await;
+    bob.join(&conv, None).await;
+    alice.say(&conv, "a long story please").await;
+    let (ack, _) = alice
+        .request(
+            "stream_response",
+            json!({"conversation_id": conv, "assistant_id": "slow"}),
+        )
+        .await;
+    let stream = ack["data"]["stream_id"].as_str().unwrap().to_owned();
+    bob.until(|f| f["type"] == "stream_content" && f["data"]["index"] == 2)
+        .await;
+
+    s.nodes[0].signal("KILL");
+    let (err, _) = bob
+        .until(|f| f["type"] == "stream_error" && f["data"]["stream_id"] == stream.as_str())
+        .await;
+    assert_eq!(err["data"]["code"], "INTERRUPTED");
+    assert_eq!(err["data"]["conversation_id"], conv.as_str());
+
+    // The dead node's claim lapsed with it: a new answer may start.
+    let (ack, _) = bob
+        .request(
+            "stream_response",
+            json!({"conversation_id": conv, "assistant_id": "ok"}),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let (done, _) = bob.until(|f| f["type"] == "stream_complete").await;
+    assert_eq!(done["data"]["message"]["content"], common::fake_llm::ANSWER);
 }

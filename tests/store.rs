@@ -53,6 +53,7 @@ fn msg(
     cid: Option<&str>,
 ) -> NewMessage {
     NewMessage {
+        id: None,
         conversation_id: conv,
         sender_id: UserId::from(sender),
         message_type: "user".into(),

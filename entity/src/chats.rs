@@ -15,6 +15,10 @@ pub struct Model {
     pub last_seq: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
+    /// The assistant answer being written, if any.
+    pub stream_id: Option<Uuid>,
+    /// When that claim lapses unless a heartbeat extends it.
+    pub stream_expires_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

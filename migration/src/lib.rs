@@ -4,6 +4,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_create_chats;
+mod m20261121_000002_stream_claim;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -11,6 +12,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261121_000001_create_chats::Migration)]
+        vec![
+            Box::new(m20261121_000001_create_chats::Migration),
+            Box::new(m20261121_000002_stream_claim::Migration),
+        ]
     }
 }

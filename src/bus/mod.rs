@@ -18,13 +18,15 @@ use serde::{Deserialize, Serialize};
 pub use local::LocalBus;
 pub use redis::RedisBus;
 
-use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
+use crate::ids::{ConnectionId, ConversationId, Seq, StreamId, UserId};
 
-/// Where an event goes: everyone joined to a conversation, or every socket of a user.
+/// Where an event goes: everyone joined to a conversation, every socket of a
+/// user, or every node (stream control).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Topic {
     Conversation(ConversationId),
     User(UserId),
+    Streams,
 }
 
 /// How the receiving hub treats an event.
@@ -40,6 +42,11 @@ pub enum EventKind {
     /// A user-level notice; sockets joined to `skip_joined` are skipped
     /// (they receive the same event on the conversation topic).
     Notice { skip_joined: Option<ConversationId> },
+    /// An assistant stream's event (start, content, heartbeat with an empty
+    /// payload, or its `end`): nodes track which streams are alive.
+    Stream { stream_id: StreamId, end: bool },
+    /// On `Topic::Streams`: a participant asks to stop a stream.
+    Cancel { stream_id: StreamId, by: UserId },
 }
 
 /// One event on the bus.

@@ -111,6 +111,7 @@ impl RedisBus {
         match topic {
             Topic::Conversation(id) => format!("{}:conv:{}", self.prefix, id),
             Topic::User(id) => format!("{}:user:{}", self.prefix, id),
+            Topic::Streams => format!("{}:streams", self.prefix),
         }
     }
 
@@ -286,6 +287,9 @@ fn unavailable(e: fred::error::Error) -> BusError {
 /// The topic of `{prefix}:conv:{uuid}` or `{prefix}:user:{id}`.
 fn parse_channel(channel: &str, prefix: &str) -> Option<Topic> {
     let rest = channel.strip_prefix(prefix)?;
+    if rest == "streams" {
+        return Some(Topic::Streams);
+    }
     if let Some(id) = rest.strip_prefix("conv:") {
         return id
             .parse()

@@ -11,11 +11,12 @@ use bytes::Bytes;
 
 pub use limits::{Bucket, UserRateLimiter};
 
+use crate::assistant::{StartStream, Streams};
 use crate::bus::{Bus, Event, EventKind, Topic};
 use crate::config::LimitSettings;
 use crate::error::ChatError;
 use crate::hub::{Access, Conn, Hub};
-use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
+use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 use crate::protocol::{Conversation, Message, ServerFrame, UpdateReason};
 use crate::store::{Appended, NewMessage, Store};
 use crate::telemetry::Metrics;
@@ -57,6 +58,7 @@ pub struct Chat {
     metrics: Arc<Metrics>,
     limits: LimitSettings,
     sends: UserRateLimiter,
+    streams: Arc<Streams>,
 }
 
 impl Chat {
@@ -66,6 +68,7 @@ impl Chat {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         limits: LimitSettings,
+        streams: Arc<Streams>,
     ) -> Self {
         let sends = UserRateLimiter::new(limits.send_rate_per_sec, limits.send_burst);
         Self {
@@ -75,6 +78,7 @@ impl Chat {
             metrics,
             limits,
             sends,
+            streams,
         }
     }
 
@@ -106,6 +110,13 @@ impl Chat {
             return Err(ChatError::InvalidFrame(
                 "participant ids must be 1 to 256 bytes".into(),
             ));
+        }
+        if let Some(a) = &new.assistant_id {
+            if !self.streams.has(a) {
+                return Err(ChatError::InvalidFrame(format!(
+                    "no assistant `{a}` is configured"
+                )));
+            }
         }
         let conv = self
             .store
@@ -267,6 +278,7 @@ impl Chat {
         let appended = self
             .store
             .append(NewMessage {
+                id: None,
                 conversation_id: conv,
                 sender_id: user.clone(),
                 message_type,
@@ -279,8 +291,64 @@ impl Chat {
         if !appended.duplicate {
             self.metrics.messages_stored.inc();
             self.publish_message(&appended.message).await;
+            if let Some(assistant_id) = access.assistant_id.clone() {
+                let start = StartStream {
+                    conversation_id: conv,
+                    requested_by: user.clone(),
+                    reply_to: appended.message.clone(),
+                    assistant_id,
+                };
+                if let Err(e) = self.streams.start(start).await {
+                    tracing::info!(error = %e, %conv, "no automatic answer");
+                }
+            }
         }
         Ok(appended)
+    }
+
+    /// Asks an assistant to answer `message_id` (default: the latest user
+    /// message). Its tokens reach every socket in the conversation.
+    pub async fn stream_response(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        message_id: Option<MessageId>,
+        assistant_id: Option<String>,
+    ) -> Result<StreamId, ChatError> {
+        let access = self.require_member(user, conv).await?;
+        if access.archived {
+            return Err(ChatError::Forbidden("conversation is archived".into()));
+        }
+        let reply_to = match message_id {
+            Some(id) => self
+                .store
+                .message(conv, id)
+                .await?
+                .ok_or(ChatError::NotFound("message"))?,
+            None => self
+                .store
+                .latest_of_type(conv, "user")
+                .await?
+                .ok_or_else(|| {
+                    ChatError::InvalidFrame("there is no user message to answer".into())
+                })?,
+        };
+        let assistant_id = assistant_id
+            .or_else(|| access.assistant_id.clone())
+            .unwrap_or_else(|| "default".into());
+        self.streams
+            .start(StartStream {
+                conversation_id: conv,
+                requested_by: user.clone(),
+                reply_to,
+                assistant_id,
+            })
+            .await
+    }
+
+    /// Stops a stream on whichever node runs it (any participant may).
+    pub async fn cancel_stream(&self, user: &UserId, stream: StreamId) {
+        self.streams.request_cancel(stream, user).await;
     }
 
     /// Publishes a stored message. A bus failure is logged, not returned:
@@ -407,6 +475,7 @@ impl Chat {
         let access = Arc::new(Access {
             members: chat.participants.into_iter().collect(),
             archived: chat.archived,
+            assistant_id: chat.assistant_id,
         });
         if let Some(version) = version {
             self.hub.cache_access(conv, version, access.clone());

@@ -10,8 +10,8 @@ mod conn;
 mod room;
 
 use std::collections::HashSet;
-use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -22,7 +22,8 @@ use room::{Buffered, Member, Room};
 
 use crate::bus::{Bus, Event, EventKind, EventSink, Topic};
 use crate::error::ChatError;
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::error::ErrorCode;
+use crate::ids::{ConversationId, Seq, StreamId, UserId};
 use crate::protocol::{Message, ServerFrame};
 use crate::store::Store;
 use crate::telemetry::Metrics;
@@ -36,6 +37,13 @@ pub struct HubSettings {
     pub gap_wait: Duration,
     pub outbound_queue: usize,
     pub max_connections_per_user: usize,
+    /// A stream silent this long is reported `INTERRUPTED`.
+    pub stream_timeout: Duration,
+}
+
+/// Stops streams running on this node when a cancel arrives from any node.
+pub trait StreamControl: Send + Sync {
+    fn cancel(&self, stream: StreamId, by: UserId);
 }
 
 /// The registry of this node's sockets and rooms.
@@ -50,6 +58,7 @@ pub struct Hub {
     /// Serializes opening and closing rooms and user entries, so a bus
     /// subscribe and unsubscribe of one topic never race.
     topology: tokio::sync::Mutex<()>,
+    streams: OnceLock<Weak<dyn StreamControl>>,
 }
 
 impl Hub {
@@ -68,10 +77,17 @@ impl Hub {
             rooms: DashMap::new(),
             users: DashMap::new(),
             topology: tokio::sync::Mutex::new(()),
+            streams: OnceLock::new(),
         });
         let sink: Arc<dyn EventSink> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
+        tokio::spawn(watch_streams(Arc::downgrade(&hub)));
         hub
+    }
+
+    /// Where cancels go (the node's stream runner). Set once at start.
+    pub fn set_stream_control(&self, control: Weak<dyn StreamControl>) {
+        let _ = self.streams.set(control);
     }
 
     fn arc(&self) -> Option<Arc<Hub>> {
@@ -373,6 +389,44 @@ impl Hub {
     }
 }
 
+/// Turns streams whose node went silent into `stream_error INTERRUPTED` for
+/// the sockets watching them, so no tab spins forever.
+async fn watch_streams(hub: Weak<Hub>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let Some(hub) = hub.upgrade() else { return };
+        let timeout = hub.settings.stream_timeout;
+        let rooms: Vec<Arc<Room>> = hub.rooms.iter().map(|r| r.value().clone()).collect();
+        for room in rooms {
+            let mut st = room.state.lock();
+            if st.streams.is_empty() {
+                continue;
+            }
+            let dead: Vec<StreamId> = st
+                .streams
+                .iter()
+                .filter(|(_, at)| at.elapsed() > timeout)
+                .map(|(id, _)| *id)
+                .collect();
+            for stream_id in dead {
+                st.streams.remove(&stream_id);
+                let frame: Utf8Bytes = ServerFrame::StreamError {
+                    stream_id,
+                    conversation_id: room.id,
+                    code: ErrorCode::Interrupted,
+                    message: "the stream's node stopped answering".into(),
+                    retry_after_ms: None,
+                }
+                .encode()
+                .into();
+                let sent = st.on_ephemeral(&frame, None);
+                hub.metrics.events_delivered.inc_by(sent as u64);
+            }
+        }
+    }
+}
+
 /// The `message_received` frame of a stored message.
 pub fn message_frame(message: Message) -> Utf8Bytes {
     ServerFrame::MessageReceived { message }.encode().into()
@@ -404,9 +458,29 @@ impl EventSink for Hub {
                         self.on_membership(&room, removed.as_ref());
                         0
                     }
-                    EventKind::Notice { .. } => 0,
+                    EventKind::Stream { stream_id, end } => {
+                        let mut st = room.state.lock();
+                        if *end {
+                            st.streams.remove(stream_id);
+                        } else {
+                            st.streams.insert(*stream_id, Instant::now());
+                        }
+                        if frame.is_empty() {
+                            0
+                        } else {
+                            st.on_ephemeral(&frame, None)
+                        }
+                    }
+                    EventKind::Notice { .. } | EventKind::Cancel { .. } => 0,
                 }
             }
+            (Topic::Streams, EventKind::Cancel { stream_id, by }) => {
+                if let Some(control) = self.streams.get().and_then(Weak::upgrade) {
+                    control.cancel(*stream_id, by.clone());
+                }
+                0
+            }
+            (Topic::Streams, _) => 0,
             (Topic::User(user), EventKind::Notice { skip_joined }) => {
                 let conns = self.users.get(user).map(|c| c.clone()).unwrap_or_default();
                 conns

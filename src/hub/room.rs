@@ -9,13 +9,15 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::conn::Conn;
-use crate::ids::{ConnectionId, ConversationId, Seq, UserId};
+use crate::ids::{ConnectionId, ConversationId, Seq, StreamId, UserId};
 
 /// Who may use a conversation, cached while this node is subscribed to it.
 #[derive(Debug)]
 pub struct Access {
     pub members: HashSet<UserId>,
     pub archived: bool,
+    /// The assistant that answers every user message, if the chat has one.
+    pub assistant_id: Option<String>,
 }
 
 /// A local socket joined to the room.
@@ -53,6 +55,8 @@ pub(super) struct RoomState {
     pub closed: bool,
     /// Bound on buffered frames per replaying socket.
     pub queue_limit: usize,
+    /// Assistant streams seen in this conversation, and when last heard.
+    pub streams: HashMap<StreamId, std::time::Instant>,
 }
 
 impl Room {
@@ -68,6 +72,7 @@ impl Room {
                 access_version: 0,
                 closed: false,
                 queue_limit,
+                streams: HashMap::new(),
             }),
         }
     }

@@ -2,14 +2,15 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use chrono::{DateTime, Utc};
 use entity::{chat_participants as parts, chats};
 use sea_orm::{
-    sea_query::OnConflict, ActiveValue::Set, ColumnTrait, DbErr, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    sea_query::OnConflict, ActiveValue::Set, ColumnTrait, Condition, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, TransactionTrait,
 };
 
 use super::{now, Store};
-use crate::ids::{ConversationId, Seq, UserId};
+use crate::ids::{ConversationId, Seq, StreamId, UserId};
 use crate::protocol::Conversation;
 
 /// Most conversations returned by one listing.
@@ -38,6 +39,8 @@ impl Store {
             last_seq: Set(0),
             created_at: Set(at),
             updated_at: Set(at),
+            stream_id: Set(None),
+            stream_expires_at: Set(None),
         })
         .exec_without_returning(&txn)
         .await?;
@@ -203,6 +206,59 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok((res.rows_affected > 0).then_some(seq))
+    }
+
+    /// Claims the conversation for one assistant stream until `until`.
+    /// False if another stream holds an unexpired claim.
+    pub async fn claim_stream(
+        &self,
+        id: ConversationId,
+        stream: StreamId,
+        until: DateTime<Utc>,
+    ) -> Result<bool, DbErr> {
+        let res = chats::Entity::update_many()
+            .col_expr(chats::Column::StreamId, Some(stream.0).into())
+            .col_expr(chats::Column::StreamExpiresAt, Some(until).into())
+            .filter(chats::Column::Id.eq(id.0))
+            .filter(
+                Condition::any()
+                    .add(chats::Column::StreamId.is_null())
+                    .add(chats::Column::StreamExpiresAt.lt(now())),
+            )
+            .exec(&self.db)
+            .await?;
+        Ok(res.rows_affected > 0)
+    }
+
+    /// Extends a held claim (the stream's heartbeat).
+    pub async fn extend_stream(
+        &self,
+        id: ConversationId,
+        stream: StreamId,
+        until: DateTime<Utc>,
+    ) -> Result<(), DbErr> {
+        chats::Entity::update_many()
+            .col_expr(chats::Column::StreamExpiresAt, Some(until).into())
+            .filter(chats::Column::Id.eq(id.0))
+            .filter(chats::Column::StreamId.eq(stream.0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    /// Releases the claim if `stream` still holds it.
+    pub async fn release_stream(&self, id: ConversationId, stream: StreamId) -> Result<(), DbErr> {
+        chats::Entity::update_many()
+            .col_expr(chats::Column::StreamId, Option::<uuid::Uuid>::None.into())
+            .col_expr(
+                chats::Column::StreamExpiresAt,
+                Option::<DateTime<Utc>>::None.into(),
+            )
+            .filter(chats::Column::Id.eq(id.0))
+            .filter(chats::Column::StreamId.eq(stream.0))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     async fn touch(&self, id: ConversationId) -> Result<(), DbErr> {

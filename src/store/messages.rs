@@ -16,6 +16,8 @@ use crate::protocol::Message;
 /// A message to append.
 #[derive(Clone, Debug)]
 pub struct NewMessage {
+    /// A chosen id (an assistant answer announced before it is stored), or a fresh one.
+    pub id: Option<MessageId>,
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
     pub message_type: String,
@@ -71,7 +73,7 @@ impl Store {
             return Ok(None);
         };
         let message = Message {
-            id: MessageId::new(),
+            id: new.id.unwrap_or_default(),
             conversation_id: new.conversation_id,
             seq: Seq(chat.last_seq),
             sender_id: new.sender_id.clone(),
@@ -112,6 +114,34 @@ impl Store {
                 message: to_message(m),
                 duplicate: true,
             }))
+    }
+
+    /// One message of the conversation.
+    pub async fn message(
+        &self,
+        id: ConversationId,
+        message: MessageId,
+    ) -> Result<Option<Message>, DbErr> {
+        Ok(msgs::Entity::find_by_id(message.0)
+            .filter(msgs::Column::ChatId.eq(id.0))
+            .one(&self.db)
+            .await?
+            .map(to_message))
+    }
+
+    /// The newest message of type `message_type`.
+    pub async fn latest_of_type(
+        &self,
+        id: ConversationId,
+        message_type: &str,
+    ) -> Result<Option<Message>, DbErr> {
+        Ok(msgs::Entity::find()
+            .filter(msgs::Column::ChatId.eq(id.0))
+            .filter(msgs::Column::MessageType.eq(message_type))
+            .order_by_desc(msgs::Column::Seq)
+            .one(&self.db)
+            .await?
+            .map(to_message))
     }
 
     /// Messages with seq > `after`, oldest first, at most `limit`; and

@@ -44,7 +44,19 @@ impl Store {
                     .busy_timeout(Duration::from_secs(5))
                     .foreign_keys(true)
             });
-        Ok(Self::from_connection(Database::connect(opts).await?))
+        // Nodes starting together on one SQLite file race to switch it to
+        // WAL, which needs a moment of exclusive access: retry briefly.
+        let mut attempt = 0;
+        loop {
+            match Database::connect(opts.clone()).await {
+                Ok(db) => return Ok(Self::from_connection(db)),
+                Err(e) if attempt < 20 && e.to_string().contains("database is locked") => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Wraps an existing connection (tests use this to pick a Postgres schema).
@@ -52,9 +64,22 @@ impl Store {
         Self { db }
     }
 
-    /// Applies every pending migration.
+    /// Applies every pending migration. Nodes starting together may race to
+    /// apply the same one: the loser's attempt fails, and its retry finds
+    /// the migration applied.
     pub async fn migrate(&self) -> Result<(), DbErr> {
-        Migrator::up(&self.db, None).await
+        let mut attempt = 0;
+        loop {
+            match Migrator::up(&self.db, None).await {
+                Ok(()) => return Ok(()),
+                Err(e) if attempt < 5 => {
+                    attempt += 1;
+                    tracing::info!(error = %e, attempt, "migration raced another node; retrying");
+                    tokio::time::sleep(Duration::from_millis(300 * attempt)).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// A round trip to the database, for readiness.

@@ -263,6 +263,7 @@ impl Session {
                         message_id: Some(appended.message.id),
                         seq: Some(appended.message.seq),
                         duplicate: Some(appended.duplicate),
+                        ..Ack::default()
                     }))
                     .await;
                 }
@@ -303,6 +304,23 @@ impl Session {
                 self.ack(id).await;
             }
             ClientFrame::Ping(data) => self.reply(ServerFrame::pong(data, id)).await,
+            ClientFrame::StreamResponse(req) => {
+                let stream_id = chat
+                    .stream_response(&user, req.conversation_id, req.message_id, req.assistant_id)
+                    .await?;
+                if let Some(reply_to) = id {
+                    self.reply(ServerFrame::Ack(Ack {
+                        reply_to,
+                        stream_id: Some(stream_id),
+                        ..Ack::default()
+                    }))
+                    .await;
+                }
+            }
+            ClientFrame::CancelStream(req) => {
+                chat.cancel_stream(&user, req.stream_id).await;
+                self.ack(id).await;
+            }
         }
         Ok(())
     }

@@ -2,6 +2,7 @@
 //! SQLite file, and a WebSocket client that waits for frames with a timeout.
 #![allow(dead_code)]
 
+pub mod fake_llm;
 pub mod procs;
 
 use std::net::SocketAddr;

@@ -124,7 +124,7 @@ pub struct NodeProcess {
 
 impl NodeProcess {
     /// Starts a node with `CONFAB_*` settings and waits for `/ready`.
-    pub async fn start(node_id: &str, workdir: &Path, env: &[(&str, String)]) -> NodeProcess {
+    pub async fn start(node_id: &str, workdir: &Path, env: &[(String, String)]) -> NodeProcess {
         let mut n = NodeProcess {
             port: free_port(),
             node_id: node_id.to_owned(),
@@ -226,9 +226,14 @@ pub struct ProcCluster {
 
 impl ProcCluster {
     pub async fn start(n: usize, drain_secs: u64) -> ProcCluster {
+        Self::start_with(n, drain_secs, &[]).await
+    }
+
+    /// As `start`, with more `CONFAB_*` settings for every node.
+    pub async fn start_with(n: usize, drain_secs: u64, extra: &[(String, String)]) -> ProcCluster {
         let redis = Redis::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let env = [
+        let mut env: Vec<(String, String)> = [
             (
                 "CONFAB_DATABASE__URL",
                 format!("sqlite://{}/shared.db?mode=rwc", dir.path().display()),
@@ -236,7 +241,11 @@ impl ProcCluster {
             ("CONFAB_BUS__REDIS_URL", redis.url()),
             ("CONFAB_SERVER__DRAIN_SECS", drain_secs.to_string()),
             ("CONFAB_LIMITS__SEND_BURST", "100000".into()),
-        ];
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        env.extend(extra.iter().cloned());
         let mut nodes = Vec::new();
         for i in 0..n {
             nodes.push(NodeProcess::start(&format!("n{i}"), dir.path(), &env).await);
