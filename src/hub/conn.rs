@@ -135,3 +135,30 @@ impl Conn {
         self.joined.lock().iter().copied().collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_queue_closes_the_socket_as_too_slow() {
+        let (conn, mut rx) = Conn::new(UserId::from("u"), 2);
+        assert!(conn.push("a".into()));
+        assert!(conn.push("b".into()));
+        assert!(!conn.push("c".into()), "the third frame does not fit");
+        assert_eq!(conn.close_reason(), Some(CloseReason::SlowConsumer));
+        assert_eq!(CloseReason::SlowConsumer.code(), 4009);
+        // What was queued is still there; nothing beyond the bound.
+        assert_eq!(rx.try_recv().unwrap().as_str(), "a");
+        assert_eq!(rx.try_recv().unwrap().as_str(), "b");
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn the_first_close_reason_wins() {
+        let (conn, _rx) = Conn::new(UserId::from("u"), 2);
+        conn.close(CloseReason::TokenExpired);
+        conn.close(CloseReason::Normal);
+        assert_eq!(conn.close_reason(), Some(CloseReason::TokenExpired));
+    }
+}
