@@ -48,6 +48,25 @@ fn assistants(s: &mut Settings, llm: &FakeLlm) {
     s.limits.send_burst = 1000;
 }
 
+/// `n` nodes on one Redis and one SQLite file, with the fake assistants.
+async fn cluster(n: usize, llm: &FakeLlm, redis: &Redis, db: &tempfile::TempDir) -> Vec<TestNode> {
+    let db_url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let (db_url, redis_url) = (db_url.clone(), redis.url());
+        nodes.push(
+            start_node(|s| {
+                s.database.url = db_url;
+                s.bus.redis_url = redis_url;
+                s.server.node_id = format!("n{i}");
+                assistants(s, llm);
+            })
+            .await,
+        );
+    }
+    nodes
+}
+
 /// What one socket saw of one stream.
 #[derive(Debug)]
 struct Seen {
@@ -136,20 +155,7 @@ async fn tabs_on_three_nodes_watch_the_same_answer_being_written() {
     let llm = FakeLlm::start().await;
     let redis = Redis::start().await;
     let db = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
-    let mut nodes: Vec<TestNode> = Vec::new();
-    for i in 0..3 {
-        let (db_url, redis_url) = (db_url.clone(), redis.url());
-        nodes.push(
-            start_node(|s| {
-                s.database.url = db_url;
-                s.bus.redis_url = redis_url;
-                s.server.node_id = format!("n{i}");
-                assistants(s, &llm);
-            })
-            .await,
-        );
-    }
+    let nodes = cluster(3, &llm, &redis, &db).await;
     let conv = nodes[0].create_chat("alice", &["bob"]).await;
     let mut tabs = [
         nodes[0].connect("alice").await,
@@ -333,20 +339,7 @@ async fn another_users_tab_on_another_node_cancels_the_stream() {
     let llm = FakeLlm::start().await;
     let redis = Redis::start().await;
     let db = tempfile::tempdir().unwrap();
-    let db_url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let (db_url, redis_url) = (db_url.clone(), redis.url());
-        nodes.push(
-            start_node(|s| {
-                s.database.url = db_url;
-                s.bus.redis_url = redis_url;
-                s.server.node_id = format!("n{i}");
-                assistants(s, &llm);
-            })
-            .await,
-        );
-    }
+    let nodes = cluster(2, &llm, &redis, &db).await;
     let conv = nodes[0].create_chat("alice", &["bob"]).await;
     let mut alice = nodes[0].connect("alice").await;
     let mut bob = nodes[1].connect("bob").await;

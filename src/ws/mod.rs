@@ -47,9 +47,13 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
             .body("connection cannot be upgraded");
     };
     let max = node.settings.limits.max_frame_bytes;
+    // A small read buffer keeps idle sockets cheap (tungstenite allocates it
+    // eagerly; its default is 128 KiB). Frames queued together are encoded
+    // into the write buffer and go out in few writes: the writer feeds them
+    // all, then flushes once.
     let config = WebSocketConfig::default()
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        .write_buffer_size(16 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
     let node = node.clone();

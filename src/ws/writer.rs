@@ -51,11 +51,28 @@ pub async fn run(mut sink: Sink, mut rx: Receiver<Utf8Bytes>, conn: Arc<Conn>) -
         }
     }
     let reason = conn.close_reason().unwrap_or(CloseReason::Normal);
-    let goodbye = async {
-        if reason != CloseReason::SlowConsumer {
-            while let Ok(frame) = rx.try_recv() {
-                sink.feed(Message::Text(frame)).await?;
-            }
+    // A slow consumer's backlog is dropped; anyone else gets what was queued
+    // (an error frame before the close, say).
+    let mut last = Vec::new();
+    if reason != CloseReason::SlowConsumer {
+        while let Ok(frame) = rx.try_recv() {
+            last.push(frame);
+        }
+    }
+    goodbye(sink, last, reason).await;
+    reason
+}
+
+/// Sends an error and closes a socket that never got a queue (auth failures).
+pub async fn reject(sink: Sink, error: Utf8Bytes, reason: CloseReason) {
+    goodbye(sink, vec![error], reason).await;
+}
+
+/// Writes the last frames and the close frame, within `CLOSE_TIMEOUT`.
+async fn goodbye(mut sink: Sink, last: Vec<Utf8Bytes>, reason: CloseReason) {
+    let write = async {
+        for frame in last {
+            sink.feed(Message::Text(frame)).await?;
         }
         sink.send(Message::Close(Some(CloseFrame {
             code: CloseCode::from(reason.code()),
@@ -64,20 +81,5 @@ pub async fn run(mut sink: Sink, mut rx: Receiver<Utf8Bytes>, conn: Arc<Conn>) -
         .await?;
         sink.close().await
     };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
-    reason
-}
-
-/// Sends an error and closes a socket that never got a queue (auth failures).
-pub async fn reject(mut sink: Sink, error: Utf8Bytes, reason: CloseReason) {
-    let goodbye = async {
-        sink.feed(Message::Text(error)).await?;
-        sink.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(reason.code()),
-            reason: reason.text().into(),
-        })))
-        .await?;
-        sink.close().await
-    };
-    let _ = tokio::time::timeout(CLOSE_TIMEOUT, goodbye).await;
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
 }
