@@ -222,6 +222,9 @@ async fn a_redis_restart_loses_no_stored_message() {
         let ack = c.say(&conv, &format!("m{sent}")).await;
         assert_eq!(ack["data"]["seq"], sent);
     }
+    // A socket that arrives while Redis is away connects and joins anyway.
+    let mut late = nodes[1].connect("bob").await;
+    late.join(&conv, Some(0)).await;
     redis.restart().await;
     for node in &nodes {
         let url = node.url("/ready");
@@ -235,7 +238,7 @@ async fn a_redis_restart_loses_no_stored_message() {
         sent += 1;
         alice_far.say(&conv, &format!("m{sent}")).await;
     }
-    for bob in [&mut bob0, &mut bob1] {
+    for bob in [&mut bob0, &mut bob1, &mut late] {
         let (last, frames) = bob.until(|f| f["data"]["message"]["seq"] == sent).await;
         let mut got = messages(&frames);
         got.extend(messages(&[last]));

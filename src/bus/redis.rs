@@ -9,6 +9,7 @@
 //! true only while the probe comes back, and a subscriber that stops hearing
 //! it is forced to reconnect.
 
+use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use fred::clients::{Pool, SubscriberClient};
 use fred::prelude::*;
 use fred::types::config::Options;
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, Event, EventKind, EventSink, Topic};
@@ -42,6 +43,9 @@ pub struct RedisBus {
     subscriber: SubscriberClient,
     sink: SinkSlot,
     probe: Arc<Probe>,
+    /// Every channel this node needs, the probe's included. Subscriptions
+    /// asked for while Redis is away are made when it comes back.
+    wanted: Arc<Mutex<HashSet<String>>>,
 }
 
 /// The readiness round trip: what was sent, what came back, and when.
@@ -99,8 +103,10 @@ impl RedisBus {
                 started: Instant::now(),
                 seen_at_ms: AtomicU64::new(0),
             }),
+            wanted: Arc::new(Mutex::new(HashSet::new())),
         });
-        bus.subscribe_channel(bus.probe.channel.clone()).await?;
+        bus.wanted.lock().insert(bus.probe.channel.clone());
+        subscribe_channel(&bus.subscriber, bus.cluster, bus.probe.channel.clone()).await?;
         bus.spawn_receiver();
         bus.spawn_resubscriber();
         bus.spawn_prober();
@@ -113,15 +119,6 @@ impl RedisBus {
             Topic::User(id) => format!("{}:user:{}", self.prefix, id),
             Topic::Streams => format!("{}:streams", self.prefix),
         }
-    }
-
-    async fn subscribe_channel(&self, channel: String) -> Result<(), BusError> {
-        let res = if self.cluster {
-            self.subscriber.ssubscribe(channel).await
-        } else {
-            self.subscriber.subscribe(channel).await
-        };
-        res.map_err(unavailable)
     }
 
     /// Receives messages, decodes them, and hands them to the hub.
@@ -167,11 +164,12 @@ impl RedisBus {
         });
     }
 
-    /// After every reconnect: resubscribe everything, then resync the hub.
+    /// After every reconnect: subscribe to every wanted channel, then resync
+    /// the hub from the store.
     fn spawn_resubscriber(&self) {
         let subscriber = self.subscriber.clone();
         let mut reconnects = subscriber.reconnect_rx();
-        let sink = self.sink.clone();
+        let (sink, wanted, cluster) = (self.sink.clone(), self.wanted.clone(), self.cluster);
         tokio::spawn(async move {
             loop {
                 match reconnects.recv().await {
@@ -179,8 +177,12 @@ impl RedisBus {
                     Err(RecvError::Lagged(_)) => {}
                     Err(RecvError::Closed) => return,
                 }
-                if let Err(e) = subscriber.resubscribe_all().await {
-                    tracing::warn!(error = %e, "resubscribe failed");
+                let channels: Vec<String> = wanted.lock().iter().cloned().collect();
+                for channel in channels {
+                    if let Err(e) = subscribe_channel(&subscriber, cluster, channel).await {
+                        tracing::warn!(error = %e, "resubscribe failed; the probe will force another reconnect");
+                        break;
+                    }
                 }
                 if let Some(s) = upgrade(&sink) {
                     s.resync();
@@ -243,18 +245,39 @@ impl Bus for RedisBus {
         res.map(|_| ()).map_err(unavailable)
     }
 
+    /// Never fails: a subscription Redis cannot take now is made when the bus
+    /// reconnects, and the hub then catches up from the store.
     async fn subscribe(&self, topic: &Topic) -> Result<(), BusError> {
-        self.subscribe_channel(self.channel(topic)).await
+        let channel = self.channel(topic);
+        self.wanted.lock().insert(channel.clone());
+        if let Err(e) = subscribe_channel(&self.subscriber, self.cluster, channel).await {
+            tracing::warn!(error = %e, "subscribe failed; retried when the bus reconnects");
+            if self.subscriber.is_connected() {
+                // Connected yet failing: start over, so the retry happens now.
+                let _ = self.subscriber.force_reconnection().await;
+            }
+        }
+        Ok(())
     }
 
     async fn unsubscribe(&self, topic: &Topic) -> Result<(), BusError> {
         let channel = self.channel(topic);
+        self.wanted.lock().remove(&channel);
+        let client = self.subscriber.with_options(&fail_fast());
         let res = if self.cluster {
-            self.subscriber.sunsubscribe(channel).await
+            client.sunsubscribe(channel).await
         } else {
-            self.subscriber.unsubscribe(channel).await
+            client.unsubscribe(channel).await
         };
-        res.map_err(unavailable)
+        // While Redis is away there is nothing to unsubscribe from.
+        res.or_else(|e| {
+            if self.subscriber.is_connected() {
+                Err(e)
+            } else {
+                Ok(())
+            }
+        })
+        .map_err(unavailable)
     }
 
     fn attach(&self, sink: Weak<dyn EventSink>) {
@@ -264,6 +287,21 @@ impl Bus for RedisBus {
     async fn healthy(&self) -> bool {
         self.subscriber.is_connected() && self.probe.fresh()
     }
+}
+
+/// SUBSCRIBE (or SSUBSCRIBE on a cluster) that fails at once while disconnected.
+async fn subscribe_channel(
+    subscriber: &SubscriberClient,
+    cluster: bool,
+    channel: String,
+) -> Result<(), BusError> {
+    let client = subscriber.with_options(&fail_fast());
+    let res = if cluster {
+        client.ssubscribe(channel).await
+    } else {
+        client.subscribe(channel).await
+    };
+    res.map_err(unavailable)
 }
 
 fn upgrade(slot: &SinkSlot) -> Option<Arc<dyn EventSink>> {
