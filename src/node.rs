@@ -2,7 +2,7 @@
 //! drain, stop).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +44,14 @@ pub struct Node {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
+    /// WebSockets upgraded and not yet ended (authenticated or not).
+    sockets: AtomicUsize,
+    /// Most WebSockets this node takes: what its file descriptors allow.
+    max_sockets: usize,
 }
+
+/// Descriptors kept free for the database, Redis, HTTP and the runtime.
+const FD_RESERVE: u64 = 512;
 
 impl Node {
     /// Connects storage (migrating it) and the bus, and builds the node.
@@ -110,7 +117,20 @@ impl Node {
             auth,
             metrics,
             draining: AtomicBool::new(false),
+            sockets: AtomicUsize::new(0),
+            max_sockets: socket_capacity(),
         }))
+    }
+
+    /// Takes a socket slot, unless the node is full: past its file
+    /// descriptor limit `accept` would fail in a loop and starve the node.
+    pub fn try_open_socket(self: &Arc<Self>) -> Option<SocketSlot> {
+        let n = self.sockets.fetch_add(1, Ordering::AcqRel);
+        if n >= self.max_sockets {
+            self.sockets.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(SocketSlot(self.clone()))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -139,14 +159,26 @@ impl Node {
         let conns = self.hub.connections();
         let window = Duration::from_secs(self.settings.server.drain_secs);
         tracing::info!(sockets = conns.len(), ?window, "draining");
-        if !conns.is_empty() {
-            let step = window / conns.len() as u32;
-            for conn in conns {
-                conn.close(CloseReason::Restart);
-                if !step.is_zero() {
-                    tokio::time::sleep(step).await;
+        // Close in batches every 10 ms tick (a sleep per socket would take
+        // at least a millisecond each, far longer than the window).
+        // By tick k, the first (k + 1) / ticks of them are closed: spread
+        // evenly over the window whatever their number.
+        let tick = Duration::from_millis(10);
+        let ticks = (window.as_millis() / tick.as_millis()).max(1) as usize;
+        let mut interval = tokio::time::interval(tick);
+        let mut closed = 0;
+        for k in 0..ticks {
+            let due = ((k + 1) * conns.len()).div_ceil(ticks);
+            if due > closed {
+                for conn in &conns[closed..due] {
+                    conn.close(CloseReason::Restart);
                 }
+                closed = due;
             }
+            if closed == conns.len() {
+                break;
+            }
+            interval.tick().await;
         }
         // Give writers a moment to send their close frames.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
@@ -156,9 +188,36 @@ impl Node {
     }
 }
 
+/// A held socket slot; released when dropped.
+pub struct SocketSlot(Arc<Node>);
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        self.0.sockets.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Raises the soft file-descriptor limit to the hard one and returns how
+/// many sockets fit under it with a reserve.
+fn socket_capacity() -> usize {
+    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
+    let capacity = limit.saturating_sub(FD_RESERVE).max(16);
+    tracing::info!(fd_limit = limit, max_sockets = capacity, "socket capacity");
+    capacity as usize
+}
+
 /// Binds the configured address (or `addr`, for tests picking port 0).
 pub async fn bind(addr: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartError> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    // A deep accept queue: after a node drains, thousands of clients
+    // reconnect at once, and an overflowing queue costs each a SYN retry.
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(8192)?;
     let acceptor = TcpAcceptor::from_tokio(listener)?;
     let local = acceptor
         .local_addr()

@@ -85,7 +85,9 @@ impl RedisBus {
             })
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
-                p.broadcast_channel_capacity = 1 << 16;
+                // Each of fred's event channels preallocates this many
+                // slots. A receiver that lags resyncs from the store.
+                p.broadcast_channel_capacity = 1 << 12;
             });
         let publisher = builder.build_pool(2).map_err(unavailable)?;
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;

@@ -56,8 +56,15 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
+    let Some(slot) = node.try_open_socket() else {
+        return Response::builder()
+            .status(StatusCode::SERVICE_UNAVAILABLE)
+            .body("node is full; connect to another node");
+    };
     let node = node.clone();
     tokio::spawn(async move {
+        // The slot is held for the socket's whole life.
+        let _slot = slot;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
