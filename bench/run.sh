@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The standard benchmark set on this machine: starts its own redis-server and
+# two confab nodes (release builds, shared SQLite or CONFAB_BENCH_POSTGRES_URL),
+# runs every scenario, prints the table, and stops everything it started.
+#
+#   bash bench/run.sh            # the standard set
+#   SCALE=0.1 bash bench/run.sh  # a quick smoke run with fewer sockets
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SCALE=${SCALE:-1}
+scale() { python3 -c "print(max(1, int($1 * $SCALE)))"; }
+
+cargo build --release -q -p confab --bin confab
+cargo build --release -q -p confab-bench
+BIN=target/release/confab
+BENCH=target/release/confab-bench
+ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+WORK=$(mktemp -d /tmp/confab-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+REDIS_PORT=$(free_port)
+redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --dir "$WORK" >"$WORK/redis.log" 2>&1 &
+PIDS+=($!)
+DB_URL=${CONFAB_BENCH_POSTGRES_URL:-"sqlite://$WORK/bench.db?mode=rwc"}
+
+declare -A NODE_PID NODE_URL
+start_node() { # name
+  local port; port=$(free_port)
+  CONFAB_SERVER__LISTEN=127.0.0.1:$port CONFAB_SERVER__NODE_ID=$1 \
+  CONFAB_SERVER__DRAIN_SECS=2 \
+  CONFAB_DATABASE__URL="$DB_URL" CONFAB_BUS__REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
+  CONFAB_LIMITS__MAX_CONNECTIONS_PER_USER=1000000 \
+  CONFAB_LIMITS__SEND_RATE_PER_SEC=1000000 CONFAB_LIMITS__SEND_BURST=1000000 \
+  CONFAB_LIMITS__FRAME_RATE_PER_SEC=1000000 CONFAB_LIMITS__FRAME_BURST=1000000 \
+  CONFAB_LIMITS__MAX_MESSAGE_CHARS=20000 \
+  CONFAB_ASSISTANTS__DEFAULT__ECHO_DELAY_MS=1 RUST_LOG=warn \
+    "$BIN" serve >"$WORK/$1.log" 2>&1 &
+  NODE_PID[$1]=$!
+  PIDS+=($!)
+  NODE_URL[$1]=http://127.0.0.1:$port
+  for _ in $(seq 1 200); do
+    curl -sf "${NODE_URL[$1]}/ready" >/dev/null 2>&1 && return 0
+    sleep 0.05
+  done
+  echo "node $1 did not become ready" >&2; cat "$WORK/$1.log" >&2; exit 1
+}
+start_node a
+start_node b
+both=(--node "${NODE_URL[a]}" --node "${NODE_URL[b]}" --node-pid "${NODE_PID[a]}" --node-pid "${NODE_PID[b]}")
+
+# ONLY="idle storm" runs just those scenarios.
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; database: ${DB_URL%%:*}; node pids a=${NODE_PID[a]} b=${NODE_PID[b]}"
+if want idle; then $BENCH "${both[@]}" idle --sockets "$(scale 20000)"; fi
+if want fanout; then
+  $BENCH "${both[@]}" fanout --receivers 200 --rate 250 --seconds 5    # 50k deliveries/s
+  $BENCH "${both[@]}" fanout --receivers 200 --rate 500 --seconds 5    # 100k deliveries/s
+  $BENCH "${both[@]}" fanout --receivers 200 --rate 2000 --seconds 5   # 400k deliveries/s offered
+fi
+if want rooms; then $BENCH "${both[@]}" rooms --rooms "$(scale 1000)" --members 4 --rate 2 --seconds 5; fi
+if want stream; then $BENCH "${both[@]}" stream --watchers 100 --tokens 1000; fi
+# Last: the storm stops node a.
+if want storm; then $BENCH "${both[@]}" storm --sockets "$(scale 20000)"; fi
+echo "== done"

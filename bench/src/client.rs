@@ -1,0 +1,164 @@
+//! The bench's WebSocket client: tokens minted from the shared secret,
+//! connections from several loopback source addresses, auth and join.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{encode, EncodingKey, Header};
+use serde_json::{json, Value};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Mints HS256 tokens with the nodes' shared secret.
+pub struct Tokens {
+    key: EncodingKey,
+}
+
+impl Tokens {
+    pub fn new(secret: &str) -> Self {
+        Self {
+            key: EncodingKey::from_secret(secret.as_bytes()),
+        }
+    }
+
+    pub fn mint(&self, user: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 24 * 3600;
+        encode(
+            &Header::default(),
+            &json!({"sub": user, "exp": exp}),
+            &self.key,
+        )
+        .unwrap()
+    }
+}
+
+/// Spreads sockets over 127.0.0.1, 127.0.0.2, ... so one source address's
+/// ephemeral ports are never the limit.
+pub struct Sources {
+    next: AtomicUsize,
+    count: usize,
+}
+
+impl Sources {
+    pub fn new(count: usize) -> Self {
+        Self {
+            next: AtomicUsize::new(0),
+            count: count.max(1),
+        }
+    }
+
+    fn pick(&self) -> IpAddr {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.count;
+        IpAddr::from([127, 0, 0, 1 + i as u8])
+    }
+}
+
+/// `http://host:port` -> the node's socket address.
+pub fn addr_of(base: &str) -> SocketAddr {
+    let hostport = base
+        .trim_start_matches("http://")
+        .trim_start_matches("ws://");
+    let hostport = hostport.split('/').next().unwrap();
+    hostport.parse().expect("node URLs are http://IP:PORT")
+}
+
+/// Opens a socket from a chosen source address and authenticates.
+/// Returns the socket and the time to `auth_success`.
+pub async fn connect(
+    base: &str,
+    token: &str,
+    sources: &Sources,
+) -> std::io::Result<(Ws, Duration)> {
+    let start = Instant::now();
+    let target = addr_of(base);
+    let socket = TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(sources.pick(), 0))?;
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{target}/api/v1/chat/ws");
+    let (mut ws, _) = tokio_tungstenite::client_async(url, stream)
+        .await
+        .map_err(std::io::Error::other)?;
+    ws.send(Message::text(
+        json!({"type": "auth", "token": token}).to_string(),
+    ))
+    .await
+    .map_err(std::io::Error::other)?;
+    let ok = next(&mut ws)
+        .await
+        .ok_or_else(|| std::io::Error::other("closed before auth"))?;
+    if ok["type"] != "auth_success" {
+        return Err(std::io::Error::other(format!("auth failed: {ok}")));
+    }
+    Ok((ws, start.elapsed()))
+}
+
+/// The next text frame as JSON; None when the socket ends.
+pub async fn next(ws: &mut Ws) -> Option<Value> {
+    loop {
+        match ws.next().await? {
+            Ok(Message::Text(t)) => return serde_json::from_str(&t).ok(),
+            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(_) => continue,
+        }
+    }
+}
+
+/// Sends a frame.
+pub async fn send(ws: &mut Ws, frame: Value) -> bool {
+    ws.send(Message::text(frame.to_string())).await.is_ok()
+}
+
+/// Joins a conversation (optionally from `since`) and waits for `joined`.
+pub async fn join(ws: &mut Ws, conv: &str, since: Option<i64>) -> Option<Value> {
+    let mut data = json!({"conversation_id": conv});
+    if let Some(s) = since {
+        data["since_seq"] = s.into();
+    }
+    send(
+        ws,
+        json!({"type": "join_conversation", "id": "join", "data": data}),
+    )
+    .await;
+    loop {
+        let f = next(ws).await?;
+        if f["data"]["ref"] == "join" {
+            return Some(f);
+        }
+    }
+}
+
+/// Creates a conversation over REST; returns its id.
+pub async fn create_chat(base: &str, token: &str, participants: &[String]) -> String {
+    let body: Value = reqwest::Client::new()
+        .post(format!("{base}/api/v1/chat/chats"))
+        .bearer_auth(token)
+        .json(&json!({"participant_ids": participants}))
+        .send()
+        .await
+        .expect("node reachable")
+        .json()
+        .await
+        .expect("JSON answer");
+    body["id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("create failed: {body}"))
+        .to_owned()
+}
+
+/// Microseconds since the Unix epoch (the send timestamp carried in messages).
+pub fn now_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}

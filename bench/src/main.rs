@@ -1,0 +1,132 @@
+//! confab-bench: load for one or more confab nodes, with the figures that
+//! matter (rates, latency percentiles, loss, node CPU and memory), printed
+//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream.
+
+mod client;
+mod scenarios;
+mod stats;
+
+use clap::{Parser, Subcommand};
+use serde_json::{Map, Value};
+
+/// Options shared by every scenario.
+#[derive(Parser, Clone)]
+#[command(name = "confab-bench", about = "Load generator for confab nodes")]
+pub struct Cli {
+    /// Node base URLs (http://IP:PORT), sockets are spread over them.
+    #[arg(long = "node", required = true)]
+    nodes: Vec<String>,
+    /// PIDs of the node processes, in the same order (for CPU and RSS).
+    #[arg(long = "node-pid")]
+    pids: Vec<u32>,
+    /// The nodes' JWT secret (HS256).
+    #[arg(long, default_value = "confab-dev-secret-do-not-use-in-production")]
+    secret: String,
+    /// Loopback source addresses to spread sockets over (127.0.0.1..).
+    #[arg(long, default_value_t = 4)]
+    sources: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Subcommand, Clone)]
+pub enum Scenario {
+    /// Open N sockets (auth + join), hold them, report memory per socket.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+    },
+    /// C receivers in one conversation, one sender at R messages/s.
+    Fanout {
+        #[arg(long, default_value_t = 200)]
+        receivers: usize,
+        /// Messages per second (0: as fast as acks allow).
+        #[arg(long, default_value_t = 250)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// Many small conversations, every member sending.
+    Rooms {
+        #[arg(long, default_value_t = 100)]
+        rooms: usize,
+        #[arg(long, default_value_t = 4)]
+        members: usize,
+        /// Sends per second per member.
+        #[arg(long, default_value_t = 2)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+    /// N sockets on the first node, which is then drained (or killed);
+    /// they resume on the others with since_seq.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        sockets: usize,
+        /// SIGKILL instead of SIGTERM.
+        #[arg(long)]
+        kill: bool,
+    },
+    /// W watchers of one assistant stream (run the node with a fast echo).
+    Stream {
+        #[arg(long, default_value_t = 100)]
+        watchers: usize,
+        #[arg(long, default_value_t = 1000)]
+        tokens: usize,
+    },
+}
+
+/// One scenario's figures, in order.
+pub struct Report {
+    pub scenario: &'static str,
+    pub rows: Vec<(String, Value)>,
+}
+
+impl Report {
+    pub fn new(scenario: &'static str) -> Self {
+        Self {
+            scenario,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, name: &str, value: impl Into<Value>) {
+        self.rows.push((name.to_owned(), value.into()));
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let _ = rlimit::increase_nofile_limit(1 << 20);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+                .max(2),
+        )
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let report = runtime.block_on(scenarios::run(&cli));
+    if cli.json {
+        let mut map = Map::new();
+        map.insert("scenario".into(), report.scenario.into());
+        for (k, v) in report.rows {
+            map.insert(k, v);
+        }
+        println!("{}", Value::Object(map));
+    } else {
+        println!("== {}", report.scenario);
+        for (k, v) in report.rows {
+            let shown = match v {
+                Value::Number(n) if n.is_f64() => format!("{:.2}", n.as_f64().unwrap_or_default()),
+                other => other.to_string(),
+            };
+            println!("  {k:<36} {shown}");
+        }
+    }
+}

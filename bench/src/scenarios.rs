@@ -1,0 +1,585 @@
+//! The scenarios. Each returns a `Report`; none asserts a timing.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tokio::sync::Semaphore;
+
+use crate::client::{self, now_us, Sources, Tokens, Ws};
+use crate::stats::{per_sec, rss_kib, total_cpu, Latencies};
+use crate::{Cli, Report, Scenario};
+
+/// Sockets being set up at once.
+const CONNECT_CONCURRENCY: usize = 256;
+
+pub async fn run(cli: &Cli) -> Report {
+    let tokens = Arc::new(Tokens::new(&cli.secret));
+    let sources = Arc::new(Sources::new(cli.sources));
+    match cli.scenario.clone() {
+        Scenario::Idle { sockets } => idle(cli, &tokens, &sources, sockets).await,
+        Scenario::Fanout {
+            receivers,
+            rate,
+            seconds,
+        } => fanout(cli, &tokens, &sources, receivers, rate, seconds).await,
+        Scenario::Rooms {
+            rooms: n,
+            members,
+            rate,
+            seconds,
+        } => rooms(cli, &tokens, &sources, n, members, rate, seconds).await,
+        Scenario::Storm { sockets, kill } => storm(cli, &tokens, &sources, sockets, kill).await,
+        Scenario::Stream {
+            watchers,
+            tokens: n,
+        } => stream(cli, &tokens, &sources, watchers, n).await,
+    }
+}
+
+/// Opens `n` sockets of `user(i)` spread over the nodes, each joined to
+/// `conv(i)`. Returns (node index, socket) pairs and the auth times.
+async fn open_many(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    n: usize,
+    user: impl Fn(usize) -> String,
+    conv: impl Fn(usize) -> String,
+    node_of: impl Fn(usize) -> usize,
+) -> (Vec<(usize, Ws)>, Vec<u64>, Duration) {
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let node = node_of(i);
+        let base = cli.nodes[node].clone();
+        let (token, conv) = (tokens.mint(&user(i)), conv(i));
+        let (gate, sources) = (gate.clone(), sources.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let (mut ws, took) = client::connect(&base, &token, &sources).await.ok()?;
+            client::join(&mut ws, &conv, None).await?;
+            Some((node, ws, took.as_micros() as u64))
+        }));
+    }
+    let mut socks = Vec::with_capacity(n);
+    let mut auth = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(Some((node, ws, took))) = t.await {
+            socks.push((node, ws));
+            auth.push(took);
+        }
+    }
+    (socks, auth, start.elapsed())
+}
+
+async fn idle(cli: &Cli, tokens: &Arc<Tokens>, sources: &Arc<Sources>, n: usize) -> Report {
+    let owner = tokens.mint("idle");
+    let conv = client::create_chat(&cli.nodes[0], &owner, &[]).await;
+    let before: Vec<Option<u64>> = cli.pids.iter().map(|p| rss_kib(*p)).collect();
+    let nodes = cli.nodes.len();
+    let (socks, auth, took) = open_many(
+        cli,
+        tokens,
+        sources,
+        n,
+        |_| "idle".into(),
+        |_| conv.clone(),
+        |i| i % nodes,
+    )
+    .await;
+    // Let allocations settle before reading memory.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut r = Report::new("idle");
+    r.add("sockets requested", n);
+    r.add("sockets open (auth + joined)", socks.len());
+    r.add(
+        "connect rate (sockets/s)",
+        per_sec(socks.len() as u64, took),
+    );
+    let mut lat = Latencies::default();
+    lat.extend(auth);
+    let [p50, p99, _, max] = lat.summary();
+    r.add("time to auth_success p50 (ms)", p50);
+    r.add("time to auth_success p99 (ms)", p99);
+    r.add("time to auth_success max (ms)", max);
+    for (i, pid) in cli.pids.iter().enumerate() {
+        let held = socks.iter().filter(|(node, _)| *node == i).count().max(1) as f64;
+        match (before.get(i).copied().flatten(), rss_kib(*pid)) {
+            (Some(b), Some(a)) => {
+                r.add(&format!("node {i} sockets"), held);
+                r.add(&format!("node {i} RSS before (MiB)"), b as f64 / 1024.0);
+                r.add(&format!("node {i} RSS after (MiB)"), a as f64 / 1024.0);
+                r.add(
+                    &format!("node {i} RSS per socket (KiB)"),
+                    (a as f64 - b as f64) / held,
+                );
+            }
+            _ => r.add(
+                &format!("node {i} RSS"),
+                format!("unreadable for pid {pid}"),
+            ),
+        }
+    }
+    drop(socks);
+    r
+}
+
+/// A receiver's tally: latencies, seqs seen, and duplicates.
+struct Tally {
+    local: bool,
+    latencies: Vec<u64>,
+    seqs: HashSet<i64>,
+    dups: u64,
+}
+
+async fn receive(mut ws: Ws, local: bool, expect: Arc<AtomicU64>, done: Arc<AtomicU64>) -> Tally {
+    let mut t = Tally {
+        local,
+        latencies: Vec::new(),
+        seqs: HashSet::new(),
+        dups: 0,
+    };
+    loop {
+        let target = expect.load(Ordering::Acquire);
+        if target > 0 && t.seqs.len() as u64 >= target {
+            break;
+        }
+        // Short waits, so a receiver that already has everything notices
+        // when the sender finishes; ten seconds of silence ends it.
+        let mut quiet = Duration::ZERO;
+        let f = loop {
+            match tokio::time::timeout(Duration::from_millis(100), client::next(&mut ws)).await {
+                Ok(f) => break f,
+                Err(_) => {
+                    quiet += Duration::from_millis(100);
+                    let target = expect.load(Ordering::Acquire);
+                    if (target > 0 && t.seqs.len() as u64 >= target)
+                        || quiet >= Duration::from_secs(10)
+                    {
+                        break None;
+                    }
+                }
+            }
+        };
+        let Some(f) = f else { break };
+        if f["type"] != "message_received" {
+            continue;
+        }
+        let m = &f["data"]["message"];
+        let seq = m["seq"].as_i64().unwrap_or(0);
+        if let Some(sent) = m["content"]
+            .as_str()
+            .and_then(|c| c.strip_prefix("t="))
+            .and_then(|s| s.parse::<u64>().ok())
+        {
+            t.latencies.push(now_us().saturating_sub(sent));
+        }
+        if !t.seqs.insert(seq) {
+            t.dups += 1;
+        }
+    }
+    done.fetch_add(1, Ordering::AcqRel);
+    t
+}
+
+async fn fanout(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    c: usize,
+    rate: u64,
+    seconds: u64,
+) -> Report {
+    let users: Vec<String> = (0..c).map(|i| format!("fan{i}")).collect();
+    let sender_token = tokens.mint("fan-sender");
+    let conv = client::create_chat(&cli.nodes[0], &sender_token, &users).await;
+    let nodes = cli.nodes.len();
+    let (socks, _, _) = open_many(
+        cli,
+        tokens,
+        sources,
+        c,
+        |i| format!("fan{i}"),
+        |_| conv.clone(),
+        |i| i % nodes,
+    )
+    .await;
+    let expect = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicU64::new(0));
+    let receivers: Vec<_> = socks
+        .into_iter()
+        .map(|(node, ws)| tokio::spawn(receive(ws, node == 0, expect.clone(), done.clone())))
+        .collect();
+
+    let (mut sender, _) = client::connect(&cli.nodes[0], &sender_token, sources)
+        .await
+        .expect("sender connects");
+    let cpu0 = total_cpu(&cli.pids);
+    let start = Instant::now();
+    let mut sent = 0u64;
+    match 1_000_000u64.checked_div(rate) {
+        Some(period_us) => {
+            let mut tick = tokio::time::interval(Duration::from_micros(period_us));
+            let total = rate * seconds;
+            while sent < total {
+                tick.tick().await;
+                let frame = json!({"type": "send_message", "data": {"conversation_id": conv, "content": format!("t={}", now_us())}});
+                client::send(&mut sender, frame).await;
+                sent += 1;
+            }
+        }
+        None => {
+            // As fast as acks allow: one send in flight.
+            while start.elapsed() < Duration::from_secs(seconds) {
+                let frame = json!({"type": "send_message", "id": "s", "data": {"conversation_id": conv, "content": format!("t={}", now_us())}});
+                client::send(&mut sender, frame).await;
+                while let Some(f) = client::next(&mut sender).await {
+                    if f["data"]["ref"] == "s" {
+                        break;
+                    }
+                }
+                sent += 1;
+            }
+        }
+    }
+    let send_time = start.elapsed();
+    expect.store(sent, Ordering::Release);
+    let mut tallies = Vec::new();
+    for t in receivers {
+        if let Ok(t) = t.await {
+            tallies.push(t);
+        }
+    }
+    let took = start.elapsed();
+    let cpu = total_cpu(&cli.pids) - cpu0;
+    let delivered: u64 = tallies.iter().map(|t| t.seqs.len() as u64).sum();
+    let dups: u64 = tallies.iter().map(|t| t.dups).sum();
+    let expected = sent * tallies.len() as u64;
+    let (mut local, mut cross) = (Latencies::default(), Latencies::default());
+    for t in tallies {
+        if t.local {
+            local.extend(t.latencies)
+        } else {
+            cross.extend(t.latencies)
+        }
+    }
+    let mut r = Report::new("fanout");
+    r.add("receivers", c);
+    r.add("messages sent", sent);
+    r.add("send rate (msgs/s)", per_sec(sent, send_time));
+    r.add("deliveries/s", per_sec(delivered, send_time));
+    r.add("lost deliveries", expected.saturating_sub(delivered));
+    r.add("duplicate deliveries", dups);
+    for (name, lat) in [("local", &mut local), ("cross-node", &mut cross)] {
+        if lat.len() > 0 {
+            let [p50, p99, p999, max] = lat.summary();
+            r.add(&format!("{name} latency p50 (ms)"), p50);
+            r.add(&format!("{name} latency p99 (ms)"), p99);
+            r.add(&format!("{name} latency p999 (ms)"), p999);
+            r.add(&format!("{name} latency max (ms)"), max);
+        }
+    }
+    if !cli.pids.is_empty() {
+        r.add("node CPU (s, all nodes)", cpu);
+        r.add(
+            "node CPU per delivery (µs)",
+            cpu * 1e6 / delivered.max(1) as f64,
+        );
+    }
+    r.add("run time (s)", took.as_secs_f64());
+    r
+}
+
+async fn rooms(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    n: usize,
+    k: usize,
+    rate: u64,
+    seconds: u64,
+) -> Report {
+    let mut convs = Vec::with_capacity(n);
+    for room in 0..n {
+        let members: Vec<String> = (1..k).map(|m| format!("room{room}-m{m}")).collect();
+        let owner = tokens.mint(&format!("room{room}-m0"));
+        convs.push(client::create_chat(&cli.nodes[room % cli.nodes.len()], &owner, &members).await);
+    }
+    let nodes = cli.nodes.len();
+    let clients = n * k;
+    let (socks, _, _) = open_many(
+        cli,
+        tokens,
+        sources,
+        clients,
+        |i| format!("room{}-m{}", i / k, i % k),
+        |i| convs[i / k].clone(),
+        |i| i % nodes,
+    )
+    .await;
+    let acked = Arc::new(AtomicU64::new(0));
+    let delivered = Arc::new(AtomicU64::new(0));
+    let cpu0 = total_cpu(&cli.pids);
+    let start = Instant::now();
+    let stop_at = start + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for (i, (_, mut ws)) in socks.into_iter().enumerate() {
+        let conv = convs[i / k].clone();
+        let (acked, delivered) = (acked.clone(), delivered.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / rate.max(1)));
+            // Stagger the first sends.
+            tokio::time::sleep(Duration::from_micros((i as u64 * 7919) % (1_000_000 / rate.max(1)))).await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if Instant::now() >= stop_at {
+                            break;
+                        }
+                        let frame = json!({"type": "send_message", "id": "s", "data": {"conversation_id": conv, "content": format!("t={}", now_us())}});
+                        client::send(&mut ws, frame).await;
+                    }
+                    f = client::next(&mut ws) => {
+                        let Some(f) = f else { break };
+                        match f["type"].as_str() {
+                            Some("ack") => { acked.fetch_add(1, Ordering::Relaxed); }
+                            Some("message_received") => {
+                                delivered.fetch_add(1, Ordering::Relaxed);
+                                if let Some(sent) = f["data"]["message"]["content"].as_str().and_then(|c| c.strip_prefix("t=")).and_then(|s| s.parse::<u64>().ok()) {
+                                    lat.push(now_us().saturating_sub(sent));
+                                }
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Latencies::default();
+    for t in tasks {
+        if let Ok(l) = t.await {
+            all.extend(l);
+        }
+    }
+    let took = start.elapsed();
+    let cpu = total_cpu(&cli.pids) - cpu0;
+    let mut r = Report::new("rooms");
+    r.add("conversations", n);
+    r.add("members each", k);
+    r.add("offered sends/s", (clients as u64 * rate) as f64);
+    r.add(
+        "acked sends/s",
+        per_sec(acked.load(Ordering::Relaxed), took),
+    );
+    r.add(
+        "deliveries/s",
+        per_sec(delivered.load(Ordering::Relaxed), took),
+    );
+    let [p50, p99, p999, max] = all.summary();
+    r.add("latency p50 (ms)", p50);
+    r.add("latency p99 (ms)", p99);
+    r.add("latency p999 (ms)", p999);
+    r.add("latency max (ms)", max);
+    if !cli.pids.is_empty() {
+        r.add("node CPU (s, all nodes)", cpu);
+    }
+    r
+}
+
+async fn storm(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    n: usize,
+    kill: bool,
+) -> Report {
+    assert!(
+        cli.nodes.len() >= 2 && !cli.pids.is_empty(),
+        "storm needs two nodes and the first node's pid"
+    );
+    let owner = tokens.mint("storm");
+    let conv = client::create_chat(&cli.nodes[1], &owner, &[]).await;
+    let (socks, _, _) = open_many(
+        cli,
+        tokens,
+        sources,
+        n,
+        |_| "storm".into(),
+        |_| conv.clone(),
+        |_| 0,
+    )
+    .await;
+    let opened = socks.len();
+    // A writer on another node keeps the conversation moving throughout.
+    let (mut writer, _) = client::connect(&cli.nodes[1], &owner, sources)
+        .await
+        .expect("writer connects");
+    let writing = Arc::new(AtomicU64::new(1));
+    let sent = Arc::new(AtomicU64::new(0));
+    let (w, s, c2) = (writing.clone(), sent.clone(), conv.clone());
+    let writer_task = tokio::spawn(async move {
+        while w.load(Ordering::Acquire) == 1 {
+            let frame = json!({"type": "send_message", "id": "w", "data": {"conversation_id": c2, "content": "storm"}});
+            client::send(&mut writer, frame).await;
+            while let Some(f) = client::next(&mut writer).await {
+                if f["data"]["ref"] == "w" {
+                    break;
+                }
+            }
+            s.fetch_add(1, Ordering::AcqRel);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let survivors: Vec<String> = cli.nodes[1..].to_vec();
+    let signal_at = Instant::now();
+    let sig = if kill { "-KILL" } else { "-TERM" };
+    let _ = std::process::Command::new("kill")
+        .args([sig, &cli.pids[0].to_string()])
+        .status();
+    let mut tasks = Vec::new();
+    for (i, (_, mut ws)) in socks.into_iter().enumerate() {
+        let (token, conv, sources) = (tokens.mint("storm"), conv.clone(), sources.clone());
+        let base = survivors[i % survivors.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seqs = HashSet::new();
+            while let Some(f) = client::next(&mut ws).await {
+                if let Some(seq) = f["data"]["message"]["seq"].as_i64() {
+                    seqs.insert(seq);
+                }
+            }
+            let since = seqs.iter().max().copied().unwrap_or(0);
+            for _ in 0..50 {
+                if let Ok((mut ws, _)) = client::connect(&base, &token, &sources).await {
+                    if client::join(&mut ws, &conv, Some(since)).await.is_some() {
+                        return Some((signal_at.elapsed(), ws, seqs));
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None
+        }));
+    }
+    let mut resumed = Vec::new();
+    let mut resume_lat = Latencies::default();
+    for t in tasks {
+        if let Ok(Some((at, ws, seqs))) = t.await {
+            resume_lat.extend(vec![at.as_micros() as u64]);
+            resumed.push((ws, seqs));
+        }
+    }
+    let all_resumed = signal_at.elapsed();
+    writing.store(0, Ordering::Release);
+    let _ = writer_task.await;
+    let total = sent.load(Ordering::Acquire) as i64;
+    // Read what each resumed socket still has coming, then count the gaps.
+    let mut missed = 0u64;
+    for (mut ws, mut seqs) in resumed.drain(..) {
+        while seqs.len() < total as usize {
+            match tokio::time::timeout(Duration::from_secs(5), client::next(&mut ws)).await {
+                Ok(Some(f)) => {
+                    if let Some(seq) = f["data"]["message"]["seq"].as_i64() {
+                        seqs.insert(seq);
+                    }
+                }
+                _ => break,
+            }
+        }
+        missed += (1..=total).filter(|s| !seqs.contains(s)).count() as u64;
+    }
+    let mut r = Report::new("storm");
+    r.add("sockets on the stopped node", opened);
+    r.add("signal", if kill { "SIGKILL" } else { "SIGTERM" });
+    r.add("sockets resumed", resume_lat.len());
+    r.add("time until all resumed (s)", all_resumed.as_secs_f64());
+    let [p50, p99, _, max] = resume_lat.summary();
+    r.add("resume p50 (ms)", p50);
+    r.add("resume p99 (ms)", p99);
+    r.add("resume max (ms)", max);
+    r.add("messages during the storm", total);
+    r.add("messages missed", missed);
+    r
+}
+
+async fn stream(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    w: usize,
+    n: usize,
+) -> Report {
+    let users: Vec<String> = (0..w).map(|i| format!("watch{i}")).collect();
+    let owner = tokens.mint("watch-owner");
+    let conv = client::create_chat(&cli.nodes[0], &owner, &users).await;
+    let nodes = cli.nodes.len();
+    let (socks, _, _) = open_many(
+        cli,
+        tokens,
+        sources,
+        w,
+        |i| format!("watch{i}"),
+        |_| conv.clone(),
+        |i| i % nodes,
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for (_, mut ws) in socks {
+        tasks.push(tokio::spawn(async move {
+            let (mut frames, mut start) = (0u64, None);
+            while let Some(f) = client::next(&mut ws).await {
+                match f["type"].as_str() {
+                    Some("stream_start") => start = Some(Instant::now()),
+                    Some("stream_content") => frames += 1,
+                    Some("stream_complete") | Some("stream_error") => break,
+                    _ => {}
+                }
+            }
+            (frames, start.map(|s| s.elapsed()).unwrap_or_default())
+        }));
+    }
+    let (mut sender, _) = client::connect(&cli.nodes[0], &owner, sources)
+        .await
+        .expect("sender connects");
+    let text: String = (0..n).map(|i| format!("w{} ", i % 10)).collect();
+    client::send(&mut sender, json!({"type": "send_message", "data": {"conversation_id": conv, "content": text.trim_end()}})).await;
+    let cpu0 = total_cpu(&cli.pids);
+    client::send(
+        &mut sender,
+        json!({"type": "stream_response", "data": {"conversation_id": conv}}),
+    )
+    .await;
+    let (mut frames, mut longest) = (0u64, Duration::ZERO);
+    for t in tasks {
+        if let Ok((f, d)) = t.await {
+            frames += f;
+            longest = longest.max(d);
+        }
+    }
+    let cpu = total_cpu(&cli.pids) - cpu0;
+    let per_socket = frames as f64 / w.max(1) as f64;
+    let mut r = Report::new("stream");
+    r.add("watchers", w);
+    r.add("tokens", n);
+    r.add("stream time (s)", longest.as_secs_f64());
+    r.add("frames per socket", per_socket);
+    r.add(
+        "frames per socket per second",
+        per_socket / longest.as_secs_f64().max(1e-9),
+    );
+    if !cli.pids.is_empty() {
+        r.add("node CPU (s, all nodes)", cpu);
+        r.add(
+            "node CPU per frame delivered (µs)",
+            cpu * 1e6 / frames.max(1) as f64,
+        );
+    }
+    r
+}
