@@ -69,6 +69,8 @@ pub struct AuthSettings {
     pub public_key_pem: String,
     pub timeout_secs: f64,
     pub leeway_secs: u64,
+    /// Serve `POST /api/v1/dev/token` (anyone may sign in as anyone).
+    pub dev_tokens: bool,
 }
 
 /// What one user or socket may do; every bound on memory and abuse.
@@ -168,6 +170,13 @@ impl Settings {
                     .into(),
             ));
         }
+        if env == "production" && self.auth.dev_tokens {
+            return Err(ConfigError::Refused(
+                "CONFAB_ENV=production with auth.dev_tokens = true: anyone could sign in \
+                 as anyone; set CONFAB_AUTH__DEV_TOKENS=false"
+                    .into(),
+            ));
+        }
         if hs && self.auth.jwt_secret.len() < 16 {
             return Err(ConfigError::Refused(
                 "auth.jwt_secret is shorter than 16 bytes".into(),
@@ -218,6 +227,15 @@ mod tests {
     fn production_accepts_a_real_secret() {
         let mut s = Settings::embedded();
         s.auth.jwt_secret = "a-long-and-random-production-secret".into();
+        s.auth.dev_tokens = false;
         assert!(s.check("production").is_ok());
+    }
+
+    #[test]
+    fn production_refuses_dev_tokens() {
+        let mut s = Settings::embedded();
+        s.auth.jwt_secret = "a-long-and-random-production-secret".into();
+        let err = s.check("production").unwrap_err();
+        assert!(err.to_string().contains("dev_tokens"), "{err}");
     }
 }

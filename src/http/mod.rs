@@ -3,7 +3,9 @@
 //! `{code, message}` with the status `ChatError::status` gives.
 
 mod api;
+mod dev;
 mod ops;
+mod web;
 
 use std::sync::Arc;
 
@@ -22,10 +24,20 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let max_body = node.settings.limits.max_frame_bytes;
-    Route::new()
+    let mut route = Route::new();
+    if node.settings.auth.dev_tokens {
+        route = route.at(
+            "/api/v1/dev/token",
+            poem::post(dev::token).around(move |ep, req| limit_body(ep, req, max_body)),
+        );
+    }
+    route
+        .at("/", get(web::index))
+        .at("/app.js", get(web::script))
+        .at("/style.css", get(web::style))
         .at("/api/v1/chat/ws", get(crate::ws::upgrade))
-        .nest(
-            "/",
+        .nest_no_strip(
+            "/api/v1/chat",
             api.around(move |ep, req| limit_body(ep, req, max_body))
                 .catch_all_error(api::error_response)
                 .into_endpoint(),
@@ -35,7 +47,6 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
         .at("/health", get(ops::health))
         .at("/ready", get(ops::ready))
         .at("/metrics", get(ops::metrics))
-        .at("/", get(ops::index))
         .data(node)
 }
 
