@@ -301,6 +301,9 @@ pub enum ServerFrame {
         user_id: UserId,
         connection_id: ConnectionId,
         expires_at: DateTime<Utc>,
+        /// The node holding this socket (an extension, for status displays
+        /// and debugging; clients must not depend on it for routing).
+        node_id: String,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
     },

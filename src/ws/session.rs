@@ -67,6 +67,7 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
             user_id: identity.user_id.clone(),
             connection_id: session.conn.id,
             expires_at: identity.expires_at,
+            node_id: session.node.node_id.clone(),
             reply_to: None,
         })
         .await;
@@ -225,6 +226,7 @@ impl Session {
                     user_id: user,
                     connection_id: self.conn.id,
                     expires_at: identity.expires_at,
+                    node_id: self.node.node_id.clone(),
                     reply_to: id,
                 })
                 .await;
