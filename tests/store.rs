@@ -224,6 +224,83 @@ async fn concurrent_writers_keep_seq_gap_free(
     );
 }
 
+/// Bursts of sends to many conversations at once, so they are committed
+/// together: every conversation stays gap-free, each sender's messages keep
+/// their order, twin copies of one send store it once, and a send to a
+/// missing conversation fails alone.
+async fn bursts_across_conversations(backend: &str) {
+    let Some((stores, _dir)) = stores(backend, 2).await else {
+        return;
+    };
+    let mut convs = Vec::new();
+    for _ in 0..8 {
+        let c = stores[0]
+            .create_chat(&"alice".into(), None, &[], None)
+            .await
+            .unwrap();
+        convs.push(c.id);
+    }
+    let mut tasks = Vec::new();
+    for (n, store) in stores.iter().enumerate() {
+        for w in 0..16 {
+            let (store, convs) = (store.clone(), convs.clone());
+            tasks.push(tokio::spawn(async move {
+                let sender = format!("u{n}-{w}");
+                let mut mine = Vec::new();
+                for i in 0..20 {
+                    let conv = convs[(w + i) % convs.len()];
+                    let m = msg(conv, &sender, &format!("{i}"), Some(&format!("c{i}")));
+                    // Two copies of the same send in flight at once.
+                    let (a, b) = tokio::join!(store.append(m.clone()), store.append(m));
+                    let (a, b) = (a.unwrap().unwrap(), b.unwrap().unwrap());
+                    assert_eq!(a.message.id, b.message.id, "one send, one message");
+                    assert!(a.duplicate != b.duplicate, "exactly one copy stored");
+                    mine.push((conv, a.message.seq.0));
+                    let missing = msg(confab::ids::ConversationId::new(), &sender, "x", None);
+                    assert!(store.append(missing).await.unwrap().is_none());
+                }
+                mine
+            }));
+        }
+    }
+    let mut by_sender = Vec::new();
+    for t in tasks {
+        by_sender.push(t.await.unwrap());
+    }
+    for mine in &by_sender {
+        for conv in &convs {
+            let seqs: Vec<i64> = mine
+                .iter()
+                .filter(|(c, _)| c == conv)
+                .map(|(_, s)| *s)
+                .collect();
+            assert!(
+                seqs.windows(2).all(|w| w[0] < w[1]),
+                "a sender's order: {seqs:?}"
+            );
+        }
+    }
+    let mut total = 0;
+    for conv in &convs {
+        let (stored, more) = stores[1].messages_after(*conv, Seq(0), 1000).await.unwrap();
+        assert!(!more);
+        let seqs: Vec<i64> = stored.iter().map(|m| m.seq.0).collect();
+        assert_eq!(seqs, (1..=stored.len() as i64).collect::<Vec<_>>());
+        total += stored.len();
+    }
+    assert_eq!(total, 2 * 16 * 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_bursts_across_conversations() {
+    bursts_across_conversations("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bursts_across_conversations() {
+    bursts_across_conversations("postgres").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_appends_in_order_and_idempotently() {
     appends_in_order_and_idempotently("sqlite").await;

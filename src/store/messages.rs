@@ -2,11 +2,13 @@
 //! `client_msg_id`, and reading history pages.
 
 use entity::{chat_messages as msgs, chats};
+use std::collections::{BTreeMap, HashMap};
+
 use sea_orm::{
     sea_query::{Expr, ExprTrait},
     ActiveValue::Set,
-    ColumnTrait, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, SqlErr,
-    TransactionTrait,
+    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    SqlErr, TransactionTrait,
 };
 
 use super::{now, Store};
@@ -37,45 +39,75 @@ impl Store {
     /// Stores a message at the conversation's next seq. None if the
     /// conversation does not exist.
     ///
-    /// One transaction bumps `chats.last_seq` (the row lock serializes
-    /// writers of one conversation on every node) and inserts the row, so
-    /// seq is unique and gap-free: a failed insert rolls the bump back.
+    /// Sends that arrive together are committed together (see `appender`):
+    /// one transaction bumps each conversation's `chats.last_seq` by its
+    /// number of messages (the row lock serializes writers of one
+    /// conversation on every node) and inserts every row, so seq is unique
+    /// and gap-free: a failed insert rolls the bump back.
     pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
-        if let Some(found) = self.find_retry(&new).await? {
+        if let Some(found) = find_retry(&self.db, &new).await? {
             return Ok(Some(found));
         }
-        match self.insert_next(&new).await {
-            Ok(message) => Ok(message.map(|message| Appended {
-                message,
-                duplicate: false,
-            })),
-            // A concurrent retry of the same send won the race.
-            Err(e) if is_unique_violation(&e) && new.client_msg_id.is_some() => {
-                self.find_retry(&new).await?.map(Some).ok_or(e)
-            }
-            Err(e) => Err(e),
-        }
+        self.appender.append(&self.db, new).await
     }
+}
 
-    async fn insert_next(&self, new: &NewMessage) -> Result<Option<Message>, DbErr> {
-        let txn = self.db.begin().await?;
-        let created_at = now();
+/// Appends one message in a transaction of its own; a retry that raced
+/// another copy of itself finds the stored one.
+pub(super) async fn append_one(
+    db: &DatabaseConnection,
+    new: &NewMessage,
+) -> Result<Option<Appended>, DbErr> {
+    match insert_batch(db, std::slice::from_ref(new)).await {
+        Ok(mut out) => Ok(out.pop().flatten()),
+        // A concurrent retry of the same send won the race.
+        Err(e) if is_unique_violation(&e) && new.client_msg_id.is_some() => {
+            find_retry(db, new).await?.map(Some).ok_or(e)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Appends every message in one transaction, in the order given; None for
+/// those whose conversation does not exist. Any failure rolls back all.
+pub(super) async fn insert_batch(
+    db: &DatabaseConnection,
+    batch: &[NewMessage],
+) -> Result<Vec<Option<Appended>>, DbErr> {
+    let txn = db.begin().await?;
+    let created_at = now();
+    // Conversations in ascending id order: every writer on every node locks
+    // chat rows in the same order, so two batches cannot deadlock.
+    let mut counts: BTreeMap<ConversationId, i64> = BTreeMap::new();
+    for new in batch {
+        *counts.entry(new.conversation_id).or_default() += 1;
+    }
+    let mut next_seq: HashMap<ConversationId, i64> = HashMap::new();
+    for (&id, &count) in &counts {
         let bumped = chats::Entity::update_many()
             .col_expr(
                 chats::Column::LastSeq,
-                Expr::col(chats::Column::LastSeq).add(1),
+                Expr::col(chats::Column::LastSeq).add(count),
             )
             .col_expr(chats::Column::UpdatedAt, created_at.into())
-            .filter(chats::Column::Id.eq(new.conversation_id.0))
+            .filter(chats::Column::Id.eq(id.0))
             .exec_with_returning(&txn)
             .await?;
-        let Some(chat) = bumped.into_iter().next() else {
-            return Ok(None);
+        if let Some(chat) = bumped.into_iter().next() {
+            next_seq.insert(id, chat.last_seq - count + 1);
+        }
+    }
+    let mut rows = Vec::with_capacity(batch.len());
+    let mut out = Vec::with_capacity(batch.len());
+    for new in batch {
+        let Some(seq) = next_seq.get_mut(&new.conversation_id) else {
+            out.push(None);
+            continue;
         };
         let message = Message {
             id: new.id.unwrap_or_default(),
             conversation_id: new.conversation_id,
-            seq: Seq(chat.last_seq),
+            seq: Seq(*seq),
             sender_id: new.sender_id.clone(),
             message_type: new.message_type.clone(),
             content: new.content.clone(),
@@ -83,7 +115,8 @@ impl Store {
             metadata: new.metadata.clone(),
             created_at,
         };
-        msgs::Entity::insert(msgs::ActiveModel {
+        *seq += 1;
+        rows.push(msgs::ActiveModel {
             id: Set(message.id.0),
             chat_id: Set(message.conversation_id.0),
             seq: Set(message.seq.0),
@@ -93,29 +126,38 @@ impl Store {
             client_msg_id: Set(message.client_msg_id.clone()),
             metadata: Set(message.metadata.clone()),
             created_at: Set(created_at),
-        })
-        .exec_without_returning(&txn)
-        .await?;
-        txn.commit().await?;
-        Ok(Some(message))
+        });
+        out.push(Some(Appended {
+            message,
+            duplicate: false,
+        }));
     }
-
-    async fn find_retry(&self, new: &NewMessage) -> Result<Option<Appended>, DbErr> {
-        let Some(cid) = &new.client_msg_id else {
-            return Ok(None);
-        };
-        Ok(msgs::Entity::find()
-            .filter(msgs::Column::ChatId.eq(new.conversation_id.0))
-            .filter(msgs::Column::SenderId.eq(new.sender_id.0.clone()))
-            .filter(msgs::Column::ClientMsgId.eq(cid.clone()))
-            .one(&self.db)
-            .await?
-            .map(|m| Appended {
-                message: to_message(m),
-                duplicate: true,
-            }))
+    if !rows.is_empty() {
+        msgs::Entity::insert_many(rows)
+            .exec_without_returning(&txn)
+            .await?;
     }
+    txn.commit().await?;
+    Ok(out)
+}
 
+async fn find_retry(db: &DatabaseConnection, new: &NewMessage) -> Result<Option<Appended>, DbErr> {
+    let Some(cid) = &new.client_msg_id else {
+        return Ok(None);
+    };
+    Ok(msgs::Entity::find()
+        .filter(msgs::Column::ChatId.eq(new.conversation_id.0))
+        .filter(msgs::Column::SenderId.eq(new.sender_id.0.clone()))
+        .filter(msgs::Column::ClientMsgId.eq(cid.clone()))
+        .one(db)
+        .await?
+        .map(|m| Appended {
+            message: to_message(m),
+            duplicate: true,
+        }))
+}
+
+impl Store {
     /// One message of the conversation.
     pub async fn message(
         &self,

@@ -1,6 +1,7 @@
 //! History through sea-orm: conversations, participants and messages, on
 //! SQLite or Postgres alike. Knows nothing of sockets, frames or HTTP.
 
+mod appender;
 mod chats;
 mod messages;
 
@@ -17,6 +18,7 @@ pub use messages::{Appended, NewMessage};
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    appender: appender::Appender,
 }
 
 impl Store {
@@ -60,8 +62,16 @@ impl Store {
     }
 
     /// Wraps an existing connection (tests use this to pick a Postgres schema).
+    /// Starts the message writers, so it needs a tokio runtime.
     pub fn from_connection(db: DatabaseConnection) -> Self {
-        Self { db }
+        // SQLite has one writer at a time; Postgres locks per conversation,
+        // so writers for different conversations commit in parallel.
+        let writers = match db.get_database_backend() {
+            sea_orm::DbBackend::Sqlite => 1,
+            _ => 4,
+        };
+        let appender = appender::Appender::start(&db, writers);
+        Self { db, appender }
     }
 
     /// Applies every pending migration. Nodes starting together may race to
