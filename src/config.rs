@@ -43,6 +43,10 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub node_id: String,
     pub drain_secs: u64,
+    /// Seconds between the node's WebSocket pings.
+    pub ping_interval_secs: f64,
+    /// Seconds of silence after which a socket counts as dead.
+    pub idle_timeout_secs: f64,
 }
 
 /// Where history lives.
@@ -129,11 +133,14 @@ pub struct StreamingSettings {
     pub max_retry_wait_secs: f64,
 }
 
-/// Logs (and, later, traces).
+/// Logs and traces.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TelemetrySettings {
     pub log_format: String,
     pub log_level: String,
+    /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318);
+    /// empty: no traces are exported.
+    pub otlp_endpoint: String,
 }
 
 impl Settings {

@@ -11,6 +11,7 @@ pub mod error;
 pub mod http;
 pub mod hub;
 pub mod ids;
+pub mod metrics;
 pub mod node;
 pub mod protocol;
 pub mod store;

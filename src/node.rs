@@ -16,7 +16,7 @@ use crate::chat::Chat;
 use crate::config::Settings;
 use crate::hub::{CloseReason, Hub, HubSettings, StreamControl};
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -57,14 +57,16 @@ impl Node {
     /// Connects storage (migrating it) and the bus, and builds the node.
     pub async fn start(settings: Settings) -> Result<Arc<Node>, StartError> {
         let auth = Authenticator::new(&settings.auth)?;
-        let store =
-            Store::connect(&settings.database.url, settings.database.max_connections).await?;
-        store.migrate().await?;
         let node_id = if settings.server.node_id.is_empty() {
             format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
         } else {
             settings.server.node_id.clone()
         };
+        let metrics = Arc::new(Metrics::new(&node_id));
+        let store = Store::connect(&settings.database.url, settings.database.max_connections)
+            .await?
+            .with_latency(metrics.store_latency.clone());
+        store.migrate().await?;
         let bus: Arc<dyn Bus> = if settings.bus.redis_url.is_empty() {
             Arc::new(LocalBus::new())
         } else {
@@ -72,7 +74,6 @@ impl Node {
                 .await
                 .map_err(|e| StartError::Bus(e.to_string()))?
         };
-        let metrics = Arc::new(Metrics::new(&node_id));
         let hub = Hub::new(
             store.clone(),
             bus.clone(),

@@ -23,7 +23,7 @@ use crate::hub::StreamControl;
 use crate::ids::{ConversationId, MessageId, Seq, StreamId, UserId};
 use crate::protocol::{Message, ServerFrame};
 use crate::store::{NewMessage, Store};
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 /// A configured assistant: its settings and its provider.
 struct Assistant {
@@ -560,13 +560,10 @@ impl Streams {
     async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
         if let Err(e) = self
             .bus
-            .publish(Event {
-                topic,
-                kind,
-                payload,
-            })
+            .publish(Event::new(topic, kind, payload))
             .await
         {
+            self.metrics.bus_publish_errors.inc();
             tracing::warn!(error = %e, "stream publish failed");
         }
     }

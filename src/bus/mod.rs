@@ -57,6 +57,26 @@ pub struct Event {
     /// The server frame's JSON text, exactly as sockets receive it (may be
     /// empty for internal events such as `Membership`).
     pub payload: Bytes,
+    /// When it was published (unix microseconds), for the
+    /// publish-to-delivery latency every receiving node measures.
+    pub published_at_us: i64,
+    /// The W3C `traceparent` of the span that published it, so one trace
+    /// follows an event from the node that made it to every node that
+    /// delivers it.
+    pub traceparent: Option<String>,
+}
+
+impl Event {
+    /// An event published now.
+    pub fn new(topic: Topic, kind: EventKind, payload: Bytes) -> Self {
+        Self {
+            topic,
+            kind,
+            payload,
+            published_at_us: chrono::Utc::now().timestamp_micros(),
+            traceparent: None,
+        }
+    }
 }
 
 /// Why the bus could not do what was asked.

@@ -20,6 +20,7 @@ use fred::clients::{Pool, SubscriberClient};
 use fred::prelude::*;
 use fred::types::config::Options;
 use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, Event, EventKind, EventSink, Topic};
@@ -232,8 +233,12 @@ impl RedisBus {
 impl Bus for RedisBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
         let channel = self.channel(&event.topic);
-        let header =
-            serde_json::to_vec(&event.kind).map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let header = serde_json::to_vec(&Header {
+            kind: event.kind,
+            at: event.published_at_us,
+            tp: event.traceparent,
+        })
+        .map_err(|e| BusError::Unavailable(e.to_string()))?;
         let mut body = Vec::with_capacity(header.len() + 1 + event.payload.len());
         body.extend_from_slice(&header);
         body.push(b'\n');
@@ -340,14 +345,27 @@ fn parse_channel(channel: &str, prefix: &str) -> Option<Topic> {
         .map(|id| Topic::User(UserId(id.to_owned())))
 }
 
-/// `<kind as JSON>\n<payload>`: the payload is sliced, not copied.
+/// What precedes the payload on the wire, as one line of JSON.
+#[derive(Serialize, Deserialize)]
+struct Header {
+    kind: EventKind,
+    /// `Event::published_at_us`.
+    at: i64,
+    /// `Event::traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    tp: Option<String>,
+}
+
+/// `<header as JSON>\n<payload>`: the payload is sliced, not copied.
 fn decode(topic: Topic, bytes: Bytes) -> Option<Event> {
     let split = bytes.iter().position(|b| *b == b'\n')?;
-    let kind: EventKind = serde_json::from_slice(&bytes[..split]).ok()?;
+    let header: Header = serde_json::from_slice(&bytes[..split]).ok()?;
     Some(Event {
         topic,
-        kind,
+        kind: header.kind,
         payload: bytes.slice(split + 1..),
+        published_at_us: header.at,
+        traceparent: header.tp,
     })
 }
 
@@ -373,13 +391,20 @@ mod tests {
     #[test]
     fn events_decode_with_their_payload_intact() {
         let kind = EventKind::Message { seq: Seq(7) };
-        let mut body = serde_json::to_vec(&kind).unwrap();
+        let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+        let mut body = serde_json::to_vec(&Header {
+            kind: kind.clone(),
+            at: 42,
+            tp: Some(tp.into()),
+        })
+        .unwrap();
         body.push(b'\n');
         body.extend_from_slice(b"{\"type\":\"x\",\"data\":\"a\\nb\"}");
         let topic = Topic::User(UserId("u".into()));
         let e = decode(topic.clone(), Bytes::from(body)).unwrap();
         assert_eq!(e.kind, kind);
         assert_eq!(e.topic, topic);
+        assert_eq!((e.published_at_us, e.traceparent.as_deref()), (42, Some(tp)));
         assert_eq!(&e.payload[..], b"{\"type\":\"x\",\"data\":\"a\\nb\"}");
     }
 }

@@ -19,7 +19,7 @@ use crate::hub::{Access, Conn, Hub};
 use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 use crate::protocol::{Conversation, Message, ServerFrame, UpdateReason};
 use crate::store::{Appended, NewMessage, Store};
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 /// Longest conversation title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
@@ -541,12 +541,9 @@ impl Chat {
     }
 
     async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
-        let event = Event {
-            topic,
-            kind,
-            payload,
-        };
+        let event = Event::new(topic, kind, payload);
         if let Err(e) = self.bus.publish(event).await {
+            self.metrics.bus_publish_errors.inc();
             tracing::warn!(error = %e, "publish failed; nodes will catch up from the store");
         }
     }

@@ -26,7 +26,7 @@ use crate::error::ErrorCode;
 use crate::ids::{ConversationId, Seq, StreamId, UserId};
 use crate::protocol::{Message, ServerFrame};
 use crate::store::Store;
-use crate::telemetry::Metrics;
+use crate::metrics::Metrics;
 
 /// Messages read from the store per page when replaying or filling gaps.
 const PAGE: u64 = 200;
@@ -117,6 +117,7 @@ impl Hub {
         }
         self.users.entry(user).or_default().push(conn.clone());
         self.metrics.sockets_open.inc();
+        self.metrics.sockets_opened.inc();
         Ok((conn, rx))
     }
 
@@ -434,6 +435,10 @@ pub fn message_frame(message: Message) -> Utf8Bytes {
 
 impl EventSink for Hub {
     fn deliver(&self, event: Arc<Event>) {
+        let age_us = chrono::Utc::now().timestamp_micros() - event.published_at_us;
+        self.metrics
+            .delivery_latency
+            .observe(age_us.max(0) as f64 / 1e6);
         let Ok(frame) = Utf8Bytes::try_from(event.payload.clone()) else {
             tracing::warn!("dropped a bus event that is not UTF-8");
             return;
@@ -495,6 +500,7 @@ impl EventSink for Hub {
     }
 
     fn resync(&self) {
+        self.metrics.bus_resyncs.inc();
         let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
         let Some(hub) = self.arc() else { return };
         tokio::spawn(async move {

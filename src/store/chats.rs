@@ -25,6 +25,7 @@ impl Store {
         others: &[UserId],
         assistant_id: Option<String>,
     ) -> Result<Conversation, DbErr> {
+        let _timer = self.timer("create_chat");
         let id = ConversationId::new();
         let at = now();
         let mut members: BTreeSet<&UserId> = others.iter().collect();
@@ -73,6 +74,7 @@ impl Store {
 
     /// The conversation's participants, oldest first.
     pub async fn participants(&self, id: ConversationId) -> Result<Vec<UserId>, DbErr> {
+        let _timer = self.timer("participants");
         Ok(parts::Entity::find()
             .filter(parts::Column::ChatId.eq(id.0))
             .order_by_asc(parts::Column::JoinedAt)
@@ -86,6 +88,7 @@ impl Store {
 
     /// The user's conversations that are not archived, newest activity first.
     pub async fn list_chats(&self, user: &UserId) -> Result<Vec<Conversation>, DbErr> {
+        let _timer = self.timer("list_chats");
         let mine = parts::Entity::find()
             .filter(parts::Column::UserId.eq(user.0.clone()))
             .all(&self.db)
@@ -176,6 +179,7 @@ impl Store {
 
     /// The role of `user` in the conversation, if a participant.
     pub async fn role(&self, id: ConversationId, user: &UserId) -> Result<Option<String>, DbErr> {
+        let _timer = self.timer("role");
         Ok(parts::Entity::find_by_id((id.0, user.0.clone()))
             .one(&self.db)
             .await?
@@ -198,6 +202,7 @@ impl Store {
         user: &UserId,
         seq: Seq,
     ) -> Result<Option<Seq>, DbErr> {
+        let _timer = self.timer("mark_read");
         let res = parts::Entity::update_many()
             .col_expr(parts::Column::LastReadSeq, seq.0.into())
             .filter(parts::Column::ChatId.eq(id.0))

@@ -45,6 +45,7 @@ impl Store {
     /// conversation on every node) and inserts every row, so seq is unique
     /// and gap-free: a failed insert rolls the bump back.
     pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
+        let _timer = self.timer("append");
         if let Some(found) = find_retry(&self.db, &new).await? {
             return Ok(Some(found));
         }
@@ -194,6 +195,7 @@ impl Store {
         after: Seq,
         limit: u64,
     ) -> Result<(Vec<Message>, bool), DbErr> {
+        let _timer = self.timer("history");
         let mut rows = msgs::Entity::find()
             .filter(msgs::Column::ChatId.eq(id.0))
             .filter(msgs::Column::Seq.gt(after.0))
@@ -214,6 +216,7 @@ impl Store {
         before: Option<Seq>,
         limit: u64,
     ) -> Result<(Vec<Message>, bool), DbErr> {
+        let _timer = self.timer("history");
         let mut query = msgs::Entity::find().filter(msgs::Column::ChatId.eq(id.0));
         if let Some(before) = before {
             query = query.filter(msgs::Column::Seq.lt(before.0));

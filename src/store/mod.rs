@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
+use prometheus::{HistogramTimer, HistogramVec};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
@@ -19,6 +20,8 @@ pub use messages::{Appended, NewMessage};
 pub struct Store {
     db: DatabaseConnection,
     appender: appender::Appender,
+    /// Where call latencies go, by operation, when the node exports them.
+    latency: Option<HistogramVec>,
 }
 
 impl Store {
@@ -71,7 +74,25 @@ impl Store {
             _ => 4,
         };
         let appender = appender::Appender::start(&db, writers);
-        Self { db, appender }
+        Self {
+            db,
+            appender,
+            latency: None,
+        }
+    }
+
+    /// Records the latency of the main calls into `histogram`, labelled
+    /// by operation.
+    pub fn with_latency(mut self, histogram: HistogramVec) -> Self {
+        self.latency = Some(histogram);
+        self
+    }
+
+    /// Observes the time until it is dropped, under `op`.
+    fn timer(&self, op: &'static str) -> Option<HistogramTimer> {
+        self.latency
+            .as_ref()
+            .map(|h| h.with_label_values(&[op]).start_timer())
     }
 
     /// Applies every pending migration. Nodes starting together may race to

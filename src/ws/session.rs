@@ -30,10 +30,7 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
         Ok(Some(identity)) => identity,
         Ok(None) => return,
         Err((err, reason)) => {
-            node.metrics
-                .sockets_closed
-                .with_label_values(&[&reason.code().to_string()])
-                .inc();
+            node.metrics.socket_closed(reason);
             let frame = ServerFrame::error(&err, None).encode();
             writer::reject(sink, frame.into(), reason).await;
             return;
@@ -46,10 +43,7 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
                 ChatError::Forbidden(_) => CloseReason::Policy,
                 _ => CloseReason::Restart,
             };
-            node.metrics
-                .sockets_closed
-                .with_label_values(&[&reason.code().to_string()])
-                .inc();
+            node.metrics.socket_closed(reason);
             writer::reject(sink, ServerFrame::error(&err, None).encode().into(), reason).await;
             return;
         }
@@ -74,12 +68,7 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
     session.read(&mut stream).await;
     session.finish().await;
     let reason = writer.await.unwrap_or(CloseReason::Normal);
-    session
-        .node
-        .metrics
-        .sockets_closed
-        .with_label_values(&[&reason.code().to_string()])
-        .inc();
+    session.node.metrics.socket_closed(reason);
 }
 
 /// Waits for the auth frame. Ok(None) if the peer left first.

@@ -1,0 +1,139 @@
+//! The node's Prometheus metrics, in a registry of its own, rendered at
+//! `/metrics`. Labels are bounded sets (frame types, close codes, store
+//! operations, error kinds): never user or conversation ids.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::hub::CloseReason;
+
+/// Counters, gauges and histograms of one node.
+pub struct Metrics {
+    registry: Registry,
+    pub sockets_open: IntGauge,
+    pub sockets_opened: IntCounter,
+    sockets_closed: IntCounterVec,
+    slow_consumer_closes: IntCounter,
+    pub frames_in: IntCounterVec,
+    pub events_delivered: IntCounter,
+    pub delivery_latency: Histogram,
+    pub messages_stored: IntCounter,
+    pub store_latency: HistogramVec,
+    pub bus_resyncs: IntCounter,
+    pub bus_publish_errors: IntCounter,
+    pub gap_fills: IntCounter,
+    pub rate_limited: IntCounter,
+    pub streams_active: IntGauge,
+    pub assistant_tokens: IntCounter,
+    pub assistant_errors: IntCounterVec,
+}
+
+/// Latency buckets from 0.25 ms to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+
+impl Metrics {
+    pub fn new(node_id: &str) -> Self {
+        let registry = Registry::new_custom(
+            Some("confab".into()),
+            Some([("node".to_string(), node_id.to_string())].into()),
+        )
+        // Prefix and label names are valid constants.
+        .expect("valid registry");
+        // Every name and label below is a valid constant and registered
+        // once, so creating and registering them cannot fail.
+        let counter = |name: &str, help: &str| {
+            let c = IntCounter::new(name, help).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let counter_vec = |name: &str, help: &str, label: &str| {
+            let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            registry.register(Box::new(c.clone())).expect("unique metric");
+            c
+        };
+        let gauge = |name: &str, help: &str| {
+            let g = IntGauge::new(name, help).expect("valid metric");
+            registry.register(Box::new(g.clone())).expect("unique metric");
+            g
+        };
+        let histogram_opts =
+            |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.into());
+        let delivery_latency = Histogram::with_opts(histogram_opts(
+            "delivery_latency_seconds",
+            "From an event's publish on any node to its delivery to this node's sockets",
+        ))
+        .expect("valid metric");
+        registry
+            .register(Box::new(delivery_latency.clone()))
+            .expect("unique metric");
+        let store_latency = HistogramVec::new(
+            histogram_opts("store_latency_seconds", "Store calls, by operation"),
+            &["op"],
+        )
+        .expect("valid metric");
+        registry
+            .register(Box::new(store_latency.clone()))
+            .expect("unique metric");
+        Self {
+            sockets_open: gauge("sockets_open", "WebSockets open and authenticated"),
+            sockets_opened: counter("sockets_opened_total", "WebSockets authenticated"),
+            sockets_closed: counter_vec(
+                "sockets_closed_total",
+                "WebSockets closed, by close code",
+                "code",
+            ),
+            slow_consumer_closes: counter(
+                "slow_consumer_closes_total",
+                "Sockets closed because their outbound queue overflowed (4009)",
+            ),
+            frames_in: counter_vec("frames_in_total", "Client frames received, by type", "type"),
+            events_delivered: counter("events_delivered_total", "Frames queued to local sockets"),
+            delivery_latency,
+            messages_stored: counter("messages_stored_total", "Messages stored by this node"),
+            store_latency,
+            bus_resyncs: counter(
+                "bus_resyncs_total",
+                "Catch-ups from the store after the bus reconnected or lagged",
+            ),
+            bus_publish_errors: counter(
+                "bus_publish_errors_total",
+                "Events the bus failed to publish (nodes catch up from the store)",
+            ),
+            gap_fills: counter("gap_fills_total", "Times a seq gap was filled from the store"),
+            rate_limited: counter("rate_limited_total", "Requests refused as RATE_LIMITED"),
+            streams_active: gauge("streams_active", "Assistant streams running on this node"),
+            assistant_tokens: counter(
+                "assistant_tokens_total",
+                "Assistant deltas received from providers",
+            ),
+            assistant_errors: counter_vec(
+                "assistant_errors_total",
+                "Assistant upstream errors, by kind",
+                "kind",
+            ),
+            registry,
+        }
+    }
+
+    /// Counts a socket's close under its close code.
+    pub fn socket_closed(&self, reason: CloseReason) {
+        self.sockets_closed
+            .with_label_values(&[&reason.code().to_string()])
+            .inc();
+        if reason == CloseReason::SlowConsumer {
+            self.slow_consumer_closes.inc();
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for well-formed metric families.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
