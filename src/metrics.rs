@@ -47,17 +47,23 @@ impl Metrics {
         // once, so creating and registering them cannot fail.
         let counter = |name: &str, help: &str| {
             let c = IntCounter::new(name, help).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry.register(Box::new(c.clone())).expect("unique metric");
+            registry
+                .register(Box::new(c.clone()))
+                .expect("unique metric");
             c
         };
         let gauge = |name: &str, help: &str| {
             let g = IntGauge::new(name, help).expect("valid metric");
-            registry.register(Box::new(g.clone())).expect("unique metric");
+            registry
+                .register(Box::new(g.clone()))
+                .expect("unique metric");
             g
         };
         let histogram_opts =
@@ -103,7 +109,10 @@ impl Metrics {
                 "bus_publish_errors_total",
                 "Events the bus failed to publish (nodes catch up from the store)",
             ),
-            gap_fills: counter("gap_fills_total", "Times a seq gap was filled from the store"),
+            gap_fills: counter(
+                "gap_fills_total",
+                "Times a seq gap was filled from the store",
+            ),
             rate_limited: counter("rate_limited_total", "Requests refused as RATE_LIMITED"),
             streams_active: gauge("streams_active", "Assistant streams running on this node"),
             assistant_tokens: counter(

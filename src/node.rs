@@ -15,8 +15,8 @@ use crate::bus::{Bus, LocalBus, RedisBus, Topic};
 use crate::chat::Chat;
 use crate::config::Settings;
 use crate::hub::{CloseReason, Hub, HubSettings, StreamControl};
-use crate::store::Store;
 use crate::metrics::Metrics;
+use crate::store::Store;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]

@@ -3,10 +3,14 @@
 
 mod common;
 
+use std::time::Duration;
+
 use chrono::Utc;
 use common::{start_node, TestNode};
+use futures_util::StreamExt;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use serde_json::json;
+use tokio_tungstenite::tungstenite::Message;
 
 fn sign(alg: Algorithm, secret: &[u8], sub: &str, exp_from_now: i64) -> String {
     let claims = json!({"sub": sub, "exp": Utc::now().timestamp() + exp_from_now});
@@ -174,4 +178,58 @@ async fn too_many_sockets_for_one_user_close_with_4008() {
     assert_eq!(closed.frames[0]["data"]["code"], "FORBIDDEN");
     // Another user is unaffected.
     let _bob = node.connect("bob").await;
+}
+
+/// Keepalive: the node pings; a client that answers (tungstenite pongs
+/// while reading) outlives the idle timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_keep_an_answering_socket_open() {
+    let node = start_node(|s| {
+        s.server.ping_interval_secs = 1.0;
+        s.server.idle_timeout_secs = 2.0;
+    })
+    .await;
+    let mut c = node.connect("alice").await;
+    // Four pings span more than twice the idle timeout.
+    let mut pings = 0;
+    while pings < 4 {
+        let msg = tokio::time::timeout(common::WAIT, c.ws.next())
+            .await
+            .expect("a frame within the timeout")
+            .expect("socket open")
+            .expect("no socket error");
+        match msg {
+            Message::Ping(_) => pings += 1,
+            Message::Close(frame) => panic!("closed while answering pings: {frame:?}"),
+            _ => {}
+        }
+    }
+    let (pong, _) = c.request("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+/// A peer that stops reading (so never pongs) is closed with 1001.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_peer_is_closed_as_dead() {
+    let node = start_node(|s| {
+        s.server.ping_interval_secs = 1.0;
+        s.server.idle_timeout_secs = 2.0;
+    })
+    .await;
+    let mut c = node.connect("alice").await;
+    let metrics = node.url("/metrics");
+    common::procs::wait_until("a dead-peer close", Duration::from_secs(10), || {
+        let metrics = metrics.clone();
+        async move {
+            let text = reqwest::get(metrics).await.unwrap().text().await.unwrap();
+            text.lines().any(|l| {
+                l.starts_with("confab_sockets_closed_total{code=\"1001\"") && l.ends_with(" 1")
+            })
+        }
+    })
+    .await;
+    // The socket is gone. (Whether this client reads the close frame depends
+    // on it: answering the queued pings may hit the closed connection first.)
+    let closed = c.closed().await;
+    assert!(matches!(closed.code, Some(1001) | None), "{closed:?}");
 }

@@ -21,9 +21,9 @@ use crate::config::{AssistantSettings, StreamingSettings};
 use crate::error::{ChatError, ErrorCode};
 use crate::hub::StreamControl;
 use crate::ids::{ConversationId, MessageId, Seq, StreamId, UserId};
+use crate::metrics::Metrics;
 use crate::protocol::{Message, ServerFrame};
 use crate::store::{NewMessage, Store};
-use crate::metrics::Metrics;
 
 /// A configured assistant: its settings and its provider.
 struct Assistant {
@@ -558,11 +558,7 @@ impl Streams {
     }
 
     async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
-        if let Err(e) = self
-            .bus
-            .publish(Event::new(topic, kind, payload))
-            .await
-        {
+        if let Err(e) = self.bus.publish(Event::new(topic, kind, payload)).await {
             self.metrics.bus_publish_errors.inc();
             tracing::warn!(error = %e, "stream publish failed");
         }

@@ -404,7 +404,10 @@ mod tests {
         let e = decode(topic.clone(), Bytes::from(body)).unwrap();
         assert_eq!(e.kind, kind);
         assert_eq!(e.topic, topic);
-        assert_eq!((e.published_at_us, e.traceparent.as_deref()), (42, Some(tp)));
+        assert_eq!(
+            (e.published_at_us, e.traceparent.as_deref()),
+            (42, Some(tp))
+        );
         assert_eq!(&e.payload[..], b"{\"type\":\"x\",\"data\":\"a\\nb\"}");
     }
 }

@@ -17,9 +17,9 @@ use crate::config::LimitSettings;
 use crate::error::ChatError;
 use crate::hub::{Access, Conn, Hub};
 use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
+use crate::metrics::Metrics;
 use crate::protocol::{Conversation, Message, ServerFrame, UpdateReason};
 use crate::store::{Appended, NewMessage, Store};
-use crate::metrics::Metrics;
 
 /// Longest conversation title, in characters.
 const MAX_TITLE_CHARS: usize = 200;

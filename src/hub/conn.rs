@@ -28,6 +28,8 @@ pub enum CloseReason {
     TooBig,
     /// 1012: the node is restarting (drain).
     Restart,
+    /// 1001: nothing, not even a pong, arrived for `idle_timeout_secs`.
+    DeadPeer,
 }
 
 impl CloseReason {
@@ -40,6 +42,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => 4009,
             CloseReason::TooBig => 1009,
             CloseReason::Restart => 1012,
+            CloseReason::DeadPeer => 1001,
         }
     }
 
@@ -52,6 +55,7 @@ impl CloseReason {
             CloseReason::SlowConsumer => "too slow a consumer",
             CloseReason::TooBig => "frame too large",
             CloseReason::Restart => "node restarting",
+            CloseReason::DeadPeer => "no sign of life",
         }
     }
 }

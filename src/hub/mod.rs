@@ -24,9 +24,9 @@ use crate::bus::{Bus, Event, EventKind, EventSink, Topic};
 use crate::error::ChatError;
 use crate::error::ErrorCode;
 use crate::ids::{ConversationId, Seq, StreamId, UserId};
+use crate::metrics::Metrics;
 use crate::protocol::{Message, ServerFrame};
 use crate::store::Store;
-use crate::metrics::Metrics;
 
 /// Messages read from the store per page when replaying or filling gaps.
 const PAGE: u64 = 200;

@@ -48,13 +48,17 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
             return;
         }
     };
-    let writer = tokio::spawn(writer::run(sink, rx, conn.clone()));
+    let server = &node.settings.server;
+    let ping_every = Duration::from_secs_f64(server.ping_interval_secs.max(1.0));
+    let idle_timeout = Duration::from_secs_f64(server.idle_timeout_secs.max(1.0));
+    let writer = tokio::spawn(writer::run(sink, rx, conn.clone(), ping_every));
     let mut session = Session {
         frames: Bucket::full(node.settings.limits.frame_burst),
         node,
         conn,
         expires_at: deadline_of(&identity),
         typing: HashMap::new(),
+        idle_timeout,
     };
     session
         .reply(ServerFrame::AuthSuccess {
@@ -132,16 +136,23 @@ struct Session {
     /// Conversations this socket's user is typing in, and when that lapses.
     typing: HashMap<ConversationId, Instant>,
     frames: Bucket,
+    /// Silence after which the peer counts as dead.
+    idle_timeout: Duration,
 }
 
 impl Session {
     async fn read(&mut self, stream: &mut Stream) {
+        let mut alive_until = Instant::now() + self.idle_timeout;
         loop {
             let typing_due = self.typing.values().min().copied();
             let conn = self.conn.clone();
             tokio::select! {
                 biased;
                 _ = conn.closed() => return,
+                _ = tokio::time::sleep_until(alive_until) => {
+                    self.conn.close(CloseReason::DeadPeer);
+                    return;
+                }
                 _ = tokio::time::sleep_until(self.expires_at) => {
                     self.reply(ServerFrame::error(&ChatError::TokenExpired, None)).await;
                     self.conn.close(CloseReason::TokenExpired);
@@ -149,12 +160,17 @@ impl Session {
                 }
                 _ = sleep_until_opt(typing_due) => self.expire_typing().await,
                 next = stream.next() => match next {
-                    Some(Ok(Message::Text(text))) => self.handle(&text).await,
+                    Some(Ok(Message::Text(text))) => {
+                        alive_until = Instant::now() + self.idle_timeout;
+                        self.handle(&text).await
+                    }
                     Some(Ok(Message::Binary(_))) => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
                         self.reply(ServerFrame::error(&err, None)).await;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                        alive_until = Instant::now() + self.idle_timeout;
+                    }
                     Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
                         self.conn.close(CloseReason::TooBig);
                         return;

@@ -21,17 +21,29 @@ const BATCH: usize = 512;
 /// How long a closing socket may take to take its last frames.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Runs until the connection is closed; returns the reason.
-pub async fn run(mut sink: Sink, mut rx: Receiver<Utf8Bytes>, conn: Arc<Conn>) -> CloseReason {
+/// Runs until the connection is closed; returns the reason. Pings the peer
+/// every `ping_every` while idle or busy, so proxies see traffic and the
+/// reader sees pongs.
+pub async fn run(
+    mut sink: Sink,
+    mut rx: Receiver<Utf8Bytes>,
+    conn: Arc<Conn>,
+    ping_every: Duration,
+) -> CloseReason {
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let first = tokio::select! {
             biased;
             _ = conn.closed() => break,
-            frame = rx.recv() => frame,
+            frame = rx.recv() => match frame {
+                Some(frame) => Message::Text(frame),
+                None => break,
+            },
+            _ = ping.tick() => Message::Ping(Default::default()),
         };
-        let Some(first) = first else { break };
         let write = async {
-            sink.feed(Message::Text(first)).await?;
+            sink.feed(first).await?;
             for _ in 1..BATCH {
                 match rx.try_recv() {
                     Ok(frame) => sink.feed(Message::Text(frame)).await?,
