@@ -59,8 +59,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(settings: Settings) -> Result<(), String> {
-    telemetry::init_logging(&settings.telemetry);
+async fn serve(mut settings: Settings) -> Result<(), String> {
+    if settings.server.node_id.is_empty() {
+        // Named here rather than by the node, so its traces carry the same name.
+        let suffix = uuid::Uuid::now_v7().simple().to_string();
+        settings.server.node_id = format!("node-{}", &suffix[20..]);
+    }
+    let telemetry = telemetry::init(&settings.telemetry, &settings.server.node_id);
+    let result = run(settings).await;
+    telemetry.shutdown().await;
+    result
+}
+
+/// Runs a node until a shutdown signal, then drains it.
+async fn run(settings: Settings) -> Result<(), String> {
     if settings.uses_dev_secret() {
         tracing::warn!("USING THE DEVELOPMENT JWT SECRET: anyone can mint tokens. Set CONFAB_AUTH__JWT_SECRET for any real use.");
     }

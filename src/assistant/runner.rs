@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use futures_util::StreamExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::provider::{Chunk, CompletionRequest, Provider, ProviderError, Role, Turn, Usage};
 use super::{EchoProvider, OpenAiProvider};
@@ -172,7 +173,19 @@ impl Streams {
         );
         self.metrics.streams_active.inc();
         let me = self.clone();
-        tokio::spawn(async move { me.run(stream_id, req, assistant, cancel).await });
+        // In the trace of the frame (or request) that started it.
+        let span = tracing::info_span!(
+            "assistant.stream",
+            stream_id = %stream_id,
+            conversation_id = %req.conversation_id,
+            assistant = %assistant.id,
+            model = %assistant.settings.model,
+            provider = %assistant.settings.provider,
+            finish_reason = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        tokio::spawn(me.run(stream_id, req, assistant, cancel).instrument(span));
         Ok(stream_id)
     }
 
@@ -212,7 +225,11 @@ impl Streams {
         )
         .await;
         let heartbeat = CancellationToken::new();
-        tokio::spawn(self.clone().heartbeat(conv, stream_id, heartbeat.clone()));
+        tokio::spawn(
+            self.clone()
+                .heartbeat(conv, stream_id, heartbeat.clone())
+                .in_current_span(),
+        );
 
         let outcome = match self.context(&req, &assistant).await {
             Ok(turns) => {
@@ -414,6 +431,7 @@ impl Streams {
             out.finish.clone().unwrap_or_else(|| "stop".into())
         };
         let usage = out.usage.unwrap_or_default();
+        tracing::Span::current().record("finish_reason", finish_reason.as_str());
         let mut stored = None;
         if !out.text.is_empty() {
             let metadata = serde_json::json!({
@@ -485,6 +503,9 @@ impl Streams {
                     ProviderError::Timeout(_) => "timeout",
                     ProviderError::Upstream(_) => "upstream",
                 };
+                let span = tracing::Span::current();
+                span.record("error.type", kind);
+                span.record("otel.status_code", "ERROR");
                 self.metrics
                     .assistant_errors
                     .with_label_values(&[kind])

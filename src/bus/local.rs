@@ -23,11 +23,14 @@ impl LocalBus {
 #[async_trait]
 impl Bus for LocalBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
-        let sink = self.sink.read().as_ref().and_then(Weak::upgrade);
-        if let Some(sink) = sink {
-            sink.deliver(Arc::new(event));
-        }
-        Ok(())
+        super::traced_publish(event, |event| async move {
+            let sink = self.sink.read().as_ref().and_then(Weak::upgrade);
+            if let Some(sink) = sink {
+                sink.deliver(Arc::new(event));
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn subscribe(&self, _topic: &Topic) -> Result<(), BusError> {

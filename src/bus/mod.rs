@@ -9,11 +9,13 @@
 mod local;
 mod redis;
 
+use std::future::Future;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 pub use local::LocalBus;
 pub use redis::RedisBus;
@@ -77,6 +79,76 @@ impl Event {
             traceparent: None,
         }
     }
+
+    /// A `bus.deliver` span for this event: in the trace of the span that
+    /// published it, on whichever node that ran.
+    pub fn deliver_span(&self) -> tracing::Span {
+        let span = tracing::debug_span!(
+            "bus.deliver",
+            bus.topic = self.topic.label(),
+            bus.kind = self.kind.label(),
+            conversation_id = tracing::field::Empty,
+            sockets = tracing::field::Empty,
+        );
+        if let Topic::Conversation(id) = &self.topic {
+            span.record("conversation_id", tracing::field::display(id));
+        }
+        if let Some(tp) = &self.traceparent {
+            crate::telemetry::set_remote_parent(&span, tp);
+        }
+        span
+    }
+}
+
+impl Topic {
+    /// A short name of the topic's kind, for spans.
+    fn label(&self) -> &'static str {
+        match self {
+            Topic::Conversation(_) => "conversation",
+            Topic::User(_) => "user",
+            Topic::Streams => "streams",
+        }
+    }
+}
+
+impl EventKind {
+    /// A short name of the kind, for spans.
+    fn label(&self) -> &'static str {
+        match self {
+            EventKind::Message { .. } => "message",
+            EventKind::Ephemeral { .. } => "ephemeral",
+            EventKind::Membership { .. } => "membership",
+            EventKind::Notice { .. } => "notice",
+            EventKind::Stream { .. } => "stream",
+            EventKind::Cancel { .. } => "cancel",
+        }
+    }
+}
+
+/// Runs `send` inside a `bus.publish` span and stamps the event with that
+/// span's `traceparent` first (every bus publishes through this).
+async fn traced_publish<F, Fut>(mut event: Event, send: F) -> Result<(), BusError>
+where
+    F: FnOnce(Event) -> Fut,
+    Fut: Future<Output = Result<(), BusError>>,
+{
+    let span = tracing::debug_span!(
+        "bus.publish",
+        bus.topic = event.topic.label(),
+        bus.kind = event.kind.label(),
+        conversation_id = tracing::field::Empty,
+    );
+    if let Topic::Conversation(id) = &event.topic {
+        span.record("conversation_id", tracing::field::display(id));
+    }
+    async move {
+        if event.traceparent.is_none() {
+            event.traceparent = crate::telemetry::traceparent();
+        }
+        send(event).await
+    }
+    .instrument(span)
+    .await
 }
 
 /// Why the bus could not do what was asked.

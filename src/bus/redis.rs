@@ -194,6 +194,28 @@ impl RedisBus {
         });
     }
 
+    /// Sends one event: its header line, then its payload.
+    async fn send(&self, event: Event) -> Result<(), BusError> {
+        let channel = self.channel(&event.topic);
+        let header = serde_json::to_vec(&Header {
+            kind: event.kind,
+            at: event.published_at_us,
+            tp: event.traceparent,
+        })
+        .map_err(|e| BusError::Unavailable(e.to_string()))?;
+        let mut body = Vec::with_capacity(header.len() + 1 + event.payload.len());
+        body.extend_from_slice(&header);
+        body.push(b'\n');
+        body.extend_from_slice(&event.payload);
+        let client = self.publisher.next().with_options(&fail_fast());
+        let res: Result<i64, _> = if self.cluster {
+            client.spublish(channel, Bytes::from(body)).await
+        } else {
+            client.publish(channel, Bytes::from(body)).await
+        };
+        res.map(|_| ()).map_err(unavailable)
+    }
+
     /// Publishes a probe every second; forces a reconnect when they stop coming back.
     fn spawn_prober(&self) {
         let publisher = self.publisher.clone();
@@ -232,24 +254,7 @@ impl RedisBus {
 #[async_trait]
 impl Bus for RedisBus {
     async fn publish(&self, event: Event) -> Result<(), BusError> {
-        let channel = self.channel(&event.topic);
-        let header = serde_json::to_vec(&Header {
-            kind: event.kind,
-            at: event.published_at_us,
-            tp: event.traceparent,
-        })
-        .map_err(|e| BusError::Unavailable(e.to_string()))?;
-        let mut body = Vec::with_capacity(header.len() + 1 + event.payload.len());
-        body.extend_from_slice(&header);
-        body.push(b'\n');
-        body.extend_from_slice(&event.payload);
-        let client = self.publisher.next().with_options(&fail_fast());
-        let res: Result<i64, _> = if self.cluster {
-            client.spublish(channel, Bytes::from(body)).await
-        } else {
-            client.publish(channel, Bytes::from(body)).await
-        };
-        res.map(|_| ()).map_err(unavailable)
+        super::traced_publish(event, |event| self.send(event)).await
     }
 
     /// Never fails: a subscription Redis cannot take now is made when the bus

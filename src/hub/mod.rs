@@ -435,6 +435,8 @@ pub fn message_frame(message: Message) -> Utf8Bytes {
 
 impl EventSink for Hub {
     fn deliver(&self, event: Arc<Event>) {
+        let span = event.deliver_span();
+        let _entered = span.enter();
         let age_us = chrono::Utc::now().timestamp_micros() - event.published_at_us;
         self.metrics
             .delivery_latency
@@ -496,6 +498,7 @@ impl EventSink for Hub {
             }
             (Topic::User(_), _) => 0,
         };
+        span.record("sockets", sent);
         self.metrics.events_delivered.inc_by(sent as u64);
     }
 

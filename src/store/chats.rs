@@ -18,6 +18,7 @@ const MAX_LISTED: u64 = 500;
 
 impl Store {
     /// Creates a conversation owned by `owner`, with `others` as members.
+    #[tracing::instrument(level = "debug", name = "store.create_chat", skip_all)]
     pub async fn create_chat(
         &self,
         owner: &UserId,
@@ -64,6 +65,7 @@ impl Store {
     }
 
     /// A conversation with its participants, if it exists.
+    #[tracing::instrument(level = "debug", name = "store.chat", skip_all, fields(conversation_id = %id))]
     pub async fn chat(&self, id: ConversationId) -> Result<Option<Conversation>, DbErr> {
         let Some(chat) = chats::Entity::find_by_id(id.0).one(&self.db).await? else {
             return Ok(None);
@@ -73,6 +75,7 @@ impl Store {
     }
 
     /// The conversation's participants, oldest first.
+    #[tracing::instrument(level = "debug", name = "store.participants", skip_all, fields(conversation_id = %id))]
     pub async fn participants(&self, id: ConversationId) -> Result<Vec<UserId>, DbErr> {
         let _timer = self.timer("participants");
         Ok(parts::Entity::find()
@@ -87,6 +90,7 @@ impl Store {
     }
 
     /// The user's conversations that are not archived, newest activity first.
+    #[tracing::instrument(level = "debug", name = "store.list_chats", skip_all)]
     pub async fn list_chats(&self, user: &UserId) -> Result<Vec<Conversation>, DbErr> {
         let _timer = self.timer("list_chats");
         let mine = parts::Entity::find()
@@ -128,6 +132,7 @@ impl Store {
     }
 
     /// Adds a participant; false if they already were one.
+    #[tracing::instrument(level = "debug", name = "store.add_participant", skip_all, fields(conversation_id = %id))]
     pub async fn add_participant(&self, id: ConversationId, user: &UserId) -> Result<bool, DbErr> {
         let res = parts::Entity::insert(parts::ActiveModel {
             chat_id: Set(id.0),
@@ -150,6 +155,7 @@ impl Store {
     }
 
     /// Removes a participant; false if they were not one.
+    #[tracing::instrument(level = "debug", name = "store.remove_participant", skip_all, fields(conversation_id = %id))]
     pub async fn remove_participant(
         &self,
         id: ConversationId,
@@ -167,6 +173,7 @@ impl Store {
     }
 
     /// Marks the conversation archived.
+    #[tracing::instrument(level = "debug", name = "store.archive", skip_all, fields(conversation_id = %id))]
     pub async fn archive(&self, id: ConversationId) -> Result<(), DbErr> {
         chats::Entity::update_many()
             .col_expr(chats::Column::Archived, true.into())
@@ -178,6 +185,7 @@ impl Store {
     }
 
     /// The role of `user` in the conversation, if a participant.
+    #[tracing::instrument(level = "debug", name = "store.role", skip_all, fields(conversation_id = %id))]
     pub async fn role(&self, id: ConversationId, user: &UserId) -> Result<Option<String>, DbErr> {
         let _timer = self.timer("role");
         Ok(parts::Entity::find_by_id((id.0, user.0.clone()))
@@ -187,6 +195,7 @@ impl Store {
     }
 
     /// The conversation's newest seq, if it exists.
+    #[tracing::instrument(level = "debug", name = "store.last_seq", skip_all, fields(conversation_id = %id))]
     pub async fn last_seq(&self, id: ConversationId) -> Result<Option<Seq>, DbErr> {
         Ok(chats::Entity::find_by_id(id.0)
             .one(&self.db)
@@ -196,6 +205,7 @@ impl Store {
 
     /// Records that `user` has read up to `seq` (never moving backwards).
     /// Returns the seq now recorded if it moved, None if it did not.
+    #[tracing::instrument(level = "debug", name = "store.mark_read", skip_all, fields(conversation_id = %id))]
     pub async fn mark_read(
         &self,
         id: ConversationId,
@@ -215,6 +225,7 @@ impl Store {
 
     /// Claims the conversation for one assistant stream until `until`.
     /// False if another stream holds an unexpired claim.
+    #[tracing::instrument(level = "debug", name = "store.claim_stream", skip_all, fields(conversation_id = %id))]
     pub async fn claim_stream(
         &self,
         id: ConversationId,
@@ -236,6 +247,7 @@ impl Store {
     }
 
     /// Extends a held claim (the stream's heartbeat).
+    #[tracing::instrument(level = "debug", name = "store.extend_stream", skip_all, fields(conversation_id = %id))]
     pub async fn extend_stream(
         &self,
         id: ConversationId,
@@ -252,6 +264,7 @@ impl Store {
     }
 
     /// Releases the claim if `stream` still holds it.
+    #[tracing::instrument(level = "debug", name = "store.release_stream", skip_all, fields(conversation_id = %id))]
     pub async fn release_stream(&self, id: ConversationId, stream: StreamId) -> Result<(), DbErr> {
         chats::Entity::update_many()
             .col_expr(chats::Column::StreamId, Option::<uuid::Uuid>::None.into())

@@ -44,6 +44,7 @@ impl Store {
     /// number of messages (the row lock serializes writers of one
     /// conversation on every node) and inserts every row, so seq is unique
     /// and gap-free: a failed insert rolls the bump back.
+    #[tracing::instrument(level = "debug", name = "store.append", skip_all, fields(conversation_id = %new.conversation_id))]
     pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
         let _timer = self.timer("append");
         if let Some(found) = find_retry(&self.db, &new).await? {
@@ -160,6 +161,7 @@ async fn find_retry(db: &DatabaseConnection, new: &NewMessage) -> Result<Option<
 
 impl Store {
     /// One message of the conversation.
+    #[tracing::instrument(level = "debug", name = "store.message", skip_all, fields(conversation_id = %id))]
     pub async fn message(
         &self,
         id: ConversationId,
@@ -173,6 +175,7 @@ impl Store {
     }
 
     /// The newest message of type `message_type`.
+    #[tracing::instrument(level = "debug", name = "store.latest_of_type", skip_all, fields(conversation_id = %id))]
     pub async fn latest_of_type(
         &self,
         id: ConversationId,
@@ -189,6 +192,7 @@ impl Store {
 
     /// Messages with seq > `after`, oldest first, at most `limit`; and
     /// whether more follow.
+    #[tracing::instrument(level = "debug", name = "store.history", skip_all, fields(conversation_id = %id))]
     pub async fn messages_after(
         &self,
         id: ConversationId,
@@ -210,6 +214,7 @@ impl Store {
 
     /// The newest messages with seq < `before` (or the newest of all),
     /// oldest first, at most `limit`; and whether older ones exist.
+    #[tracing::instrument(level = "debug", name = "store.history", skip_all, fields(conversation_id = %id))]
     pub async fn messages_before(
         &self,
         id: ConversationId,

@@ -7,10 +7,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 use futures_util::{stream::SplitStream, StreamExt};
+use opentelemetry::trace::SpanContext;
+use opentelemetry::KeyValue;
 use poem::Upgraded;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{error::CapacityError, Error as WsError, Message};
 use tokio_tungstenite::WebSocketStream;
+use tracing::Instrument;
 
 use super::writer;
 use crate::auth::Identity;
@@ -20,11 +23,23 @@ use crate::hub::{CloseReason, Conn};
 use crate::ids::ConversationId;
 use crate::node::Node;
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
+use crate::telemetry;
 
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
-/// Runs a socket from its first frame to its close.
+/// Runs a socket from its first frame to its close, in a `ws.socket` span.
 pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
+    let span = tracing::info_span!(
+        parent: None,
+        "ws.socket",
+        node = %node.node_id,
+        connection_id = tracing::field::Empty,
+        user_id = tracing::field::Empty,
+    );
+    run_socket(node, ws).instrument(span).await
+}
+
+async fn run_socket(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
     let (sink, mut stream) = ws.split();
     let identity = match authenticate(&node, &mut stream).await {
         Ok(Some(identity)) => identity,
@@ -48,6 +63,9 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
             return;
         }
     };
+    let span = tracing::Span::current();
+    span.record("connection_id", tracing::field::display(conn.id));
+    span.record("user_id", tracing::field::display(&identity.user_id));
     let server = &node.settings.server;
     let ping_every = Duration::from_secs_f64(server.ping_interval_secs.max(1.0));
     let idle_timeout = Duration::from_secs_f64(server.idle_timeout_secs.max(1.0));
@@ -59,6 +77,7 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
         expires_at: deadline_of(&identity),
         typing: HashMap::new(),
         idle_timeout,
+        socket_span: telemetry::span_context(&span),
     };
     session
         .reply(ServerFrame::AuthSuccess {
@@ -138,6 +157,8 @@ struct Session {
     frames: Bucket,
     /// Silence after which the peer counts as dead.
     idle_timeout: Duration,
+    /// The `ws.socket` span, which each frame's trace links to.
+    socket_span: SpanContext,
 }
 
 impl Session {
@@ -162,7 +183,8 @@ impl Session {
                 next = stream.next() => match next {
                     Some(Ok(Message::Text(text))) => {
                         alive_until = Instant::now() + self.idle_timeout;
-                        self.handle(&text).await
+                        let span = self.frame_span();
+                        self.handle(&text).instrument(span).await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
@@ -184,6 +206,20 @@ impl Session {
         }
     }
 
+    /// A `ws.frame` span. A socket may live for hours, so each frame is the
+    /// root of a trace of its own, linked to the socket's span (its logs
+    /// still show the socket's fields).
+    fn frame_span(&self) -> tracing::Span {
+        let span = tracing::info_span!("ws.frame", frame.type = tracing::field::Empty);
+        telemetry::set_root_linked(&span, &self.socket_span, || {
+            vec![
+                KeyValue::new("connection_id", self.conn.id.to_string()),
+                KeyValue::new("user_id", self.conn.user.0.clone()),
+            ]
+        });
+        span
+    }
+
     async fn handle(&mut self, text: &str) {
         let limits = &self.node.settings.limits;
         let (id, frame) = match protocol::decode(text) {
@@ -193,6 +229,7 @@ impl Session {
                 return;
             }
         };
+        tracing::Span::current().record("frame.type", frame.kind());
         self.node
             .metrics
             .frames_in
