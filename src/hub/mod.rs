@@ -209,6 +209,12 @@ impl Hub {
             };
             for message in page {
                 cursor = message.seq;
+                // This node may lag behind what the client saw elsewhere:
+                // the replay starts at the room's position, but the client
+                // gets only what it asked for.
+                if since.is_some_and(|s| message.seq <= s) {
+                    continue;
+                }
                 if !conn.send(message_frame(message)).await {
                     return Ok(());
                 }

@@ -71,20 +71,14 @@ impl TestNode {
         Client {
             ws,
             user: String::new(),
+            node_id: String::new(),
             next_id: 0,
         }
     }
 
     /// An authenticated socket of `user`.
     pub async fn connect(&self, user: &str) -> Client {
-        let mut c = self.raw().await;
-        c.send(json!({"type": "auth", "token": self.token(user)}))
-            .await;
-        let ok = c.next().await;
-        assert_eq!(ok["type"], "auth_success", "{ok}");
-        assert_eq!(ok["data"]["user_id"], user);
-        c.user = user.to_owned();
-        c
+        self.raw().await.authenticate(&self.token(user), user).await
     }
 
     /// REST call with the user's token; returns status and JSON body.
@@ -145,6 +139,8 @@ impl Drop for TestNode {
 pub struct Client {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pub user: String,
+    /// The node holding the socket, from `auth_success`.
+    pub node_id: String,
     next_id: u64,
 }
 
@@ -165,19 +161,51 @@ impl Client {
         Client {
             ws,
             user: String::new(),
+            node_id: String::new(),
             next_id: 0,
         }
     }
 
     /// Opens a socket and authenticates as `user` with `token`.
     pub async fn connect(url: &str, token: &str, user: &str) -> Client {
-        let mut c = Client::open(url).await;
+        Client::open(url).await.authenticate(token, user).await
+    }
+
+    /// Like `connect`, but while the balancer has no node to offer (502 or
+    /// 503 during restarts) it retries every 100 ms for up to `WAIT`, as
+    /// a real client reconnects with backoff.
+    pub async fn connect_retrying(url: &str, token: &str, user: &str) -> Client {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let ws = loop {
+            match tokio_tungstenite::connect_async(url).await {
+                Ok((ws, _)) => break ws,
+                Err(e) => {
+                    assert!(tokio::time::Instant::now() < deadline, "no node: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        let c = Client {
+            ws,
+            user: String::new(),
+            node_id: String::new(),
+            next_id: 0,
+        };
+        c.authenticate(token, user).await
+    }
+
+    async fn authenticate(mut self, token: &str, user: &str) -> Client {
+        let c = &mut self;
         c.send(json!({"type": "auth", "token": token})).await;
         let ok = c.next().await;
         assert_eq!(ok["type"], "auth_success", "{ok}");
         assert_eq!(ok["data"]["user_id"], user);
         c.user = user.to_owned();
-        c
+        c.node_id = ok["data"]["node_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        self
     }
 
     pub async fn send(&mut self, frame: Value) {
@@ -279,20 +307,32 @@ impl Client {
 
     /// Like `sync`, but a socket that was closed reports how instead of panicking.
     pub async fn try_sync(&mut self) -> Result<Vec<Value>, Closed> {
+        self.try_request("ping", json!({}))
+            .await
+            .map(|(_, before)| before)
+    }
+
+    /// Like `request`, but a socket that closes first reports how (with
+    /// the frames it received) instead of panicking.
+    pub async fn try_request(
+        &mut self,
+        kind: &str,
+        data: Value,
+    ) -> Result<(Value, Vec<Value>), Closed> {
         self.next_id += 1;
         let id = format!("r{}", self.next_id);
-        let ping = json!({"type": "ping", "id": id, "data": {}}).to_string();
-        let _ = self.ws.send(Message::text(ping)).await;
+        let frame = json!({"type": kind, "id": id, "data": data}).to_string();
+        let _ = self.ws.send(Message::text(frame)).await;
         let mut frames = Vec::new();
         loop {
             let msg = tokio::time::timeout(WAIT, self.ws.next())
                 .await
-                .expect("a pong or a close within the timeout");
+                .expect("a reply or a close within the timeout");
             match msg {
                 Some(Ok(Message::Text(t))) => {
                     let f: Value = serde_json::from_str(&t).unwrap();
-                    if f["type"] == "pong" && f["data"]["ref"] == id.as_str() {
-                        return Ok(frames);
+                    if f["data"]["ref"] == id.as_str() {
+                        return Ok((f, frames));
                     }
                     frames.push(f);
                 }
