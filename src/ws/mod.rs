@@ -48,11 +48,12 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
     };
     let max = node.settings.limits.max_frame_bytes;
     // A small read buffer keeps idle sockets cheap (tungstenite allocates it
-    // eagerly; its default is 128 KiB). Frames queued together are encoded
+    // eagerly and keeps it; its default is 128 KiB). Client frames are small;
+    // a larger one gets room reserved for its whole length. Frames queued together are encoded
     // into the write buffer and go out in few writes: the writer feeds them
     // all, then flushes once.
     let config = WebSocketConfig::default()
-        .read_buffer_size(4096)
+        .read_buffer_size(1024)
         .write_buffer_size(16 * 1024)
         .max_message_size(Some(max))
         .max_frame_size(Some(max));
@@ -63,13 +64,17 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
     };
     let node = node.clone();
     tokio::spawn(async move {
-        // The slot is held for the socket's whole life.
-        let _slot = slot;
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
-        session::run(node, ws).await;
+        // A task of its own: this one's future is sized for the upgrade
+        // steps, and would be held for the socket's whole life.
+        tokio::spawn(async move {
+            // The slot is held for the socket's whole life.
+            let _slot = slot;
+            session::run(node, ws).await;
+        });
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -41,17 +41,17 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
 
 async fn run_socket(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
     let (sink, mut stream) = ws.split();
-    let identity = match authenticate(&node, &mut stream).await {
+    let identity = match Box::pin(authenticate(&node, &mut stream)).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return,
         Err((err, reason)) => {
             node.metrics.socket_closed(reason);
             let frame = ServerFrame::error(&err, None).encode();
-            writer::reject(sink, frame.into(), reason).await;
+            Box::pin(writer::reject(sink, frame.into(), reason)).await;
             return;
         }
     };
-    let (conn, rx) = match node.hub.register(identity.user_id.clone()).await {
+    let (conn, rx) = match Box::pin(node.hub.register(identity.user_id.clone())).await {
         Ok(registered) => registered,
         Err(err) => {
             let reason = match err {
@@ -59,7 +59,12 @@ async fn run_socket(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
                 _ => CloseReason::Restart,
             };
             node.metrics.socket_closed(reason);
-            writer::reject(sink, ServerFrame::error(&err, None).encode().into(), reason).await;
+            Box::pin(writer::reject(
+                sink,
+                ServerFrame::error(&err, None).encode().into(),
+                reason,
+            ))
+            .await;
             return;
         }
     };
@@ -89,7 +94,7 @@ async fn run_socket(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
         })
         .await;
     session.read(&mut stream).await;
-    session.finish().await;
+    Box::pin(session.finish()).await;
     let reason = writer.await.unwrap_or(CloseReason::Normal);
     session.node.metrics.socket_closed(reason);
 }
@@ -179,12 +184,15 @@ impl Session {
                     self.conn.close(CloseReason::TokenExpired);
                     return;
                 }
-                _ = sleep_until_opt(typing_due) => self.expire_typing().await,
+                _ = sleep_until_opt(typing_due) => Box::pin(self.expire_typing()).await,
                 next = stream.next() => match next {
                     Some(Ok(Message::Text(text))) => {
                         alive_until = Instant::now() + self.idle_timeout;
                         let span = self.frame_span();
-                        self.handle(&text).instrument(span).await
+                        // Boxed: handling a frame needs a large future (store,
+                        // bus, chat calls); kept inline it would be part of
+                        // every idle socket's task for its whole life.
+                        Box::pin(self.handle(&text).instrument(span)).await
                     }
                     Some(Ok(Message::Binary(_))) => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
