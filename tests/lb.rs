@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::procs::{create_chat, token, Nginx, ProcCluster};
-use common::{messages, Client};
+use common::{messages, Client, Closed};
 use serde_json::Value;
 
 /// `confab_sockets_open` of one node.
@@ -54,6 +54,16 @@ impl Tab {
         ack
     }
 
+    /// After its socket closed: keeps what arrived first, reconnects through
+    /// the balancer and resumes after the last message seen.
+    async fn resume(&mut self, lb: &Nginx, conv: &str, closed: Closed) {
+        self.record(&closed.frames);
+        let mut client =
+            Client::connect_retrying(&lb.ws_url(), &token(&self.user), &self.user).await;
+        client.join(conv, Some(self.last())).await;
+        self.client = client;
+    }
+
     async fn read_to(&mut self, seq: i64) {
         while self.last() < seq {
             let (f, skipped) = self.client.until(|f| f["type"] == "message_received").await;
@@ -63,15 +73,11 @@ impl Tab {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn clients_behind_nginx_stay_in_sync_through_a_node_restart() {
-    let mut cluster = ProcCluster::start(3, 1).await;
-    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let lb = Nginx::start(&ports).await;
-    let users: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+/// Six users in one conversation, each with a socket through the balancer.
+async fn six_tabs(lb: &Nginx, prefix: &str) -> (String, Vec<Tab>) {
+    let users: Vec<String> = (0..6).map(|i| format!("{prefix}{i}")).collect();
     let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
     let conv = create_chat(&lb.url(), &users[0], &others).await;
-
     let mut tabs = Vec::new();
     for u in &users {
         let mut client = Client::connect(&lb.ws_url(), &token(u), u).await;
@@ -82,6 +88,15 @@ async fn clients_behind_nginx_stay_in_sync_through_a_node_restart() {
             seen: Vec::new(),
         });
     }
+    (conv, tabs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_behind_nginx_stay_in_sync_through_a_node_restart() {
+    let mut cluster = ProcCluster::start(3, 1).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let lb = Nginx::start(&ports).await;
+    let (conv, mut tabs) = six_tabs(&lb, "u").await;
     // Round robin spread them: every node holds some of them.
     for node in &cluster.nodes {
         assert!(
@@ -113,10 +128,7 @@ async fn clients_behind_nginx_stay_in_sync_through_a_node_restart() {
             Ok(frames) => t.record(&frames),
             Err(closed) => {
                 assert_eq!(closed.code, Some(1012));
-                t.record(&closed.frames);
-                let mut client = Client::connect(&lb.ws_url(), &token(&t.user), &t.user).await;
-                client.join(&conv, Some(t.last())).await;
-                t.client = client;
+                t.resume(&lb, &conv, closed).await;
                 moved += 1;
             }
         }
@@ -146,19 +158,7 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
     let mut cluster = ProcCluster::start(3, 1).await;
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let lb = Nginx::start(&ports).await;
-    let users: Vec<String> = (0..6).map(|i| format!("r{i}")).collect();
-    let others: Vec<&str> = users[1..].iter().map(String::as_str).collect();
-    let conv = create_chat(&lb.url(), &users[0], &others).await;
-    let mut tabs = Vec::new();
-    for u in &users {
-        let mut client = Client::connect(&lb.ws_url(), &token(u), u).await;
-        client.join(&conv, None).await;
-        tabs.push(Tab {
-            user: u.clone(),
-            client,
-            seen: Vec::new(),
-        });
-    }
+    let (conv, mut tabs) = six_tabs(&lb, "r").await;
 
     let mut sent = Vec::new();
     let mut reconnects = 0;
@@ -181,12 +181,7 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
                         }
                         Err(closed) => {
                             assert!(matches!(closed.code, Some(1012) | None), "{closed:?}");
-                            t.record(&closed.frames);
-                            let mut client =
-                                Client::connect_retrying(&lb.ws_url(), &token(&t.user), &t.user)
-                                    .await;
-                            client.join(&conv, Some(t.last())).await;
-                            t.client = client;
+                            t.resume(&lb, &conv, closed).await;
                             reconnects += 1;
                         }
                     }
@@ -205,13 +200,7 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
         // A client whose node went away after its last send learns it here.
         match t.client.try_sync().await {
             Ok(frames) => t.record(&frames),
-            Err(closed) => {
-                t.record(&closed.frames);
-                let mut client =
-                    Client::connect_retrying(&lb.ws_url(), &token(&t.user), &t.user).await;
-                client.join(&conv, Some(t.last())).await;
-                t.client = client;
-            }
+            Err(closed) => t.resume(&lb, &conv, closed).await,
         }
         t.read_to(total).await;
         let seqs: Vec<i64> = t.seen.iter().map(|(s, _)| *s).collect();
