@@ -9,7 +9,7 @@
 mod conn;
 mod room;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,7 @@ use room::{Buffered, Member, Room};
 use crate::bus::{Bus, Event, EventKind, EventSink, Topic};
 use crate::error::ChatError;
 use crate::error::ErrorCode;
-use crate::ids::{ConversationId, Seq, StreamId, UserId};
+use crate::ids::{ConnectionId, ConversationId, Seq, StreamId, UserId};
 use crate::metrics::Metrics;
 use crate::protocol::{Message, ServerFrame};
 use crate::store::Store;
@@ -54,9 +54,12 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     settings: HubSettings,
     rooms: DashMap<ConversationId, Arc<Room>>,
-    users: DashMap<UserId, Vec<Arc<Conn>>>,
+    /// Each user's local sockets. An entry exists exactly while the node is
+    /// subscribed to the user's topic.
+    users: DashMap<UserId, HashMap<ConnectionId, Arc<Conn>>>,
     /// Serializes opening and closing rooms and user entries, so a bus
-    /// subscribe and unsubscribe of one topic never race.
+    /// subscribe and unsubscribe of one topic never race. Sockets of a user
+    /// already here come and go without it.
     topology: tokio::sync::Mutex<()>,
     streams: OnceLock<Weak<dyn StreamControl>>,
 }
@@ -104,21 +107,44 @@ impl Hub {
     ) -> Result<(Arc<Conn>, tokio::sync::mpsc::Receiver<Utf8Bytes>), ChatError> {
         let (conn, rx) = Conn::new(user.clone(), self.settings.outbound_queue);
         let conn = Arc::new(conn);
+        // Fast path: the user has sockets here, so the node is subscribed.
+        // (An empty entry is being torn down: take the slow path.)
+        if let Some(mut conns) = self.users.get_mut(&user) {
+            if !conns.is_empty() {
+                self.check_room_for(conns.len())?;
+                conns.insert(conn.id, conn.clone());
+                drop(conns);
+                self.count_open();
+                return Ok((conn, rx));
+            }
+        }
         let _guard = self.topology.lock().await;
         let count = self.users.get(&user).map(|c| c.len()).unwrap_or(0);
-        if count >= self.settings.max_connections_per_user {
-            return Err(ChatError::Forbidden(format!(
-                "too many connections for this user (limit {})",
-                self.settings.max_connections_per_user
-            )));
-        }
+        self.check_room_for(count)?;
         if count == 0 {
             self.bus.subscribe(&Topic::User(user.clone())).await?;
         }
-        self.users.entry(user).or_default().push(conn.clone());
+        self.users
+            .entry(user)
+            .or_default()
+            .insert(conn.id, conn.clone());
+        self.count_open();
+        Ok((conn, rx))
+    }
+
+    fn check_room_for(&self, count: usize) -> Result<(), ChatError> {
+        let max = self.settings.max_connections_per_user;
+        if count >= max {
+            return Err(ChatError::Forbidden(format!(
+                "too many connections for this user (limit {max})"
+            )));
+        }
+        Ok(())
+    }
+
+    fn count_open(&self) {
         self.metrics.sockets_open.inc();
         self.metrics.sockets_opened.inc();
-        Ok((conn, rx))
     }
 
     /// Forgets a socket: leaves its rooms, and the user's topic if it was the last.
@@ -126,26 +152,37 @@ impl Hub {
         for conv in conn.joined() {
             self.detach(conn, conv).await;
         }
-        let _guard = self.topology.lock().await;
+        self.metrics.sockets_open.dec();
         let now_empty = match self.users.get_mut(&conn.user) {
             Some(mut conns) => {
-                conns.retain(|c| c.id != conn.id);
+                conns.remove(&conn.id);
                 conns.is_empty()
             }
             None => false,
         };
-        if now_empty {
-            self.users.remove(&conn.user);
+        if !now_empty {
+            return;
+        }
+        let _guard = self.topology.lock().await;
+        // A socket of the same user may have arrived meanwhile: keep the
+        // entry and the subscription then.
+        if self
+            .users
+            .remove_if(&conn.user, |_, conns| conns.is_empty())
+            .is_some()
+        {
             if let Err(e) = self.bus.unsubscribe(&Topic::User(conn.user.clone())).await {
                 tracing::warn!(error = %e, "unsubscribe from user topic failed");
             }
         }
-        self.metrics.sockets_open.dec();
     }
 
     /// Every local socket, for drain and shutdown.
     pub fn connections(&self) -> Vec<Arc<Conn>> {
-        self.users.iter().flat_map(|e| e.value().clone()).collect()
+        self.users
+            .iter()
+            .flat_map(|e| e.value().values().cloned().collect::<Vec<_>>())
+            .collect()
     }
 
     /// Local sockets of one user.
@@ -495,7 +532,11 @@ impl EventSink for Hub {
             }
             (Topic::Streams, _) => 0,
             (Topic::User(user), EventKind::Notice { skip_joined }) => {
-                let conns = self.users.get(user).map(|c| c.clone()).unwrap_or_default();
+                let conns: Vec<Arc<Conn>> = self
+                    .users
+                    .get(user)
+                    .map(|c| c.values().cloned().collect())
+                    .unwrap_or_default();
                 conns
                     .iter()
                     .filter(|c| skip_joined.is_none_or(|conv| !c.is_joined(&conv)))
