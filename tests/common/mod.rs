@@ -64,16 +64,7 @@ impl TestNode {
 
     /// A socket that has not authenticated yet.
     pub async fn raw(&self) -> Client {
-        let (ws, _) =
-            tokio_tungstenite::connect_async(format!("ws://{}/api/v1/chat/ws", self.addr))
-                .await
-                .expect("websocket connects");
-        Client {
-            ws,
-            user: String::new(),
-            node_id: String::new(),
-            next_id: 0,
-        }
+        Client::open(&format!("ws://{}/api/v1/chat/ws", self.addr)).await
     }
 
     /// An authenticated socket of `user`.
@@ -158,6 +149,10 @@ impl Client {
         let (ws, _) = tokio_tungstenite::connect_async(url)
             .await
             .expect("websocket connects");
+        Client::new(ws)
+    }
+
+    fn new(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
         Client {
             ws,
             user: String::new(),
@@ -185,13 +180,7 @@ impl Client {
                 }
             }
         };
-        let c = Client {
-            ws,
-            user: String::new(),
-            node_id: String::new(),
-            next_id: 0,
-        };
-        c.authenticate(token, user).await
+        Client::new(ws).authenticate(token, user).await
     }
 
     async fn authenticate(mut self, token: &str, user: &str) -> Client {
