@@ -610,6 +610,16 @@ mod tests {
         (chunks, error)
     }
 
+    /// Serves `steps`, streams one request through them, and collects it.
+    async fn stream_through(
+        steps: Vec<Step>,
+        timeout: Duration,
+    ) -> (Vec<Chunk>, Option<ProviderError>) {
+        let (base, _server) = serve(steps).await;
+        let stream = provider(&base, timeout).stream(request()).await.unwrap();
+        collect(stream).await
+    }
+
     #[tokio::test]
     async fn normal_stream_yields_deltas_finish_and_usage() {
         let (base, server) = serve(vec![
@@ -668,24 +678,22 @@ mod tests {
 
     #[tokio::test]
     async fn error_event_after_200_ends_with_upstream() {
-        let (base, _server) = serve(vec![
-            write(SSE_HEAD),
-            write(&delta("Partial")),
-            write(&delta(" answer")),
-            write(&format!(
-                "data: {}\n\n",
-                r#"{"error":{"message":"overloaded","code":502}}"#
-            )),
-            // Never read: the error ends the stream.
-            write(&delta("ignored")),
-            write(DONE),
-        ])
+        let (chunks, error) = stream_through(
+            vec![
+                write(SSE_HEAD),
+                write(&delta("Partial")),
+                write(&delta(" answer")),
+                write(&format!(
+                    "data: {}\n\n",
+                    r#"{"error":{"message":"overloaded","code":502}}"#
+                )),
+                // Never read: the error ends the stream.
+                write(&delta("ignored")),
+                write(DONE),
+            ],
+            Duration::from_secs(5),
+        )
         .await;
-        let stream = provider(&base, Duration::from_secs(5))
-            .stream(request())
-            .await
-            .unwrap();
-        let (chunks, error) = collect(stream).await;
         assert_eq!(
             chunks,
             vec![
@@ -752,18 +760,16 @@ mod tests {
 
     #[tokio::test]
     async fn stream_cut_mid_answer_is_an_error() {
-        let (base, _server) = serve(vec![
-            write(SSE_HEAD),
-            write(ROLE),
-            write(&delta("Once upon")),
-            write(&delta(" a time")),
-        ])
+        let (chunks, error) = stream_through(
+            vec![
+                write(SSE_HEAD),
+                write(ROLE),
+                write(&delta("Once upon")),
+                write(&delta(" a time")),
+            ],
+            Duration::from_secs(5),
+        )
         .await;
-        let stream = provider(&base, Duration::from_secs(5))
-            .stream(request())
-            .await
-            .unwrap();
-        let (chunks, error) = collect(stream).await;
         assert_eq!(
             chunks,
             vec![
@@ -781,15 +787,16 @@ mod tests {
 
     #[tokio::test]
     async fn silence_mid_stream_times_out() {
-        let (base, _server) = serve(vec![
-            write(SSE_HEAD),
-            write(&delta("thinking")),
-            Step::Hold(Duration::from_secs(60)),
-        ])
-        .await;
         let timeout = Duration::from_millis(300);
-        let stream = provider(&base, timeout).stream(request()).await.unwrap();
-        let (chunks, error) = collect(stream).await;
+        let (chunks, error) = stream_through(
+            vec![
+                write(SSE_HEAD),
+                write(&delta("thinking")),
+                Step::Hold(Duration::from_secs(60)),
+            ],
+            timeout,
+        )
+        .await;
         assert_eq!(chunks, vec![Chunk::Delta("thinking".into())]);
         match error {
             Some(ProviderError::Timeout(t)) => assert_eq!(t, timeout),
@@ -799,18 +806,16 @@ mod tests {
 
     #[tokio::test]
     async fn stream_without_usage_is_fine() {
-        let (base, _server) = serve(vec![
-            write(SSE_HEAD),
-            write(&delta("ok")),
-            write(FINISH),
-            write(DONE),
-        ])
+        let (chunks, error) = stream_through(
+            vec![
+                write(SSE_HEAD),
+                write(&delta("ok")),
+                write(FINISH),
+                write(DONE),
+            ],
+            Duration::from_secs(5),
+        )
         .await;
-        let stream = provider(&base, Duration::from_secs(5))
-            .stream(request())
-            .await
-            .unwrap();
-        let (chunks, error) = collect(stream).await;
         assert!(error.is_none(), "unexpected error: {error:?}");
         assert_eq!(
             chunks,
@@ -830,12 +835,7 @@ mod tests {
             steps.push(write(KEEP_ALIVE));
         }
         steps.extend([write(&delta("late")), write(FINISH), write(DONE)]);
-        let (base, _server) = serve(steps).await;
-        let stream = provider(&base, Duration::from_millis(400))
-            .stream(request())
-            .await
-            .unwrap();
-        let (chunks, error) = collect(stream).await;
+        let (chunks, error) = stream_through(steps, Duration::from_millis(400)).await;
         assert!(error.is_none(), "unexpected error: {error:?}");
         assert_eq!(
             chunks,
@@ -899,18 +899,16 @@ mod tests {
 
     #[tokio::test]
     async fn unreadable_chunk_is_an_error() {
-        let (base, _server) = serve(vec![
-            write(SSE_HEAD),
-            write(&delta("a")),
-            write("data: {not json\n\n"),
-            write(DONE),
-        ])
+        let (chunks, error) = stream_through(
+            vec![
+                write(SSE_HEAD),
+                write(&delta("a")),
+                write("data: {not json\n\n"),
+                write(DONE),
+            ],
+            Duration::from_secs(5),
+        )
         .await;
-        let stream = provider(&base, Duration::from_secs(5))
-            .stream(request())
-            .await
-            .unwrap();
-        let (chunks, error) = collect(stream).await;
         assert_eq!(chunks, vec![Chunk::Delta("a".into())]);
         match error {
             Some(ProviderError::Upstream(message)) => {
