@@ -6,39 +6,17 @@
 //! Both nodes must share Redis and the database and run on the embedded dev
 //! secret (tokens are minted with it).
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use confab::auth::Authenticator;
 use confab::config::Settings;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(base: &str, token: &str) -> Ws {
-    let url = format!("{}/api/v1/chat/ws", base.replacen("http", "ws", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect");
-    ws.send(Message::text(
-        json!({"type": "auth", "token": token}).to_string(),
-    ))
-    .await
-    .unwrap();
-    next(&mut ws).await;
-    ws
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match ws.next().await.expect("open").expect("ok") {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            _ => continue,
-        }
-    }
-}
+use common::{next, open};
 
 #[tokio::main]
 async fn main() {

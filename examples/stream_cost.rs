@@ -8,38 +8,17 @@
 //! Run the node with a fast echo, e.g. CONFAB_ASSISTANTS__DEFAULT__ECHO_DELAY_MS=1,
 //! once with the default coalescing and once with CONFAB_STREAMING__COALESCE_MS=0.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use confab::auth::Authenticator;
 use confab::config::Settings;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn open(base: &str, token: &str) -> Ws {
-    let url = format!("{}/api/v1/chat/ws", base.replacen("http", "ws", 1));
-    let (mut ws, _) = tokio_tungstenite::connect_async(url)
-        .await
-        .expect("connect");
-    ws.send(Message::text(
-        json!({"type": "auth", "token": token}).to_string(),
-    ))
-    .await
-    .unwrap();
-    next(&mut ws).await;
-    ws
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        if let Message::Text(t) = ws.next().await.expect("open").expect("ok") {
-            return serde_json::from_str(&t).unwrap();
-        }
-    }
-}
+use common::{next, open};
 
 /// utime + stime of a process, in seconds.
 fn cpu_secs(pid: u32) -> f64 {
