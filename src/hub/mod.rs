@@ -57,12 +57,17 @@ pub struct Hub {
     /// Each user's local sockets. An entry exists exactly while the node is
     /// subscribed to the user's topic.
     users: DashMap<UserId, HashMap<ConnectionId, Arc<Conn>>>,
-    /// Serializes opening and closing rooms and user entries, so a bus
-    /// subscribe and unsubscribe of one topic never race. Sockets of a user
-    /// already here come and go without it.
-    topology: tokio::sync::Mutex<()>,
+    /// Serializes opening and closing a room or a user entry, so a bus
+    /// subscribe and unsubscribe of one topic never race. Striped by topic:
+    /// different users and conversations open at the same time (a reconnect
+    /// storm) mostly take different locks. Sockets of a user already here
+    /// come and go without any.
+    topology: Vec<tokio::sync::Mutex<()>>,
     streams: OnceLock<Weak<dyn StreamControl>>,
 }
+
+/// Topic locks of the hub; a power of two well above the core count.
+const TOPOLOGY_STRIPES: usize = 64;
 
 impl Hub {
     pub fn new(
@@ -79,7 +84,9 @@ impl Hub {
             settings,
             rooms: DashMap::new(),
             users: DashMap::new(),
-            topology: tokio::sync::Mutex::new(()),
+            topology: (0..TOPOLOGY_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             streams: OnceLock::new(),
         });
         let sink: Arc<dyn EventSink> = hub.clone();
@@ -91,6 +98,15 @@ impl Hub {
     /// Where cancels go (the node's stream runner). Set once at start.
     pub fn set_stream_control(&self, control: Weak<dyn StreamControl>) {
         let _ = self.streams.set(control);
+    }
+
+    /// The lock for opening or closing `topic` on this node.
+    fn topology(&self, topic: &Topic) -> &tokio::sync::Mutex<()> {
+        use std::hash::{Hash, Hasher};
+        // Fixed keys: one topic always maps to the same stripe.
+        let mut hasher = std::hash::DefaultHasher::new();
+        topic.hash(&mut hasher);
+        &self.topology[hasher.finish() as usize % TOPOLOGY_STRIPES]
     }
 
     fn arc(&self) -> Option<Arc<Hub>> {
@@ -118,11 +134,12 @@ impl Hub {
                 return Ok((conn, rx));
             }
         }
-        let _guard = self.topology.lock().await;
+        let topic = Topic::User(user.clone());
+        let _guard = self.topology(&topic).lock().await;
         let count = self.users.get(&user).map(|c| c.len()).unwrap_or(0);
         self.check_room_for(count)?;
         if count == 0 {
-            self.bus.subscribe(&Topic::User(user.clone())).await?;
+            self.bus.subscribe(&topic).await?;
         }
         self.users
             .entry(user)
@@ -163,7 +180,8 @@ impl Hub {
         if !now_empty {
             return;
         }
-        let _guard = self.topology.lock().await;
+        let topic = Topic::User(conn.user.clone());
+        let _guard = self.topology(&topic).lock().await;
         // A socket of the same user may have arrived meanwhile: keep the
         // entry and the subscription then.
         if self
@@ -171,7 +189,7 @@ impl Hub {
             .remove_if(&conn.user, |_, conns| conns.is_empty())
             .is_some()
         {
-            if let Err(e) = self.bus.unsubscribe(&Topic::User(conn.user.clone())).await {
+            if let Err(e) = self.bus.unsubscribe(&topic).await {
                 tracing::warn!(error = %e, "unsubscribe from user topic failed");
             }
         }
@@ -306,13 +324,13 @@ impl Hub {
         if let Some(room) = self.rooms.get(&conv) {
             return Ok(room.clone());
         }
-        let _guard = self.topology.lock().await;
+        let topic = Topic::Conversation(conv);
+        let _guard = self.topology(&topic).lock().await;
         if let Some(room) = self.rooms.get(&conv) {
             return Ok(room.clone());
         }
         let room = Arc::new(Room::new(conv, self.settings.outbound_queue));
         self.rooms.insert(conv, room.clone());
-        let topic = Topic::Conversation(conv);
         let opened = match self.bus.subscribe(&topic).await {
             Ok(()) => match self.store.last_seq(conv).await {
                 Ok(Some(last)) => Ok(last),
@@ -339,7 +357,8 @@ impl Hub {
     }
 
     async fn close_room_if_empty(&self, conv: ConversationId) {
-        let _guard = self.topology.lock().await;
+        let topic = Topic::Conversation(conv);
+        let _guard = self.topology(&topic).lock().await;
         let Some(room) = self.rooms.get(&conv).map(|r| r.clone()) else {
             return;
         };
@@ -351,7 +370,7 @@ impl Hub {
             st.closed = true;
         }
         self.rooms.remove(&conv);
-        if let Err(e) = self.bus.unsubscribe(&Topic::Conversation(conv)).await {
+        if let Err(e) = self.bus.unsubscribe(&topic).await {
             tracing::warn!(error = %e, %conv, "unsubscribe from conversation failed");
         }
     }
