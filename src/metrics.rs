@@ -2,6 +2,7 @@
 //! `/metrics`. Labels are bounded sets (frame types, close codes, store
 //! operations, error kinds): never user or conversation ids.
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -45,45 +46,43 @@ impl Metrics {
         .expect("valid registry");
         // Every name and label below is a valid constant and registered
         // once, so creating and registering them cannot fail.
-        let counter = |name: &str, help: &str| {
-            let c = IntCounter::new(name, help).expect("valid metric");
+        fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
             registry
-                .register(Box::new(c.clone()))
+                .register(Box::new(metric.clone()))
                 .expect("unique metric");
-            c
+            metric
+        }
+        let counter = |name: &str, help: &str| {
+            register(
+                &registry,
+                IntCounter::new(name, help).expect("valid metric"),
+            )
         };
         let counter_vec = |name: &str, help: &str, label: &str| {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
-            registry
-                .register(Box::new(c.clone()))
-                .expect("unique metric");
-            c
+            register(&registry, c)
         };
         let gauge = |name: &str, help: &str| {
-            let g = IntGauge::new(name, help).expect("valid metric");
-            registry
-                .register(Box::new(g.clone()))
-                .expect("unique metric");
-            g
+            register(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
         let histogram_opts =
             |name: &str, help: &str| HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.into());
-        let delivery_latency = Histogram::with_opts(histogram_opts(
-            "delivery_latency_seconds",
-            "From an event's publish on any node to its delivery to this node's sockets",
-        ))
-        .expect("valid metric");
-        registry
-            .register(Box::new(delivery_latency.clone()))
-            .expect("unique metric");
-        let store_latency = HistogramVec::new(
-            histogram_opts("store_latency_seconds", "Store calls, by operation"),
-            &["op"],
-        )
-        .expect("valid metric");
-        registry
-            .register(Box::new(store_latency.clone()))
-            .expect("unique metric");
+        let delivery_latency = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "delivery_latency_seconds",
+                "From an event's publish on any node to its delivery to this node's sockets",
+            ))
+            .expect("valid metric"),
+        );
+        let store_latency = register(
+            &registry,
+            HistogramVec::new(
+                histogram_opts("store_latency_seconds", "Store calls, by operation"),
+                &["op"],
+            )
+            .expect("valid metric"),
+        );
         Self {
             sockets_open: gauge("sockets_open", "WebSockets open and authenticated"),
             sockets_opened: counter("sockets_opened_total", "WebSockets authenticated"),
