@@ -4,7 +4,7 @@
 //! assistant answer, clear unread badges across tabs, and survive a SIGKILL of
 //! the node behind one tab. Screenshots land in `target/browser-shots/`.
 //!
-//! Needs `node` (20 or newer), `npm ci --prefix tests/browser` and Chromium at
+//! Needs `node` (18 or newer, as in Debian 12), `npm ci --prefix tests/browser` and Chromium at
 //! /usr/bin/chromium (or `CONFAB_E2E_CHROMIUM`); without them it fails and
 //! says how to install them.
 
@@ -59,8 +59,8 @@ fn check_prerequisites() {
         .and_then(|m| m.parse().ok())
         .unwrap_or(0);
     assert!(
-        major >= 20,
-        "node {version} is too old: playwright-core needs node 20 or newer"
+        major >= 18,
+        "node {version} is too old: playwright-core needs node 18 or newer"
     );
     assert!(
         browser_dir().join("node_modules/playwright-core").is_dir(),
