@@ -556,3 +556,75 @@ async fn leaving_stops_the_conversation_events() {
     let frames = bob.sync().await;
     assert!(messages(&frames).is_empty(), "{frames:?}");
 }
+
+/// A socket may send without waiting for acks: its sends are stored in the
+/// order it sent them, each is acknowledged once and in that order, a twin
+/// copy in the burst is a duplicate, and a bad send in the middle fails
+/// alone. A second tab sees every message once, in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_keep_their_order_and_each_get_one_answer() {
+    let node = start_node(|s| {
+        s.limits.send_burst = 1000;
+        s.limits.send_rate_per_sec = 1000.0;
+    })
+    .await;
+    let conv = node.create_chat("alice", &[]).await;
+    let mut tab = node.connect("alice").await;
+    tab.join(&conv, None).await;
+    let mut a = node.connect("alice").await;
+    const N: usize = 100;
+    for i in 0..N {
+        let data = match i {
+            // Empty content is refused on its own.
+            40 => json!({"conversation_id": conv, "content": " "}),
+            // A second copy of send 10, while the first may be in flight.
+            50 => json!({"conversation_id": conv, "content": "m10", "client_msg_id": "c10"}),
+            _ => {
+                json!({"conversation_id": conv, "content": format!("m{i}"), "client_msg_id": format!("c{i}")})
+            }
+        };
+        a.send(json!({"type": "send_message", "id": format!("s{i}"), "data": data}))
+            .await;
+    }
+    let mut answers = Vec::new();
+    while answers.len() < N {
+        let f = a.next().await;
+        if f["data"]["ref"].is_string() {
+            answers.push(f);
+        }
+    }
+    let refs: Vec<&str> = answers
+        .iter()
+        .map(|f| f["data"]["ref"].as_str().unwrap())
+        .collect();
+    let mut in_order: Vec<String> = (0..N).map(|i| format!("s{i}")).collect();
+    // The refused send is answered at once, ahead of the sends still storing.
+    let refused = answers.iter().find(|f| f["data"]["ref"] == "s40").unwrap();
+    assert_eq!(refused["type"], "error", "{refused}");
+    in_order.retain(|r| r != "s40");
+    let acked: Vec<&str> = refs.iter().copied().filter(|r| *r != "s40").collect();
+    assert_eq!(acked, in_order, "acks in the order of the sends");
+    let seqs: Vec<i64> = answers
+        .iter()
+        .filter(|f| f["type"] == "ack" && f["data"]["duplicate"] == false)
+        .map(|f| f["data"]["seq"].as_i64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=(N as i64 - 2)).collect::<Vec<_>>());
+    let twin = answers.iter().find(|f| f["data"]["ref"] == "s50").unwrap();
+    let first = answers.iter().find(|f| f["data"]["ref"] == "s10").unwrap();
+    assert_eq!(twin["data"]["duplicate"], true, "{twin}");
+    assert_eq!(twin["data"]["seq"], first["data"]["seq"]);
+
+    let mut seen = Vec::new();
+    while seen.len() < N - 2 {
+        let f = tab.next_of("message_received").await;
+        seen.push(f);
+    }
+    let got = messages(&seen);
+    let expected: Vec<(i64, String)> = (0..N)
+        .filter(|i| *i != 40 && *i != 50)
+        .enumerate()
+        .map(|(k, i)| (k as i64 + 1, format!("m{i}")))
+        .collect();
+    assert_eq!(got, expected);
+}

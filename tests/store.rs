@@ -162,6 +162,16 @@ async fn appends_in_order_and_idempotently(backend: &str) {
     store.archive(conv.id).await.unwrap();
     assert!(store.list_chats(&alice).await.unwrap().is_empty());
     assert!(store.chat(conv.id).await.unwrap().unwrap().archived);
+
+    // Metadata and content survive the round trip as given.
+    let mut rich = msg(conv.id, "alice", "quote \" and \\ and ünïcode", None);
+    rich.metadata = Some(serde_json::json!({"model": "echo", "tokens": [1, 2], "none": null}));
+    let stored = store.append(rich.clone()).await.unwrap().unwrap();
+    assert_eq!(stored.message.seq, Seq(4));
+    let (read, _) = store.messages_after(conv.id, Seq(3), 10).await.unwrap();
+    assert_eq!(read, vec![stored.message.clone()]);
+    assert_eq!(read[0].content, rich.content);
+    assert_eq!(read[0].metadata, rich.metadata);
 }
 
 /// `nodes` stores (pools) each run `writers` tasks of `each` appends into

@@ -5,7 +5,10 @@
 
 mod limits;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 
@@ -19,7 +22,7 @@ use crate::hub::{Access, Conn, Hub};
 use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 use crate::metrics::Metrics;
 use crate::protocol::{Conversation, Message, ServerFrame, UpdateReason};
-use crate::store::{Appended, NewMessage, Store};
+use crate::store::{Appended, NewMessage, Store, Submitted};
 
 /// Longest conversation title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
@@ -48,6 +51,36 @@ pub struct Outgoing {
     pub content: String,
     pub message_type: Option<String>,
     pub client_msg_id: Option<String>,
+}
+
+/// A send queued for storing (see `Chat::submit`); completes as `Sent`.
+pub struct PendingSend {
+    stored: Submitted,
+    finish: Option<SentBy>,
+}
+
+/// Who sent a message, and the conversation's assistant, for `publish_sent`.
+struct SentBy {
+    user: UserId,
+    assistant_id: Option<String>,
+}
+
+/// A send whose storing is over, ready for `Chat::publish_sent`.
+pub struct Sent {
+    stored: Result<Option<Appended>, sea_orm::DbErr>,
+    by: SentBy,
+}
+
+impl Future for PendingSend {
+    type Output = Sent;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Sent> {
+        let stored = ready!(Pin::new(&mut self.stored).poll(cx));
+        // `finish` is taken once, when the store answers; a completed future
+        // is not polled again.
+        let by = self.finish.take().expect("a pending send completes once");
+        Poll::Ready(Sent { stored, by })
+    }
 }
 
 /// The use cases of one node.
@@ -244,6 +277,21 @@ impl Chat {
         conv: ConversationId,
         out: Outgoing,
     ) -> Result<Appended, ChatError> {
+        let pending = self.submit(user, conv, out).await?;
+        self.publish_sent(pending.await).await
+    }
+
+    /// The first half of `send`: checks the message, the membership and the
+    /// rate, and queues the message for storing. Sends submitted one after
+    /// another to a conversation are stored in that order, so a socket can
+    /// submit its next send before this one is stored; `publish_sent`
+    /// finishes each.
+    pub async fn submit(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        out: Outgoing,
+    ) -> Result<PendingSend, ChatError> {
         let message_type = out.message_type.unwrap_or_else(|| "user".into());
         if message_type != "user" {
             return Err(ChatError::InvalidFrame(
@@ -275,9 +323,9 @@ impl Chat {
             self.metrics.rate_limited.inc();
             return Err(ChatError::RateLimited { retry_after_ms });
         }
-        let appended = self
+        let stored = self
             .store
-            .append(NewMessage {
+            .submit(NewMessage {
                 id: None,
                 conversation_id: conv,
                 sender_id: user.clone(),
@@ -286,20 +334,32 @@ impl Chat {
                 client_msg_id: out.client_msg_id,
                 metadata: None,
             })
-            .await?
-            .ok_or(ChatError::NotFound("conversation"))?;
+            .await;
+        Ok(PendingSend {
+            stored,
+            finish: Some(SentBy {
+                user: user.clone(),
+                assistant_id: access.assistant_id.clone(),
+            }),
+        })
+    }
+
+    /// The second half of `send`: publishes a newly stored message and
+    /// starts the conversation's assistant, if it has one.
+    pub async fn publish_sent(&self, sent: Sent) -> Result<Appended, ChatError> {
+        let appended = sent.stored?.ok_or(ChatError::NotFound("conversation"))?;
         if !appended.duplicate {
             self.metrics.messages_stored.inc();
             self.publish_message(&appended.message).await;
-            if let Some(assistant_id) = access.assistant_id.clone() {
+            if let Some(assistant_id) = sent.by.assistant_id {
                 let start = StartStream {
-                    conversation_id: conv,
-                    requested_by: user.clone(),
+                    conversation_id: appended.message.conversation_id,
+                    requested_by: sent.by.user,
                     reply_to: appended.message.clone(),
                     assistant_id,
                 };
                 if let Err(e) = self.streams.start(start).await {
-                    tracing::info!(error = %e, %conv, "no automatic answer");
+                    tracing::info!(error = %e, conv = %appended.message.conversation_id, "no automatic answer");
                 }
             }
         }

@@ -3,6 +3,10 @@
 //! pays one commit (one fsync, one round trip per conversation) for many
 //! messages, while a quiet node commits each send at once.
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,19 +40,41 @@ impl Appender {
         Self { writers }
     }
 
-    pub async fn append(
-        &self,
-        db: &DatabaseConnection,
-        new: NewMessage,
-    ) -> Result<Option<Appended>, DbErr> {
+    /// Queues `new` for its conversation's writer (waiting only for room in
+    /// the queue) and returns what completes once it is stored. Appends
+    /// queued one after another are stored in that order.
+    pub async fn submit(&self, db: &DatabaseConnection, new: NewMessage) -> PendingAppend {
         let shard = new.conversation_id.0.as_u128() as usize % self.writers.len();
         let (reply, answer) = oneshot::channel();
         match self.writers[shard].send((new, reply)).await {
-            Ok(()) => answer
-                .await
-                .unwrap_or_else(|_| Err(DbErr::Custom("the message writer stopped".into()))),
+            Ok(()) => PendingAppend::Queued(answer),
             // No writer (the runtime is shutting down): write it here.
-            Err(mpsc::error::SendError((new, _))) => append_one(db, &new).await,
+            Err(mpsc::error::SendError((new, _))) => {
+                PendingAppend::Done(Some(append_one(db, &new).await))
+            }
+        }
+    }
+}
+
+/// An append on its way: completes with the stored message.
+pub enum PendingAppend {
+    Queued(oneshot::Receiver<Result<Option<Appended>, DbErr>>),
+    Done(Option<Result<Option<Appended>, DbErr>>),
+}
+
+impl Future for PendingAppend {
+    type Output = Result<Option<Appended>, DbErr>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut *self {
+            PendingAppend::Queued(answer) => Pin::new(answer).poll(cx).map(|answer| {
+                answer.unwrap_or_else(|_| Err(DbErr::Custom("the message writer stopped".into())))
+            }),
+            PendingAppend::Done(result) => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(DbErr::Custom("append polled after completion".into()))),
+            ),
         }
     }
 }

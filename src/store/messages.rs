@@ -2,15 +2,24 @@
 //! `client_msg_id`, and reading history pages.
 
 use entity::{chat_messages as msgs, chats};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
+use chrono::{DateTime, Utc};
 use sea_orm::{
     sea_query::{Expr, ExprTrait},
     ActiveValue::Set,
-    ColumnTrait, DatabaseConnection, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    SqlErr, TransactionTrait,
+    ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+
+use prometheus::HistogramTimer;
+use tracing::Instrument;
+
+use super::appender::PendingAppend;
 use super::{now, Store};
 use crate::ids::{ConversationId, MessageId, Seq, UserId};
 use crate::protocol::Message;
@@ -39,23 +48,49 @@ impl Store {
     /// Stores a message at the conversation's next seq. None if the
     /// conversation does not exist.
     ///
-    /// Sends that arrive together are committed together (see `appender`):
-    /// one transaction bumps each conversation's `chats.last_seq` by its
-    /// number of messages (the row lock serializes writers of one
-    /// conversation on every node) and inserts every row, so seq is unique
-    /// and gap-free: a failed insert rolls the bump back.
-    #[tracing::instrument(level = "debug", name = "store.append", skip_all, fields(conversation_id = %new.conversation_id))]
+    /// Sends that arrive together are committed together (see `appender`
+    /// and `insert_batch`); seq stays unique and gap-free.
     pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
-        let _timer = self.timer("append");
-        if let Some(found) = find_retry(&self.db, &new).await? {
-            return Ok(Some(found));
+        self.submit(new).await.await
+    }
+
+    /// Queues a message for appending and returns what completes once it
+    /// is stored, so a caller can queue its next message meanwhile: messages
+    /// submitted one after another to one conversation get ascending seqs.
+    pub async fn submit(&self, new: NewMessage) -> Submitted {
+        let span = tracing::debug_span!("store.append", conversation_id = %new.conversation_id);
+        let timer = self.timer("append");
+        let append = self
+            .appender
+            .submit(&self.db, new)
+            .instrument(span.clone())
+            .await;
+        Submitted {
+            append,
+            until_stored: Some((timer, span)),
         }
-        self.appender.append(&self.db, new).await
     }
 }
 
-/// Appends one message in a transaction of its own; a retry that raced
-/// another copy of itself finds the stored one.
+/// A submitted append. Its latency timer and `store.append` span run until
+/// it completes.
+pub struct Submitted {
+    append: PendingAppend,
+    until_stored: Option<(Option<HistogramTimer>, tracing::Span)>,
+}
+
+impl Future for Submitted {
+    type Output = Result<Option<Appended>, DbErr>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let stored = ready!(Pin::new(&mut self.append).poll(cx));
+        self.until_stored = None;
+        Poll::Ready(stored)
+    }
+}
+
+/// Appends one message on its own; a retry that raced another copy of
+/// itself finds the stored one.
 pub(super) async fn append_one(
     db: &DatabaseConnection,
     new: &NewMessage,
@@ -64,28 +99,187 @@ pub(super) async fn append_one(
         Ok(mut out) => Ok(out.pop().flatten()),
         // A concurrent retry of the same send won the race.
         Err(e) if is_unique_violation(&e) && new.client_msg_id.is_some() => {
-            find_retry(db, new).await?.map(Some).ok_or(e)
+            let found = find_retries(db, std::slice::from_ref(new)).await?;
+            let message = found.into_values().next().ok_or(e)?;
+            Ok(Some(Appended {
+                message,
+                duplicate: true,
+            }))
         }
         Err(e) => Err(e),
     }
 }
 
-/// Appends every message in one transaction, in the order given; None for
-/// those whose conversation does not exist. Any failure rolls back all.
+/// What one send of a batch turns out to be.
+enum Slot {
+    /// Stored by an earlier copy of the send.
+    Stored(Message),
+    /// A second copy of the send at this earlier position in the batch.
+    Twin(usize),
+    /// New; its seq holds its position among the batch's messages to the
+    /// same conversation (1, 2, ...) until the conversation's base is known.
+    New(Message),
+}
+
+/// Appends every message in the order given, atomically: each conversation's
+/// `chats.last_seq` is bumped once by its count of new messages (the row
+/// lock serializes writers of one conversation on every node) and every row
+/// is inserted, so seq is unique and gap-free: a failed insert rolls the
+/// bump back. Returns None for messages whose conversation does not exist.
+/// Retries of stored sends, and twin copies within the batch, store nothing
+/// and come back marked duplicate.
 pub(super) async fn insert_batch(
     db: &DatabaseConnection,
     batch: &[NewMessage],
 ) -> Result<Vec<Option<Appended>>, DbErr> {
-    let txn = db.begin().await?;
+    let stored = find_retries(db, batch).await?;
     let created_at = now();
     // Conversations in ascending id order: every writer on every node locks
     // chat rows in the same order, so two batches cannot deadlock.
     let mut counts: BTreeMap<ConversationId, i64> = BTreeMap::new();
-    for new in batch {
-        *counts.entry(new.conversation_id).or_default() += 1;
+    let mut first_copy: HashMap<RetryKey, usize> = HashMap::new();
+    let mut slots = Vec::with_capacity(batch.len());
+    for (i, new) in batch.iter().enumerate() {
+        let key = retry_key(new);
+        if let Some(key) = key {
+            if let Some(message) = stored.get(&key).cloned() {
+                slots.push(Slot::Stored(message));
+                continue;
+            }
+            if let Some(&first) = first_copy.get(&key) {
+                slots.push(Slot::Twin(first));
+                continue;
+            }
+            first_copy.insert(key, i);
+        }
+        let position = counts.entry(new.conversation_id).or_default();
+        *position += 1;
+        slots.push(Slot::New(Message {
+            id: new.id.unwrap_or_default(),
+            conversation_id: new.conversation_id,
+            seq: Seq(*position),
+            sender_id: new.sender_id.clone(),
+            message_type: new.message_type.clone(),
+            content: new.content.clone(),
+            client_msg_id: new.client_msg_id.clone(),
+            metadata: new.metadata.clone(),
+            created_at,
+        }));
     }
-    let mut next_seq: HashMap<ConversationId, i64> = HashMap::new();
-    for (&id, &count) in &counts {
+    let fresh: Vec<&Message> = slots
+        .iter()
+        .filter_map(|slot| match slot {
+            Slot::New(message) => Some(message),
+            _ => None,
+        })
+        .collect();
+    let bases = if fresh.is_empty() {
+        HashMap::new()
+    } else if db.get_database_backend() == DbBackend::Postgres {
+        insert_postgres(db, &counts, &fresh, created_at).await?
+    } else {
+        insert_in_transaction(db, &counts, &fresh, created_at).await?
+    };
+    let mut out: Vec<Option<Appended>> = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let appended = match slot {
+            Slot::Stored(message) => Some(Appended {
+                message,
+                duplicate: true,
+            }),
+            Slot::Twin(first) => out[first].clone().map(|a| Appended {
+                duplicate: true,
+                ..a
+            }),
+            Slot::New(mut message) => bases.get(&message.conversation_id).map(|base| {
+                message.seq = Seq(base + message.seq.0);
+                Appended {
+                    message,
+                    duplicate: false,
+                }
+            }),
+        };
+        out.push(appended);
+    }
+    Ok(out)
+}
+
+/// Each conversation's last seq before the batch, keyed by conversation;
+/// a conversation that does not exist is absent. `fresh` messages carry
+/// their position in the batch as seq.
+type Bases = HashMap<ConversationId, i64>;
+
+/// Postgres: one statement, so one round trip and an implicit transaction.
+/// It locks the batch's chat rows in id order, bumps each `last_seq` by
+/// its count and inserts every row at `base + position`.
+async fn insert_postgres(
+    db: &DatabaseConnection,
+    counts: &BTreeMap<ConversationId, i64>,
+    fresh: &[&Message],
+    created_at: DateTime<Utc>,
+) -> Result<Bases, DbErr> {
+    const SQL: &str = "\
+        WITH counts AS (\
+            SELECT * FROM jsonb_to_recordset($1) AS c(chat_id uuid, n bigint)), \
+        locked AS MATERIALIZED (\
+            SELECT chats.id FROM chats JOIN counts ON counts.chat_id = chats.id \
+            ORDER BY chats.id FOR UPDATE OF chats), \
+        bumped AS (\
+            UPDATE chats SET last_seq = chats.last_seq + counts.n, updated_at = $3 \
+            FROM counts WHERE chats.id = counts.chat_id AND chats.id IN (SELECT id FROM locked) \
+            RETURNING chats.id, chats.last_seq - counts.n AS base), \
+        inserted AS (\
+            INSERT INTO chat_messages \
+                (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, created_at) \
+            SELECT m.id, m.chat_id, bumped.base + m.position, m.sender_id, m.message_type, \
+                m.content, m.client_msg_id, m.metadata::json, $3 \
+            FROM jsonb_to_recordset($2) AS m(id uuid, chat_id uuid, position bigint, \
+                sender_id text, message_type text, content text, client_msg_id text, metadata jsonb) \
+            JOIN bumped ON bumped.id = m.chat_id) \
+        SELECT id, base FROM bumped";
+    let counts: serde_json::Value = counts
+        .iter()
+        .map(|(id, n)| serde_json::json!({ "chat_id": id.0, "n": n }))
+        .collect();
+    let rows: serde_json::Value = fresh
+        .iter()
+        .map(|m| {
+            serde_json::json!({
+                "id": m.id.0,
+                "chat_id": m.conversation_id.0,
+                "position": m.seq.0,
+                "sender_id": m.sender_id.0,
+                "message_type": m.message_type,
+                "content": m.content,
+                "client_msg_id": m.client_msg_id,
+                "metadata": m.metadata,
+            })
+        })
+        .collect();
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        SQL,
+        [counts.into(), rows.into(), created_at.into()],
+    );
+    let mut bases = Bases::new();
+    for row in db.query_all_raw(statement).await? {
+        let id: uuid::Uuid = row.try_get("", "id")?;
+        bases.insert(ConversationId(id), row.try_get("", "base")?);
+    }
+    Ok(bases)
+}
+
+/// Any other database (SQLite): a transaction that bumps each conversation
+/// in id order, then inserts every row in one statement.
+async fn insert_in_transaction(
+    db: &DatabaseConnection,
+    counts: &BTreeMap<ConversationId, i64>,
+    fresh: &[&Message],
+    created_at: DateTime<Utc>,
+) -> Result<Bases, DbErr> {
+    let txn = db.begin().await?;
+    let mut bases = Bases::new();
+    for (&id, &count) in counts {
         let bumped = chats::Entity::update_many()
             .col_expr(
                 chats::Column::LastSeq,
@@ -96,67 +290,76 @@ pub(super) async fn insert_batch(
             .exec_with_returning(&txn)
             .await?;
         if let Some(chat) = bumped.into_iter().next() {
-            next_seq.insert(id, chat.last_seq - count + 1);
+            bases.insert(id, chat.last_seq - count);
         }
     }
-    let mut rows = Vec::with_capacity(batch.len());
-    let mut out = Vec::with_capacity(batch.len());
-    for new in batch {
-        let Some(seq) = next_seq.get_mut(&new.conversation_id) else {
-            out.push(None);
-            continue;
-        };
-        let message = Message {
-            id: new.id.unwrap_or_default(),
-            conversation_id: new.conversation_id,
-            seq: Seq(*seq),
-            sender_id: new.sender_id.clone(),
-            message_type: new.message_type.clone(),
-            content: new.content.clone(),
-            client_msg_id: new.client_msg_id.clone(),
-            metadata: new.metadata.clone(),
-            created_at,
-        };
-        *seq += 1;
-        rows.push(msgs::ActiveModel {
-            id: Set(message.id.0),
-            chat_id: Set(message.conversation_id.0),
-            seq: Set(message.seq.0),
-            sender_id: Set(message.sender_id.0.clone()),
-            message_type: Set(message.message_type.clone()),
-            content: Set(message.content.clone()),
-            client_msg_id: Set(message.client_msg_id.clone()),
-            metadata: Set(message.metadata.clone()),
-            created_at: Set(created_at),
-        });
-        out.push(Some(Appended {
-            message,
-            duplicate: false,
-        }));
-    }
+    let rows: Vec<msgs::ActiveModel> = fresh
+        .iter()
+        .filter_map(|m| {
+            let base = bases.get(&m.conversation_id)?;
+            Some(msgs::ActiveModel {
+                id: Set(m.id.0),
+                chat_id: Set(m.conversation_id.0),
+                seq: Set(base + m.seq.0),
+                sender_id: Set(m.sender_id.0.clone()),
+                message_type: Set(m.message_type.clone()),
+                content: Set(m.content.clone()),
+                client_msg_id: Set(m.client_msg_id.clone()),
+                metadata: Set(m.metadata.clone()),
+                created_at: Set(created_at),
+            })
+        })
+        .collect();
     if !rows.is_empty() {
         msgs::Entity::insert_many(rows)
             .exec_without_returning(&txn)
             .await?;
     }
     txn.commit().await?;
-    Ok(out)
+    Ok(bases)
 }
 
-async fn find_retry(db: &DatabaseConnection, new: &NewMessage) -> Result<Option<Appended>, DbErr> {
-    let Some(cid) = &new.client_msg_id else {
-        return Ok(None);
-    };
-    Ok(msgs::Entity::find()
-        .filter(msgs::Column::ChatId.eq(new.conversation_id.0))
-        .filter(msgs::Column::SenderId.eq(new.sender_id.0.clone()))
-        .filter(msgs::Column::ClientMsgId.eq(cid.clone()))
-        .one(db)
-        .await?
-        .map(|m| Appended {
-            message: to_message(m),
-            duplicate: true,
-        }))
+/// A send as its retries name it: a client id is unique per sender and
+/// conversation.
+type RetryKey = (ConversationId, UserId, String);
+
+fn retry_key(new: &NewMessage) -> Option<RetryKey> {
+    let cid = new.client_msg_id.clone()?;
+    Some((new.conversation_id, new.sender_id.clone(), cid))
+}
+
+/// The stored messages of sends in `batch` that carry a client id: one
+/// query for the whole batch, on the unique (chat, sender, client id) index.
+async fn find_retries(
+    db: &DatabaseConnection,
+    batch: &[NewMessage],
+) -> Result<HashMap<RetryKey, Message>, DbErr> {
+    let keys: HashSet<RetryKey> = batch.iter().filter_map(retry_key).collect();
+    if keys.is_empty() {
+        return Ok(HashMap::new());
+    }
+    let mut any = Condition::any();
+    for (conv, sender, cid) in &keys {
+        any = any.add(
+            Condition::all()
+                .add(msgs::Column::ChatId.eq(conv.0))
+                .add(msgs::Column::SenderId.eq(sender.0.clone()))
+                .add(msgs::Column::ClientMsgId.eq(cid.clone())),
+        );
+    }
+    let rows = msgs::Entity::find().filter(any).all(db).await?;
+    Ok(rows
+        .into_iter()
+        .map(to_message)
+        .filter_map(|m| {
+            let key = (
+                m.conversation_id,
+                m.sender_id.clone(),
+                m.client_msg_id.clone()?,
+            );
+            keys.contains(&key).then_some((key, m))
+        })
+        .collect())
 }
 
 impl Store {

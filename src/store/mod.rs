@@ -13,7 +13,7 @@ use prometheus::{HistogramTimer, HistogramVec};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
 
-pub use messages::{Appended, NewMessage};
+pub use messages::{Appended, NewMessage, Submitted};
 
 /// The node's handle on the database: a pooled connection, cheap to clone.
 #[derive(Clone)]

@@ -1,7 +1,7 @@
 //! The reader side of one socket: authenticate the first frame, register
 //! with the hub, then turn each frame into a chat call and answer it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use tracing::Instrument;
 
 use super::writer;
 use crate::auth::Identity;
-use crate::chat::{Bucket, Outgoing, Page};
+use crate::chat::{Bucket, Outgoing, Page, PendingSend, Sent};
 use crate::error::ChatError;
 use crate::hub::{CloseReason, Conn};
 use crate::ids::ConversationId;
@@ -26,6 +26,10 @@ use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
 use crate::telemetry;
 
 type Stream = SplitStream<WebSocketStream<Upgraded>>;
+
+/// Most sends of one socket queued for storing at once; beyond it, the
+/// socket's next frame waits for the oldest.
+const MAX_SENDS_IN_FLIGHT: usize = 32;
 
 /// Runs a socket from its first frame to its close, in a `ws.socket` span.
 pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
@@ -81,6 +85,7 @@ async fn run_socket(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
         conn,
         expires_at: deadline_of(&identity),
         typing: HashMap::new(),
+        sends: VecDeque::new(),
         idle_timeout,
         socket_span: telemetry::span_context(&span),
     };
@@ -160,6 +165,9 @@ struct Session {
     /// Conversations this socket's user is typing in, and when that lapses.
     typing: HashMap<ConversationId, Instant>,
     frames: Bucket,
+    /// Sends queued for storing, oldest first; each is acknowledged in
+    /// turn once stored and published.
+    sends: VecDeque<InFlight>,
     /// Silence after which the peer counts as dead.
     idle_timeout: Duration,
     /// The `ws.socket` span, which each frame's trace links to.
@@ -185,6 +193,7 @@ impl Session {
                     return;
                 }
                 _ = sleep_until_opt(typing_due) => Box::pin(self.expire_typing()).await,
+                sent = next_sent(&mut self.sends) => Box::pin(self.finish_send(sent)).await,
                 next = stream.next() => match next {
                     Some(Ok(Message::Text(text))) => {
                         alive_until = Instant::now() + self.idle_timeout;
@@ -295,30 +304,25 @@ impl Session {
                 .await;
             }
             ClientFrame::Send(send) => {
-                let conv = send.conversation_id;
-                let appended = chat
-                    .send(
-                        &user,
-                        conv,
-                        Outgoing {
-                            content: send.content,
-                            message_type: send.message_type,
-                            client_msg_id: send.client_msg_id,
-                        },
-                    )
-                    .await?;
-                // A sent message ends the sender's typing in that conversation.
-                self.stop_typing(conv).await;
-                if let Some(reply_to) = id {
-                    self.reply(ServerFrame::Ack(Ack {
-                        reply_to,
-                        message_id: Some(appended.message.id),
-                        seq: Some(appended.message.seq),
-                        duplicate: Some(appended.duplicate),
-                        ..Ack::default()
-                    }))
-                    .await;
+                // Sends are pipelined: the next frame is read while this one
+                // is stored, up to a bound, and acknowledged in order.
+                if self.sends.len() >= MAX_SENDS_IN_FLIGHT {
+                    let oldest = next_sent(&mut self.sends).await;
+                    self.finish_send(oldest).await;
                 }
+                let conv = send.conversation_id;
+                let outgoing = Outgoing {
+                    content: send.content,
+                    message_type: send.message_type,
+                    client_msg_id: send.client_msg_id,
+                };
+                let pending = chat.submit(&user, conv, outgoing).await?;
+                self.sends.push_back(InFlight {
+                    id,
+                    conv,
+                    pending,
+                    span: tracing::Span::current(),
+                });
             }
             ClientFrame::Typing(typing) => {
                 let conv = typing.conversation_id;
@@ -377,6 +381,32 @@ impl Session {
         Ok(())
     }
 
+    /// Publishes a stored send and answers it, in the send's frame span.
+    async fn finish_send(&mut self, (sent, done): (InFlight, Sent)) {
+        let InFlight { id, conv, span, .. } = sent;
+        async {
+            match self.node.chat.publish_sent(done).await {
+                Ok(appended) => {
+                    // A sent message ends the sender's typing in that conversation.
+                    self.stop_typing(conv).await;
+                    if let Some(reply_to) = id {
+                        self.reply(ServerFrame::Ack(Ack {
+                            reply_to,
+                            message_id: Some(appended.message.id),
+                            seq: Some(appended.message.seq),
+                            duplicate: Some(appended.duplicate),
+                            ..Ack::default()
+                        }))
+                        .await;
+                    }
+                }
+                Err(err) => self.reply(ServerFrame::error(&err, id)).await,
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
     async fn reply(&self, frame: ServerFrame) {
         self.conn.send(frame.encode().into()).await;
     }
@@ -415,12 +445,40 @@ impl Session {
 
     /// The socket is gone: typers stop, rooms and the user topic are left.
     async fn finish(&mut self) {
+        // Sends already queued are stored whatever happens; publish them so
+        // no one misses them live.
+        while !self.sends.is_empty() {
+            let sent = next_sent(&mut self.sends).await;
+            self.finish_send(sent).await;
+        }
         let convs: Vec<_> = self.typing.keys().copied().collect();
         for conv in convs {
             self.stop_typing(conv).await;
         }
         self.node.hub.unregister(&self.conn).await;
     }
+}
+
+/// A send of this socket on its way to the store.
+struct InFlight {
+    id: Option<String>,
+    conv: ConversationId,
+    pending: PendingSend,
+    /// The frame's span: publishing and the ack belong to its trace.
+    span: tracing::Span,
+}
+
+/// Waits for the oldest send to be stored and takes it off the queue; never
+/// completes while the queue is empty. Cancel-safe: the send leaves the
+/// queue only when it completes.
+async fn next_sent(sends: &mut VecDeque<InFlight>) -> (InFlight, Sent) {
+    let Some(oldest) = sends.front_mut() else {
+        return std::future::pending().await;
+    };
+    let done = (&mut oldest.pending).await;
+    // The queue was not empty a moment ago and only this task touches it.
+    let sent = sends.pop_front().expect("the oldest send is still queued");
+    (sent, done)
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
