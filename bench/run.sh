@@ -69,8 +69,8 @@ if want fanout; then
   $BENCH "${both[@]}" fanout --receivers 200 --rate 2000 --seconds 5   # 400k deliveries/s offered
 fi
 if want rooms; then $BENCH "${both[@]}" rooms --rooms "$(scale 1000)" --members 4 --rate 2 --seconds 5; fi
-# One hot conversation: 10 members sending 400/s each, 4000 sends/s offered.
-if want hot; then $BENCH "${both[@]}" rooms --rooms 1 --members 10 --rate 400 --seconds 5; fi
+# One hot conversation: 10 members sending 600/s each, 6000 sends/s offered.
+if want hot; then $BENCH "${both[@]}" rooms --rooms 1 --members 10 --rate 600 --seconds 5; fi
 if want stream; then $BENCH "${both[@]}" stream --watchers 100 --tokens 1000; fi
 # Last: the storm stops node a.
 if want storm; then $BENCH "${both[@]}" storm --sockets "$(scale 18000)"; fi

@@ -7,6 +7,7 @@ mod writer;
 
 use std::sync::Arc;
 
+use futures_util::StreamExt;
 use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::{handler, web::Data, Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
@@ -68,12 +69,13 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
             return;
         };
         let ws = WebSocketStream::from_raw_socket(upgraded, Role::Server, Some(config)).await;
+        let (sink, stream) = ws.split();
         // A task of its own: this one's future is sized for the upgrade
         // steps, and would be held for the socket's whole life.
         tokio::spawn(async move {
             // The slot is held for the socket's whole life.
             let _slot = slot;
-            session::run(node, ws).await;
+            session::run(node, sink, stream).await;
         });
     });
     Response::builder()

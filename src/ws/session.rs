@@ -2,6 +2,7 @@
 //! with the hub, then turn each frame into a chat call and answer it.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,14 +26,16 @@ use crate::node::Node;
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
 use crate::telemetry;
 
-type Stream = SplitStream<WebSocketStream<Upgraded>>;
+pub type Stream = SplitStream<WebSocketStream<Upgraded>>;
 
 /// Most sends of one socket queued for storing at once; beyond it, the
 /// socket's next frame waits for the oldest.
 const MAX_SENDS_IN_FLIGHT: usize = 32;
 
 /// Runs a socket from its first frame to its close, in a `ws.socket` span.
-pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
+/// Takes the socket already split: a whole `WebSocketStream` argument would
+/// stay part of the task's memory for the socket's whole life.
+pub async fn run(node: Arc<Node>, sink: writer::Sink, stream: Stream) {
     let span = tracing::info_span!(
         parent: None,
         "ws.socket",
@@ -40,11 +43,10 @@ pub async fn run(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
         connection_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
     );
-    run_socket(node, ws).instrument(span).await
+    run_socket(node, sink, stream).instrument(span).await
 }
 
-async fn run_socket(node: Arc<Node>, ws: WebSocketStream<Upgraded>) {
-    let (sink, mut stream) = ws.split();
+async fn run_socket(node: Arc<Node>, sink: writer::Sink, mut stream: Stream) {
     let identity = match Box::pin(authenticate(&node, &mut stream)).await {
         Ok(Some(identity)) => identity,
         Ok(None) => return,
@@ -178,21 +180,30 @@ impl Session {
     async fn read(&mut self, stream: &mut Stream) {
         let mut alive_until = Instant::now() + self.idle_timeout;
         loop {
-            let typing_due = self.typing.values().min().copied();
+            // One timer for the three deadlines (a dead peer, the token's
+            // expiry, a typer's lapse): it is re-armed after every frame,
+            // and each armed timer is part of every idle socket's memory.
+            let mut deadline = alive_until.min(self.expires_at);
+            if let Some(typing_due) = self.typing.values().min() {
+                deadline = deadline.min(*typing_due);
+            }
             let conn = self.conn.clone();
             tokio::select! {
                 biased;
                 _ = conn.closed() => return,
-                _ = tokio::time::sleep_until(alive_until) => {
-                    self.conn.close(CloseReason::DeadPeer);
-                    return;
+                _ = tokio::time::sleep_until(deadline) => {
+                    let now = Instant::now();
+                    if now >= alive_until {
+                        self.conn.close(CloseReason::DeadPeer);
+                        return;
+                    }
+                    if now >= self.expires_at {
+                        self.reply(ServerFrame::error(&ChatError::TokenExpired, None)).await;
+                        self.conn.close(CloseReason::TokenExpired);
+                        return;
+                    }
+                    Box::pin(self.expire_typing()).await
                 }
-                _ = tokio::time::sleep_until(self.expires_at) => {
-                    self.reply(ServerFrame::error(&ChatError::TokenExpired, None)).await;
-                    self.conn.close(CloseReason::TokenExpired);
-                    return;
-                }
-                _ = sleep_until_opt(typing_due) => Box::pin(self.expire_typing()).await,
                 sent = next_sent(&mut self.sends) => Box::pin(self.finish_send(sent)).await,
                 next = stream.next() => match next {
                     Some(Ok(Message::Text(text))) => {
@@ -382,7 +393,8 @@ impl Session {
     }
 
     /// Publishes a stored send and answers it, in the send's frame span.
-    async fn finish_send(&mut self, (sent, done): (InFlight, Sent)) {
+    async fn finish_send(&mut self, finished: Box<(InFlight, Sent)>) {
+        let (sent, done) = *finished;
         let InFlight { id, conv, span, .. } = sent;
         async {
             match self.node.chat.publish_sent(done).await {
@@ -407,8 +419,13 @@ impl Session {
         .await
     }
 
-    async fn reply(&self, frame: ServerFrame) {
-        self.conn.send(frame.encode().into()).await;
+    /// Queues a reply. The frame is encoded before the first await, so a
+    /// waiting reply holds its bytes rather than the (much larger) frame.
+    fn reply(&self, frame: ServerFrame) -> impl Future<Output = ()> + '_ {
+        let encoded = frame.encode();
+        async move {
+            self.conn.send(encoded.into()).await;
+        }
     }
 
     async fn ack(&self, id: Option<String>) {
@@ -471,19 +488,12 @@ struct InFlight {
 /// Waits for the oldest send to be stored and takes it off the queue; never
 /// completes while the queue is empty. Cancel-safe: the send leaves the
 /// queue only when it completes.
-async fn next_sent(sends: &mut VecDeque<InFlight>) -> (InFlight, Sent) {
+async fn next_sent(sends: &mut VecDeque<InFlight>) -> Box<(InFlight, Sent)> {
     let Some(oldest) = sends.front_mut() else {
         return std::future::pending().await;
     };
     let done = (&mut oldest.pending).await;
     // The queue was not empty a moment ago and only this task touches it.
     let sent = sends.pop_front().expect("the oldest send is still queued");
-    (sent, done)
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+    Box::new((sent, done))
 }
