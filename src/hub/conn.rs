@@ -5,10 +5,10 @@ use std::collections::HashSet;
 use std::sync::OnceLock;
 
 use parking_lot::Mutex;
-use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use super::outbox::{self, PushError};
 use crate::ids::{ConnectionId, ConversationId, UserId};
 
 /// Why the node closes a socket; each maps to a WebSocket close code.
@@ -64,7 +64,7 @@ impl CloseReason {
 pub struct Conn {
     pub id: ConnectionId,
     pub user: UserId,
-    tx: mpsc::Sender<Utf8Bytes>,
+    tx: outbox::Sender,
     joined: Mutex<HashSet<ConversationId>>,
     reason: OnceLock<CloseReason>,
     closing: CancellationToken,
@@ -72,8 +72,8 @@ pub struct Conn {
 
 impl Conn {
     /// A handle and the receiving end of its outbound queue (for the writer).
-    pub fn new(user: UserId, queue: usize) -> (Self, mpsc::Receiver<Utf8Bytes>) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+    pub fn new(user: UserId, queue: usize) -> (Self, outbox::Receiver) {
+        let (tx, rx) = outbox::channel(queue);
         let conn = Conn {
             id: ConnectionId::new(),
             user,
@@ -90,11 +90,11 @@ impl Conn {
     pub fn push(&self, frame: Utf8Bytes) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
-            Err(TrySendError::Full(_)) => {
+            Err(PushError::Full) => {
                 self.close(CloseReason::SlowConsumer);
                 false
             }
-            Err(TrySendError::Closed(_)) => false,
+            Err(PushError::Closed) => false,
         }
     }
 
@@ -146,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_full_queue_closes_the_socket_as_too_slow() {
-        let (conn, mut rx) = Conn::new(UserId::from("u"), 2);
+        let (conn, rx) = Conn::new(UserId::from("u"), 2);
         assert!(conn.push("a".into()));
         assert!(conn.push("b".into()));
         assert!(!conn.push("c".into()), "the third frame does not fit");

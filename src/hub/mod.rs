@@ -7,6 +7,7 @@
 //! from the store if it does not come in time.
 
 mod conn;
+mod outbox;
 mod room;
 
 use std::collections::{HashMap, HashSet};
@@ -17,6 +18,7 @@ use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use conn::{CloseReason, Conn};
+pub use outbox::Receiver as Outbox;
 pub use room::Access;
 use room::{Buffered, Member, Room};
 
@@ -117,10 +119,7 @@ impl Hub {
 
     /// Registers an authenticated socket of `user`; subscribes the node to
     /// the user's topic if it is the user's first socket here.
-    pub async fn register(
-        &self,
-        user: UserId,
-    ) -> Result<(Arc<Conn>, tokio::sync::mpsc::Receiver<Utf8Bytes>), ChatError> {
+    pub async fn register(&self, user: UserId) -> Result<(Arc<Conn>, Outbox), ChatError> {
         let (conn, rx) = Conn::new(user.clone(), self.settings.outbound_queue);
         let conn = Arc::new(conn);
         // Fast path: the user has sockets here, so the node is subscribed.

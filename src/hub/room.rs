@@ -176,7 +176,7 @@ fn push_buffered(conn: &Conn, buf: &mut Vec<Buffered>, item: Buffered, limit: us
 mod tests {
     use super::*;
 
-    fn room_with_member() -> (RoomState, tokio::sync::mpsc::Receiver<Utf8Bytes>) {
+    fn room_with_member() -> (RoomState, crate::hub::Outbox) {
         let room = Room::new(ConversationId::new(), 100);
         let (conn, rx) = Conn::new(UserId::from("u"), 100);
         let conn = Arc::new(conn);
@@ -193,7 +193,7 @@ mod tests {
         (st, rx)
     }
 
-    fn drain(rx: &mut tokio::sync::mpsc::Receiver<Utf8Bytes>) -> Vec<String> {
+    fn drain(rx: &mut crate::hub::Outbox) -> Vec<String> {
         let mut out = Vec::new();
         while let Ok(f) = rx.try_recv() {
             out.push(f.to_string());

@@ -7,12 +7,11 @@ use std::time::Duration;
 
 use futures_util::{stream::SplitSink, SinkExt};
 use poem::Upgraded;
-use tokio::sync::mpsc::Receiver;
 use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tokio_tungstenite::WebSocketStream;
 
-use crate::hub::{CloseReason, Conn};
+use crate::hub::{CloseReason, Conn, Outbox};
 
 pub type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
 
@@ -26,7 +25,7 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// reader sees pongs.
 pub async fn run(
     mut sink: Sink,
-    mut rx: Receiver<Utf8Bytes>,
+    mut rx: Outbox,
     conn: Arc<Conn>,
     ping_every: Duration,
 ) -> CloseReason {
