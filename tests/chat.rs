@@ -560,7 +560,8 @@ async fn leaving_stops_the_conversation_events() {
 /// A socket may send without waiting for acks: its sends are stored in the
 /// order it sent them, each is acknowledged once and in that order, a twin
 /// copy in the burst is a duplicate, and a bad send in the middle fails
-/// alone. A second tab sees every message once, in seq order.
+/// alone. A frame of another kind waits for them. A second tab sees every
+/// message once, in seq order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_sends_keep_their_order_and_each_get_one_answer() {
     let node = start_node(|s| {
@@ -586,13 +587,20 @@ async fn pipelined_sends_keep_their_order_and_each_get_one_answer() {
         a.send(json!({"type": "send_message", "id": format!("s{i}"), "data": data}))
             .await;
     }
+    // Any other frame waits for the sends before it: history has them all.
+    a.send(json!({"type": "load_messages", "id": "h", "data": {"conversation_id": conv, "limit": 200}}))
+        .await;
     let mut answers = Vec::new();
-    while answers.len() < N {
+    while answers.len() < N + 1 {
         let f = a.next().await;
         if f["data"]["ref"].is_string() {
             answers.push(f);
         }
     }
+    let history = answers.pop().unwrap();
+    assert_eq!(history["data"]["ref"], "h", "history answered last");
+    assert_eq!(history["type"], "messages", "{history}");
+    assert_eq!(history["data"]["messages"].as_array().unwrap().len(), N - 2);
     let refs: Vec<&str> = answers
         .iter()
         .map(|f| f["data"]["ref"].as_str().unwrap())

@@ -249,7 +249,6 @@ impl Session {
     }
 
     async fn handle(&mut self, text: &str) {
-        let limits = &self.node.settings.limits;
         let (id, frame) = match protocol::decode(text) {
             Ok(decoded) => decoded,
             Err(e) => {
@@ -265,6 +264,11 @@ impl Session {
             .inc();
         let is_send = matches!(frame, ClientFrame::Send(_));
         if !is_send {
+            // Only consecutive sends overlap: any other frame sees every send
+            // before it stored, published and acknowledged (a stream request
+            // answers the message just sent, a join replays it).
+            self.finish_sends().await;
+            let limits = &self.node.settings.limits;
             if let Err(retry_after_ms) = self
                 .frames
                 .take(limits.frame_rate_per_sec, limits.frame_burst)
@@ -392,6 +396,14 @@ impl Session {
         Ok(())
     }
 
+    /// Finishes every send in flight, oldest first.
+    async fn finish_sends(&mut self) {
+        while !self.sends.is_empty() {
+            let sent = next_sent(&mut self.sends).await;
+            self.finish_send(sent).await;
+        }
+    }
+
     /// Publishes a stored send and answers it, in the send's frame span.
     async fn finish_send(&mut self, finished: Box<(InFlight, Sent)>) {
         let (sent, done) = *finished;
@@ -464,10 +476,7 @@ impl Session {
     async fn finish(&mut self) {
         // Sends already queued are stored whatever happens; publish them so
         // no one misses them live.
-        while !self.sends.is_empty() {
-            let sent = next_sent(&mut self.sends).await;
-            self.finish_send(sent).await;
-        }
+        self.finish_sends().await;
         let convs: Vec<_> = self.typing.keys().copied().collect();
         for conv in convs {
             self.stop_typing(conv).await;
