@@ -636,3 +636,26 @@ async fn pipelined_sends_keep_their_order_and_each_get_one_answer() {
         .collect();
     assert_eq!(got, expected);
 }
+
+/// A client resuming at the conversation's latest seq gets no replay, and
+/// the next live message exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_at_the_latest_seq_replays_nothing_and_misses_nothing() {
+    let node = start_node(|_| {}).await;
+    let conv = node.create_chat("alice", &["bob"]).await;
+    let mut a = node.connect("alice").await;
+    a.join(&conv, None).await;
+    for i in 1..=3 {
+        a.say(&conv, &format!("m{i}")).await;
+    }
+    let mut bob = node.connect("bob").await;
+    let joined = bob.join(&conv, Some(3)).await;
+    assert_eq!(joined["data"]["last_seq"], 3, "{joined}");
+    a.say(&conv, "m4").await;
+    let (first, before) = bob.until(|f| f["type"] == "message_received").await;
+    assert!(messages(&before).is_empty(), "{before:?}");
+    assert_eq!(messages(&[first]), vec![(4, "m4".to_string())]);
+    bob.send(json!({"type": "ping", "id": "p"})).await;
+    let (_, rest) = bob.until(|f| f["data"]["ref"] == "p").await;
+    assert!(messages(&rest).is_empty(), "nothing twice: {rest:?}");
+}

@@ -237,7 +237,14 @@ impl Hub {
                 reply_to: reply_to.clone(),
             };
             conn.push(joined.encode().into());
-            let start = since.map(|s| s.min(last));
+            let start = match since {
+                // Already at the room's position (a client resuming on
+                // another node, typically): nothing to read from the store;
+                // live events carry on from `last`, as after a join without
+                // `since_seq`.
+                Some(s) if s == last => None,
+                since => since.map(|s| s.min(last)),
+            };
             st.members.insert(
                 conn.id,
                 Member {
