@@ -70,7 +70,9 @@ pub async fn run(
             last.push(frame);
         }
     }
-    goodbye(sink, last, reason).await;
+    // Boxed: the goodbye's state would otherwise be part of the writer's
+    // memory for the socket's whole life.
+    Box::pin(goodbye(sink, last, reason)).await;
     reason
 }
 
