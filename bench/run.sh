@@ -12,7 +12,8 @@ scale() { python3 -c "print(max(1, int($1 * $SCALE)))"; }
 
 cargo build --release -q -p confab --bin confab
 cargo build --release -q -p confab-bench
-BIN=target/release/confab
+# BIN=path runs another build of the node (for before/after comparisons).
+BIN=${BIN:-target/release/confab}
 BENCH=target/release/confab-bench
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 

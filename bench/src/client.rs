@@ -81,6 +81,7 @@ pub async fn connect(
     let start = Instant::now();
     let target = addr_of(base);
     let socket = TcpSocket::new_v4()?;
+    defer_port_choice(&socket)?;
     socket.bind(SocketAddr::new(sources.pick(), 0))?;
     let stream = socket.connect(target).await?;
     stream.set_nodelay(true)?;
@@ -100,6 +101,31 @@ pub async fn connect(
         return Err(std::io::Error::other(format!("auth failed: {ok}")));
     }
     Ok((ws, start.elapsed()))
+}
+
+/// Lets `connect` choose the source port instead of `bind`. A `bind` to
+/// port 0 scans every port in use for a conflict: with thousands of sockets
+/// open that scan took most of the load generator's CPU and capped its
+/// connect rate. `connect` picks a port by the whole 4-tuple at once.
+fn defer_port_choice(socket: &TcpSocket) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, and a pointer to a c_int of the
+    // size given, as setsockopt expects for this option.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// The next text frame as JSON; None when the socket ends.

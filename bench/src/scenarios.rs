@@ -459,11 +459,12 @@ async fn storm(
                     seqs.insert(seq);
                 }
             }
+            let closed = signal_at.elapsed();
             let since = seqs.iter().max().copied().unwrap_or(0);
             for _ in 0..50 {
                 if let Ok((mut ws, _)) = client::connect(&base, &token, &sources).await {
                     if client::join(&mut ws, &conv, Some(since)).await.is_some() {
-                        return Some((signal_at.elapsed(), ws, seqs));
+                        return Some((closed, signal_at.elapsed(), ws, seqs));
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -473,8 +474,10 @@ async fn storm(
     }
     let mut resumed = Vec::new();
     let mut resume_lat = Latencies::default();
+    let mut closed_lat = Latencies::default();
     for t in tasks {
-        if let Ok(Some((at, ws, seqs))) = t.await {
+        if let Ok(Some((closed, at, ws, seqs))) = t.await {
+            closed_lat.extend(vec![closed.as_micros() as u64]);
             resume_lat.extend(vec![at.as_micros() as u64]);
             resumed.push((ws, seqs));
         }
@@ -503,6 +506,9 @@ async fn storm(
     r.add("signal", if kill { "SIGKILL" } else { "SIGTERM" });
     r.add("sockets resumed", resume_lat.len());
     r.add("time until all resumed (s)", all_resumed.as_secs_f64());
+    let [p50, _, _, max] = closed_lat.summary();
+    r.add("old socket closed p50 (ms)", p50);
+    r.add("old socket closed max (ms)", max);
     let [p50, p99, _, max] = resume_lat.summary();
     r.add("resume p50 (ms)", p50);
     r.add("resume p99 (ms)", p99);
