@@ -88,6 +88,7 @@ pub struct LimitSettings {
     pub frame_rate_per_sec: f64,
     pub frame_burst: u32,
     pub outbound_queue: usize,
+    pub recent_messages_per_room: usize,
     pub typing_ttl_secs: f64,
     pub history_page_max: u64,
 }

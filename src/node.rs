@@ -81,6 +81,10 @@ impl Node {
             HubSettings {
                 gap_wait: Duration::from_millis(settings.bus.gap_fill_ms),
                 outbound_queue: settings.limits.outbound_queue,
+                recent_messages: settings
+                    .limits
+                    .recent_messages_per_room
+                    .min(settings.limits.outbound_queue / 2),
                 max_connections_per_user: settings.limits.max_connections_per_user,
                 stream_timeout: Duration::from_secs_f64(settings.streaming.stream_timeout_secs),
             },

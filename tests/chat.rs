@@ -659,3 +659,33 @@ async fn resuming_at_the_latest_seq_replays_nothing_and_misses_nothing() {
     let (_, rest) = bob.until(|f| f["data"]["ref"] == "p").await;
     assert!(messages(&rest).is_empty(), "nothing twice: {rest:?}");
 }
+
+/// Resumes are answered from the room's recent messages when they cover the
+/// gap, and from the store when they do not; both give every missed message
+/// once, in order, before the next live one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumes_within_and_beyond_the_recent_messages_miss_nothing() {
+    let node = start_node(|s| s.limits.recent_messages_per_room = 4).await;
+    let conv = node.create_chat("alice", &["bob"]).await;
+    let mut a = node.connect("alice").await;
+    a.join(&conv, None).await;
+    for i in 1..=10 {
+        a.say(&conv, &format!("m{i}")).await;
+    }
+    let mut near = node.connect("bob").await;
+    let mut far = node.connect("bob").await;
+    near.join(&conv, Some(7)).await;
+    far.join(&conv, Some(2)).await;
+    a.say(&conv, "m11").await;
+    let expect =
+        |from: i64| -> Vec<(i64, String)> { (from..=11).map(|i| (i, format!("m{i}"))).collect() };
+    for (tab, from) in [(&mut near, 8), (&mut far, 3)] {
+        let (last, before) = tab.until(|f| f["data"]["message"]["seq"] == 11).await;
+        let mut got = messages(&before);
+        got.extend(messages(&[last]));
+        assert_eq!(got, expect(from));
+        tab.send(json!({"type": "ping", "id": "p"})).await;
+        let (_, rest) = tab.until(|f| f["data"]["ref"] == "p").await;
+        assert!(messages(&rest).is_empty(), "nothing twice: {rest:?}");
+    }
+}

@@ -38,6 +38,9 @@ const PAGE: u64 = 200;
 pub struct HubSettings {
     pub gap_wait: Duration,
     pub outbound_queue: usize,
+    /// Messages each room keeps for resumes (`Room::recent_after`); kept
+    /// below `outbound_queue`, since a resume queues them all at once.
+    pub recent_messages: usize,
     pub max_connections_per_user: usize,
     /// A stream silent this long is reported `INTERRUPTED`.
     pub stream_timeout: Duration,
@@ -238,12 +241,26 @@ impl Hub {
             };
             conn.push(joined.encode().into());
             let start = match since {
+                None => None,
                 // Already at the room's position (a client resuming on
                 // another node, typically): nothing to read from the store;
                 // live events carry on from `last`, as after a join without
                 // `since_seq`.
                 Some(s) if s == last => None,
-                since => since.map(|s| s.min(last)),
+                // This node lags behind what the client saw elsewhere.
+                Some(s) if s > last => Some(last),
+                Some(s) => match st.recent_after(s) {
+                    // A short lag (a reconnect storm, typically): the room
+                    // still has every missed message; queued here, under the
+                    // lock, so no live one can come between.
+                    Some(frames) => {
+                        for frame in frames {
+                            conn.push(frame.clone());
+                        }
+                        None
+                    }
+                    None => Some(s),
+                },
             };
             st.members.insert(
                 conn.id,
@@ -335,7 +352,11 @@ impl Hub {
         if let Some(room) = self.rooms.get(&conv) {
             return Ok(room.clone());
         }
-        let room = Arc::new(Room::new(conv, self.settings.outbound_queue));
+        let room = Arc::new(Room::new(
+            conv,
+            self.settings.outbound_queue,
+            self.settings.recent_messages,
+        ));
         self.rooms.insert(conv, room.clone());
         let opened = match self.bus.subscribe(&topic).await {
             Ok(()) => match self.store.last_seq(conv).await {

@@ -1,9 +1,10 @@
 //! One conversation's delivery state on this node: which local sockets are
 //! joined, the highest seq delivered, and later seqs held back until the
-//! earlier ones arrive. All methods are synchronous and run under the room's
+//! earlier ones arrive, and the last few messages delivered, so a resume
+//! that lags by little is answered from memory. All methods are synchronous and run under the room's
 //! lock; anything slow (store reads) happens outside it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -55,12 +56,16 @@ pub(super) struct RoomState {
     pub closed: bool,
     /// Bound on buffered frames per replaying socket.
     pub queue_limit: usize,
+    /// The last messages delivered, oldest first: consecutive seqs ending at
+    /// `delivered`. A resume within them needs no store read.
+    recent: VecDeque<(Seq, Utf8Bytes)>,
+    recent_limit: usize,
     /// Assistant streams seen in this conversation, and when last heard.
     pub streams: HashMap<StreamId, std::time::Instant>,
 }
 
 impl Room {
-    pub fn new(id: ConversationId, queue_limit: usize) -> Self {
+    pub fn new(id: ConversationId, queue_limit: usize, recent_limit: usize) -> Self {
         Room {
             id,
             state: parking_lot::Mutex::new(RoomState {
@@ -72,6 +77,8 @@ impl Room {
                 access_version: 0,
                 closed: false,
                 queue_limit,
+                recent: VecDeque::new(),
+                recent_limit,
                 streams: HashMap::new(),
             }),
         }
@@ -101,6 +108,7 @@ impl RoomState {
     /// Sets the starting point once the store told the last seq.
     pub fn initialize(&mut self, last: Seq) -> bool {
         self.delivered = Some(last);
+        self.recent.clear();
         self.drain_pending();
         !self.pending.is_empty()
     }
@@ -125,6 +133,12 @@ impl RoomState {
 
     fn fan_out(&mut self, seq: Seq, frame: Utf8Bytes) -> usize {
         self.delivered = Some(seq);
+        if self.recent_limit > 0 {
+            if self.recent.len() == self.recent_limit {
+                self.recent.pop_front();
+            }
+            self.recent.push_back((seq, frame.clone()));
+        }
         let limit = self.queue_limit;
         let mut sent = 0;
         for m in self.members.values_mut() {
@@ -155,6 +169,18 @@ impl RoomState {
         sent
     }
 
+    /// The frames of every message after `since` up to `delivered`, if the
+    /// recent ones cover them all (None: read the store).
+    pub fn recent_after(&self, since: Seq) -> Option<impl Iterator<Item = &Utf8Bytes>> {
+        let oldest = self.recent.front()?.0;
+        (oldest <= since.next()).then(|| {
+            self.recent
+                .iter()
+                .filter(move |(seq, _)| *seq > since)
+                .map(|(_, frame)| frame)
+        })
+    }
+
     /// The first missing seq's predecessor, if a gap is waiting to be filled.
     pub fn gap_start(&self) -> Option<Seq> {
         match (self.delivered, self.pending.is_empty()) {
@@ -177,7 +203,7 @@ mod tests {
     use super::*;
 
     fn room_with_member() -> (RoomState, crate::hub::Outbox) {
-        let room = Room::new(ConversationId::new(), 100);
+        let room = Room::new(ConversationId::new(), 100, 3);
         let (conn, rx) = Conn::new(UserId::from("u"), 100);
         let conn = Arc::new(conn);
         let mut st = room.state.into_inner();
@@ -224,13 +250,40 @@ mod tests {
 
     #[test]
     fn events_before_initialization_wait() {
-        let room = Room::new(ConversationId::new(), 10);
+        let room = Room::new(ConversationId::new(), 10, 3);
         let mut st = room.state.into_inner();
         st.on_message(Seq(5), "5".into());
         st.on_message(Seq(6), "6".into());
         // The store said 5 was already there when the room opened.
         assert!(!st.initialize(Seq(5)));
         assert_eq!(st.delivered, Some(Seq(6)));
+    }
+
+    #[test]
+    fn recent_messages_cover_a_short_resume_only() {
+        let (mut st, _rx) = room_with_member();
+        let covered = |st: &RoomState, since: i64| {
+            st.recent_after(Seq(since))
+                .map(|frames| frames.map(|f| f.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(covered(&st, 0), None, "nothing delivered yet");
+        for seq in 1..=5 {
+            st.on_message(Seq(seq), seq.to_string().into());
+        }
+        // The last three are kept: 3, 4, 5.
+        assert_eq!(covered(&st, 5), Some(vec![]));
+        assert_eq!(
+            covered(&st, 3),
+            Some(vec!["4".to_string(), "5".to_string()])
+        );
+        assert_eq!(
+            covered(&st, 2),
+            Some(vec!["3".into(), "4".into(), "5".into()])
+        );
+        assert_eq!(covered(&st, 1), None, "2 is no longer kept");
+        // Seqs held back behind a gap are not recent until delivered.
+        st.on_message(Seq(7), "7".into());
+        assert_eq!(covered(&st, 4), Some(vec!["5".to_string()]));
     }
 
     #[test]
