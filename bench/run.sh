@@ -79,5 +79,5 @@ fi
 if want hot; then $BENCH "${both[@]}" rooms --rooms 1 --members 10 --rate 600 --seconds 5; fi
 if want stream; then $BENCH "${both[@]}" stream --watchers 100 --tokens 1000; fi
 # Last: the storm stops node a.
-if want storm; then $BENCH "${both[@]}" storm --sockets "$(scale 18000)"; fi
+if want storm; then $BENCH "${both[@]}" storm --sockets "$(scale 18000)" ${STORM_ARGS:-}; fi
 echo "== done"

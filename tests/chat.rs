@@ -688,4 +688,19 @@ async fn resumes_within_and_beyond_the_recent_messages_miss_nothing() {
         let (_, rest) = tab.until(|f| f["data"]["ref"] == "p").await;
         assert!(messages(&rest).is_empty(), "nothing twice: {rest:?}");
     }
+
+    // A resume that opens the room on this node (no socket joined to the
+    // conversation here yet): the room starts with the last messages read
+    // from the store.
+    let quiet = node.create_chat("alice", &["bob"]).await;
+    for i in 1..=5 {
+        a.say(&quiet, &format!("q{i}")).await;
+    }
+    near.join(&quiet, Some(2)).await;
+    a.say(&quiet, "q6").await;
+    let (last, before) = near.until(|f| f["data"]["message"]["seq"] == 6).await;
+    let mut got = messages(&before);
+    got.extend(messages(&[last]));
+    let want: Vec<(i64, String)> = (3..=6).map(|i| (i, format!("q{i}"))).collect();
+    assert_eq!(got, want);
 }

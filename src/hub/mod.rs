@@ -344,8 +344,13 @@ impl Hub {
     /// Finds or opens the room: subscribe first, then read the last seq, so
     /// no event published in between is missed.
     async fn open_room(&self, conv: ConversationId) -> Result<Arc<Room>, ChatError> {
+        // Fast path: an open room. One still opening (not yet initialized)
+        // is waited for on the topology lock below, so a joiner never sees
+        // it without its position.
         if let Some(room) = self.rooms.get(&conv) {
-            return Ok(room.clone());
+            if room.state.lock().delivered.is_some() {
+                return Ok(room.clone());
+            }
         }
         let topic = Topic::Conversation(conv);
         let _guard = self.topology(&topic).lock().await;
@@ -368,7 +373,8 @@ impl Hub {
         };
         match opened {
             Ok(last) => {
-                let gap = room.state.lock().initialize(last);
+                let recent = self.recent_messages(conv, last).await;
+                let gap = room.state.lock().initialize(last, recent);
                 if gap {
                     self.start_gap_fill(&room);
                 }
@@ -379,6 +385,31 @@ impl Hub {
                 self.rooms.remove(&conv);
                 let _ = self.bus.unsubscribe(&topic).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// The frames of the room's last messages up to `last`, to seed its
+    /// recent ones: resumes right after the room opens (a drained node's
+    /// clients arriving) need no store read either. Best effort: on a store
+    /// error the room starts with none.
+    async fn recent_messages(&self, conv: ConversationId, last: Seq) -> Vec<(Seq, Utf8Bytes)> {
+        let limit = self.settings.recent_messages as u64;
+        if limit == 0 || last == Seq(0) {
+            return Vec::new();
+        }
+        match self
+            .store
+            .messages_before(conv, Some(last.next()), limit)
+            .await
+        {
+            Ok((page, _)) => page
+                .into_iter()
+                .map(|m| (m.seq, message_frame(m)))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, %conv, "reading recent messages failed");
+                Vec::new()
             }
         }
     }

@@ -105,10 +105,17 @@ impl RoomState {
         (sent, !self.pending.is_empty())
     }
 
-    /// Sets the starting point once the store told the last seq.
-    pub fn initialize(&mut self, last: Seq) -> bool {
+    /// Sets the starting point once the store told the last seq, with the
+    /// frames of the messages up to it (kept only if they end at `last` in
+    /// consecutive seqs).
+    pub fn initialize(&mut self, last: Seq, recent: Vec<(Seq, Utf8Bytes)>) -> bool {
         self.delivered = Some(last);
         self.recent.clear();
+        let consecutive = recent.windows(2).all(|w| w[1].0 == w[0].0.next());
+        if consecutive && recent.last().is_some_and(|(seq, _)| *seq == last) {
+            let skip = recent.len().saturating_sub(self.recent_limit);
+            self.recent.extend(recent.into_iter().skip(skip));
+        }
         self.drain_pending();
         !self.pending.is_empty()
     }
@@ -207,7 +214,7 @@ mod tests {
         let (conn, rx) = Conn::new(UserId::from("u"), 100);
         let conn = Arc::new(conn);
         let mut st = room.state.into_inner();
-        st.initialize(Seq(0));
+        st.initialize(Seq(0), Vec::new());
         st.members.insert(
             conn.id,
             Member {
@@ -255,7 +262,7 @@ mod tests {
         st.on_message(Seq(5), "5".into());
         st.on_message(Seq(6), "6".into());
         // The store said 5 was already there when the room opened.
-        assert!(!st.initialize(Seq(5)));
+        assert!(!st.initialize(Seq(5), Vec::new()));
         assert_eq!(st.delivered, Some(Seq(6)));
     }
 
@@ -284,6 +291,29 @@ mod tests {
         // Seqs held back behind a gap are not recent until delivered.
         st.on_message(Seq(7), "7".into());
         assert_eq!(covered(&st, 4), Some(vec!["5".to_string()]));
+    }
+
+    #[test]
+    fn recent_messages_are_seeded_only_when_they_end_at_the_start() {
+        let room = Room::new(ConversationId::new(), 10, 3);
+        let mut st = room.state.into_inner();
+        let frames = |seqs: &[i64]| -> Vec<(Seq, Utf8Bytes)> {
+            seqs.iter()
+                .map(|s| (Seq(*s), s.to_string().into()))
+                .collect()
+        };
+        st.initialize(Seq(9), frames(&[5, 6, 7, 8, 9]));
+        let kept: Vec<String> = st
+            .recent_after(Seq(6))
+            .unwrap()
+            .map(|f| f.to_string())
+            .collect();
+        assert_eq!(kept, ["7", "8", "9"], "the newest three");
+        assert!(st.recent_after(Seq(5)).is_none());
+        st.initialize(Seq(10), frames(&[8, 9]));
+        assert!(st.recent_after(Seq(9)).is_none(), "not ending at the start");
+        st.initialize(Seq(9), frames(&[7, 9]));
+        assert!(st.recent_after(Seq(8)).is_none(), "not consecutive");
     }
 
     #[test]
