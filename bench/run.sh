@@ -78,6 +78,13 @@ fi
 # One hot conversation: 10 members sending 600/s each, 6000 sends/s offered.
 if want hot; then $BENCH "${both[@]}" rooms --rooms 1 --members 10 --rate 600 --seconds 5; fi
 if want stream; then $BENCH "${both[@]}" stream --watchers 100 --tokens 1000; fi
-# Last: the storm stops node a.
-if want storm; then $BENCH "${both[@]}" storm --sockets "$(scale 18000)" ${STORM_ARGS:-}; fi
+# Last: the storms stop node a, drained (SIGTERM, spread over 2 s), then,
+# started again, killed (SIGKILL).
+if want storm; then
+  $BENCH "${both[@]}" storm --sockets "$(scale 18000)"
+  wait "${NODE_PID[a]}" || true
+  start_node a
+  both=(--node "${NODE_URL[a]}" --node "${NODE_URL[b]}" --node-pid "${NODE_PID[a]}" --node-pid "${NODE_PID[b]}")
+  $BENCH "${both[@]}" storm --sockets "$(scale 18000)" --kill
+fi
 echo "== done"
