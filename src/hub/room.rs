@@ -1,8 +1,8 @@
 //! One conversation's delivery state on this node: which local sockets are
-//! joined, the highest seq delivered, and later seqs held back until the
-//! earlier ones arrive, and the last few messages delivered, so a resume
-//! that lags by little is answered from memory. All methods are synchronous and run under the room's
-//! lock; anything slow (store reads) happens outside it.
+//! joined, the highest seq delivered, later seqs held back until the
+//! earlier ones arrive, and the last messages delivered, so a resume that
+//! lags by little is answered from memory. All methods are synchronous and
+//! run under the room's lock; anything slow (store reads) happens outside it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
