@@ -29,6 +29,9 @@ pub enum PushError {
 #[derive(Debug, PartialEq, Eq)]
 pub struct Empty;
 
+/// No frame was queued; true if the sender is gone too.
+struct Closed(bool);
+
 struct Shared {
     state: Mutex<State>,
     limit: usize,
@@ -112,18 +115,26 @@ impl Receiver {
         loop {
             // Registered before the check: a frame queued in between wakes it.
             let queued = self.0.queued.notified();
-            match self.try_recv() {
+            match self.take() {
                 Ok(frame) => return Some(frame),
-                Err(Empty) if self.0.state.lock().closed => return None,
-                Err(Empty) => queued.await,
+                Err(Closed(true)) => return None,
+                Err(Closed(false)) => queued.await,
             }
         }
     }
 
     /// The oldest frame, if one is queued.
     pub fn try_recv(&self) -> Result<Utf8Bytes, Empty> {
+        self.take().map_err(|_| Empty)
+    }
+
+    /// The oldest frame; with none queued, whether the sender is gone
+    /// (read under the same lock).
+    fn take(&self) -> Result<Utf8Bytes, Closed> {
         let mut state = self.0.state.lock();
-        let frame = state.frames.pop_front().ok_or(Empty)?;
+        let Some(frame) = state.frames.pop_front() else {
+            return Err(Closed(state.closed));
+        };
         if state.frames.is_empty() && state.frames.capacity() > KEEP {
             state.frames.shrink_to(KEEP);
         }
