@@ -4,6 +4,7 @@
 use std::collections::HashSet;
 use std::sync::OnceLock;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
@@ -24,6 +25,10 @@ pub enum CloseReason {
     Policy,
     /// 4009: the outbound queue overflowed.
     SlowConsumer,
+    /// 1002: a frame that breaks RFC 6455.
+    ProtocolError,
+    /// 1007: a text frame that is not UTF-8.
+    NotUtf8,
     /// 1009: a frame larger than `max_frame_bytes`.
     TooBig,
     /// 1012: the node is restarting (drain).
@@ -40,6 +45,8 @@ impl CloseReason {
             CloseReason::TokenExpired => 4003,
             CloseReason::Policy => 4008,
             CloseReason::SlowConsumer => 4009,
+            CloseReason::ProtocolError => 1002,
+            CloseReason::NotUtf8 => 1007,
             CloseReason::TooBig => 1009,
             CloseReason::Restart => 1012,
             CloseReason::DeadPeer => 1001,
@@ -53,6 +60,8 @@ impl CloseReason {
             CloseReason::TokenExpired => "token expired",
             CloseReason::Policy => "policy violation",
             CloseReason::SlowConsumer => "too slow a consumer",
+            CloseReason::ProtocolError => "protocol error",
+            CloseReason::NotUtf8 => "text frame not UTF-8",
             CloseReason::TooBig => "frame too large",
             CloseReason::Restart => "node restarting",
             CloseReason::DeadPeer => "no sign of life",
@@ -104,6 +113,11 @@ impl Conn {
             res = self.tx.send(frame) => res.is_ok(),
             _ = self.closing.cancelled() => false,
         }
+    }
+
+    /// Asks the writer to answer the client's ping.
+    pub fn pong(&self, payload: Bytes) {
+        self.tx.pong(payload);
     }
 
     /// Asks the writer to close the socket. The first reason wins.

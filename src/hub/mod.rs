@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use conn::{CloseReason, Conn};
-pub use outbox::Receiver as Outbox;
+pub use outbox::{Outbound, Receiver as Outbox};
 pub use room::Access;
 use room::{Buffered, Member, Room};
 

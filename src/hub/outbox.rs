@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -23,6 +24,15 @@ pub enum PushError {
     Full,
     /// The writer is gone.
     Closed,
+}
+
+/// What the writer takes off the queue.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outbound {
+    /// A text frame.
+    Frame(Utf8Bytes),
+    /// The answer to the client's latest ping, with its payload.
+    Pong(Bytes),
 }
 
 /// The queue was empty (or closed) when asked.
@@ -43,6 +53,9 @@ struct Shared {
 
 struct State {
     frames: VecDeque<Utf8Bytes>,
+    /// A pong owed to the client; only the latest ping needs one (RFC 6455,
+    /// 5.5.3), and it goes ahead of queued frames.
+    pong: Option<Bytes>,
     /// The sender or the receiver left.
     closed: bool,
 }
@@ -52,6 +65,7 @@ pub fn channel(limit: usize) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
+            pong: None,
             closed: false,
         }),
         limit: limit.max(1),
@@ -83,6 +97,17 @@ impl Sender {
         }
     }
 
+    /// Owes the client a pong with `payload`, replacing any owed before.
+    pub fn pong(&self, payload: Bytes) {
+        let mut state = self.0.state.lock();
+        if state.closed {
+            return;
+        }
+        state.pong = Some(payload);
+        drop(state);
+        self.0.queued.notify_one();
+    }
+
     fn push(&self, frame: Utf8Bytes) -> Result<(), (PushError, Utf8Bytes)> {
         let mut state = self.0.state.lock();
         if state.closed {
@@ -109,14 +134,17 @@ impl Drop for Sender {
 pub struct Receiver(Arc<Shared>);
 
 impl Receiver {
-    /// The oldest frame, waiting for one; None once the sender is gone and
-    /// the queue is empty.
-    pub async fn recv(&mut self) -> Option<Utf8Bytes> {
+    /// An owed pong, else the oldest frame, waiting for one; None once the
+    /// sender is gone and the queue is empty.
+    pub async fn recv(&mut self) -> Option<Outbound> {
         loop {
             // Registered before the check: a frame queued in between wakes it.
             let queued = self.0.queued.notified();
+            if let Some(payload) = self.0.state.lock().pong.take() {
+                return Some(Outbound::Pong(payload));
+            }
             match self.take() {
-                Ok(frame) => return Some(frame),
+                Ok(frame) => return Some(Outbound::Frame(frame)),
                 Err(Closed(true)) => return None,
                 Err(Closed(false)) => queued.await,
             }
@@ -164,8 +192,22 @@ mod tests {
         assert_eq!(tx.try_send("a".into()), Ok(()));
         assert_eq!(tx.try_send("b".into()), Ok(()));
         assert_eq!(tx.try_send("c".into()), Err(PushError::Full));
-        assert_eq!(rx.recv().await.unwrap().as_str(), "a");
+        assert_eq!(rx.recv().await, Some(Outbound::Frame("a".into())));
         assert_eq!(rx.try_recv().unwrap().as_str(), "b");
+        assert_eq!(rx.try_recv(), Err(Empty));
+    }
+
+    #[tokio::test]
+    async fn an_owed_pong_goes_first_and_only_the_latest_counts() {
+        let (tx, mut rx) = channel(4);
+        tx.try_send("a".into()).unwrap();
+        tx.pong(Bytes::from_static(b"1"));
+        tx.pong(Bytes::from_static(b"2"));
+        assert_eq!(
+            rx.recv().await,
+            Some(Outbound::Pong(Bytes::from_static(b"2")))
+        );
+        assert_eq!(rx.recv().await, Some(Outbound::Frame("a".into())));
         assert_eq!(rx.try_recv(), Err(Empty));
     }
 
@@ -177,12 +219,12 @@ mod tests {
             tx.send("b".into()).await.unwrap();
             tx
         });
-        assert_eq!(rx.recv().await.unwrap().as_str(), "a");
+        assert_eq!(rx.recv().await, Some(Outbound::Frame("a".into())));
         let tx = tokio::time::timeout(std::time::Duration::from_secs(5), send)
             .await
             .expect("the send completes once there is room")
             .unwrap();
-        assert_eq!(rx.recv().await.unwrap().as_str(), "b");
+        assert_eq!(rx.recv().await, Some(Outbound::Frame("b".into())));
         drop(tx);
         assert_eq!(rx.recv().await, None, "the sender left");
     }

@@ -7,35 +7,38 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use futures_util::{stream::SplitStream, StreamExt};
 use opentelemetry::trace::SpanContext;
 use opentelemetry::KeyValue;
 use poem::Upgraded;
+use tokio::io::ReadHalf;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use tokio_tungstenite::tungstenite::{error::CapacityError, Error as WsError, Message};
-use tokio_tungstenite::WebSocketStream;
 use tracing::Instrument;
 
+use super::frame::{Incoming, ReadError, Reader};
 use super::writer;
 use crate::auth::Identity;
 use crate::chat::{Bucket, Outgoing, Page, PendingSend, Sent};
 use crate::error::ChatError;
 use crate::hub::{CloseReason, Conn};
 use crate::ids::ConversationId;
-use crate::node::Node;
+use crate::node::{Node, SocketSlot};
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
 use crate::telemetry;
 
-pub type Stream = SplitStream<WebSocketStream<Upgraded>>;
+/// The reading half of a socket, as frames.
+pub type Stream = Reader<ReadHalf<Upgraded>>;
 
 /// Most sends of one socket queued for storing at once; beyond it, the
 /// socket's next frame waits for the oldest.
 const MAX_SENDS_IN_FLIGHT: usize = 32;
 
-/// Runs a socket from its first frame to its close, in a `ws.socket` span.
-/// Takes the socket already split: a whole `WebSocketStream` argument would
-/// stay part of the task's memory for the socket's whole life.
-pub async fn run(node: Arc<Node>, sink: writer::Sink, stream: Stream) {
+/// Opens a socket's session (authentication, registration, its writer) in
+/// a `ws.socket` span, then hands it to a task of its own for the rest of
+/// its life. That task holds only the session and its wait for the next
+/// frame: the opening steps' state, and the arguments they took, would
+/// otherwise stay part of every idle socket's memory.
+pub async fn start(node: Arc<Node>, slot: SocketSlot, sink: writer::Sink, mut stream: Stream) {
     let span = tracing::info_span!(
         parent: None,
         "ws.socket",
@@ -43,21 +46,33 @@ pub async fn run(node: Arc<Node>, sink: writer::Sink, stream: Stream) {
         connection_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
     );
-    run_socket(node, sink, stream).instrument(span).await
+    let opened = open(node, slot, sink, &mut stream)
+        .instrument(span.clone())
+        .await;
+    if let Some((session, writer)) = opened {
+        tokio::spawn(session.live(stream, writer).instrument(span));
+    }
 }
 
-async fn run_socket(node: Arc<Node>, sink: writer::Sink, mut stream: Stream) {
-    let identity = match Box::pin(authenticate(&node, &mut stream)).await {
+/// Authenticates the socket, registers it with the hub, starts its writer
+/// and answers `auth_success`. None if the socket was turned away or left.
+async fn open(
+    node: Arc<Node>,
+    slot: SocketSlot,
+    mut sink: writer::Sink,
+    stream: &mut Stream,
+) -> Option<(Session, JoinHandle<CloseReason>)> {
+    let identity = match authenticate(&node, &mut sink, stream).await {
         Ok(Some(identity)) => identity,
-        Ok(None) => return,
+        Ok(None) => return None,
         Err((err, reason)) => {
             node.metrics.socket_closed(reason);
             let frame = ServerFrame::error(&err, None).encode();
-            Box::pin(writer::reject(sink, frame.into(), reason)).await;
-            return;
+            writer::reject(sink, frame.into(), reason).await;
+            return None;
         }
     };
-    let (conn, rx) = match Box::pin(node.hub.register(identity.user_id.clone())).await {
+    let (conn, rx) = match node.hub.register(identity.user_id.clone()).await {
         Ok(registered) => registered,
         Err(err) => {
             let reason = match err {
@@ -65,13 +80,9 @@ async fn run_socket(node: Arc<Node>, sink: writer::Sink, mut stream: Stream) {
                 _ => CloseReason::Restart,
             };
             node.metrics.socket_closed(reason);
-            Box::pin(writer::reject(
-                sink,
-                ServerFrame::error(&err, None).encode().into(),
-                reason,
-            ))
-            .await;
-            return;
+            let frame = ServerFrame::error(&err, None).encode();
+            writer::reject(sink, frame.into(), reason).await;
+            return None;
         }
     };
     let span = tracing::Span::current();
@@ -81,7 +92,7 @@ async fn run_socket(node: Arc<Node>, sink: writer::Sink, mut stream: Stream) {
     let ping_every = Duration::from_secs_f64(server.ping_interval_secs.max(1.0));
     let idle_timeout = Duration::from_secs_f64(server.idle_timeout_secs.max(1.0));
     let writer = tokio::spawn(writer::run(sink, rx, conn.clone(), ping_every));
-    let mut session = Session {
+    let session = Session {
         frames: Bucket::full(node.settings.limits.frame_burst),
         node,
         conn,
@@ -90,32 +101,33 @@ async fn run_socket(node: Arc<Node>, sink: writer::Sink, mut stream: Stream) {
         sends: VecDeque::new(),
         idle_timeout,
         socket_span: telemetry::span_context(&span),
+        _slot: slot,
     };
     session
         .reply(ServerFrame::AuthSuccess {
-            user_id: identity.user_id.clone(),
+            user_id: identity.user_id,
             connection_id: session.conn.id,
             expires_at: identity.expires_at,
             node_id: session.node.node_id.clone(),
             reply_to: None,
         })
         .await;
-    session.read(&mut stream).await;
-    Box::pin(session.finish()).await;
-    let reason = writer.await.unwrap_or(CloseReason::Normal);
-    session.node.metrics.socket_closed(reason);
+    Some((session, writer))
 }
 
-/// Waits for the auth frame. Ok(None) if the peer left first.
+/// Waits for the auth frame, answering pings meanwhile. Ok(None) if the
+/// peer left first.
 async fn authenticate(
     node: &Node,
+    sink: &mut writer::Sink,
     stream: &mut Stream,
 ) -> Result<Option<Identity>, (ChatError, CloseReason)> {
     let timeout = node.settings.auth.timeout();
     let first = tokio::time::timeout(timeout, async {
         loop {
             match stream.next().await {
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                Some(Ok(Incoming::Ping(payload))) => writer::pong(sink, &payload).await,
+                Some(Ok(Incoming::Pong)) => continue,
                 other => return other,
             }
         }
@@ -129,15 +141,9 @@ async fn authenticate(
                 timeout.as_secs_f64()
             )))
         }
-        Ok(None | Some(Ok(Message::Close(_)))) => return Ok(None),
-        Ok(Some(Err(WsError::Capacity(_)))) => {
-            return Err((
-                ChatError::InvalidFrame("frame too large".into()),
-                CloseReason::TooBig,
-            ))
-        }
-        Ok(Some(Err(_))) => return Ok(None),
-        Ok(Some(Ok(Message::Text(text)))) => text,
+        Ok(None | Some(Ok(Incoming::Close)) | Some(Err(ReadError::Io(_)))) => return Ok(None),
+        Ok(Some(Err(e))) => return Err((ChatError::InvalidFrame(e.to_string()), e.close_reason())),
+        Ok(Some(Ok(Incoming::Text(text)))) => text,
         Ok(Some(Ok(_))) => return Err(auth_required("the first frame must be a text auth frame")),
     };
     match protocol::decode(&text) {
@@ -174,9 +180,30 @@ struct Session {
     idle_timeout: Duration,
     /// The `ws.socket` span, which each frame's trace links to.
     socket_span: SpanContext,
+    /// The node's count of open sockets includes this one until it ends.
+    _slot: SocketSlot,
 }
 
 impl Session {
+    /// Reads frames until the socket closes, then leaves the hub and waits
+    /// for the writer's last frames.
+    ///
+    /// Not an `async fn`: its arguments would be stored twice in the
+    /// future, once as passed and once as bound.
+    #[allow(clippy::manual_async_fn)] // see above
+    fn live(
+        mut self,
+        mut stream: Stream,
+        writer: JoinHandle<CloseReason>,
+    ) -> impl Future<Output = ()> {
+        async move {
+            self.read(&mut stream).await;
+            Box::pin(self.finish()).await;
+            let reason = writer.await.unwrap_or(CloseReason::Normal);
+            self.node.metrics.socket_closed(reason);
+        }
+    }
+
     async fn read(&mut self, stream: &mut Stream) {
         let mut alive_until = Instant::now() + self.idle_timeout;
         loop {
@@ -198,7 +225,9 @@ impl Session {
                         return;
                     }
                     if now >= self.expires_at {
-                        self.reply(ServerFrame::error(&ChatError::TokenExpired, None)).await;
+                        // Replies are boxed here: rare, and their futures
+                        // would otherwise be part of every idle socket's.
+                        Box::pin(self.reply(ServerFrame::error(&ChatError::TokenExpired, None))).await;
                         self.conn.close(CloseReason::TokenExpired);
                         return;
                     }
@@ -206,7 +235,7 @@ impl Session {
                 }
                 sent = next_sent(&mut self.sends) => Box::pin(self.finish_send(sent)).await,
                 next = stream.next() => match next {
-                    Some(Ok(Message::Text(text))) => {
+                    Some(Ok(Incoming::Text(text))) => {
                         alive_until = Instant::now() + self.idle_timeout;
                         let span = self.frame_span();
                         // Boxed: handling a frame needs a large future (store,
@@ -214,18 +243,22 @@ impl Session {
                         // every idle socket's task for its whole life.
                         Box::pin(self.handle(&text).instrument(span)).await
                     }
-                    Some(Ok(Message::Binary(_))) => {
+                    Some(Ok(Incoming::Binary)) => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
-                        self.reply(ServerFrame::error(&err, None)).await;
+                        Box::pin(self.reply(ServerFrame::error(&err, None))).await;
                     }
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {
+                    Some(Ok(Incoming::Ping(payload))) => {
+                        alive_until = Instant::now() + self.idle_timeout;
+                        self.conn.pong(payload);
+                    }
+                    Some(Ok(Incoming::Pong)) => {
                         alive_until = Instant::now() + self.idle_timeout;
                     }
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        self.conn.close(CloseReason::TooBig);
+                    Some(Err(e)) => {
+                        self.conn.close(e.close_reason());
                         return;
                     }
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                    Some(Ok(Incoming::Close)) | None => {
                         self.conn.close(CloseReason::Normal);
                         return;
                     }

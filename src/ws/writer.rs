@@ -1,79 +1,99 @@
-//! The writer task of one socket: it drains the outbound queue, writing every
-//! frame queued at that moment and flushing once, and on close sends the
-//! close frame with the reason's code.
+//! The writer task of one socket: it drains the outbound queue, encoding
+//! every frame queued at that moment into one buffer written at once, and on
+//! close sends the close frame with the reason's code.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{stream::SplitSink, SinkExt};
 use poem::Upgraded;
-use tokio_tungstenite::tungstenite::protocol::{frame::coding::CloseCode, CloseFrame};
-use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
-use tokio_tungstenite::WebSocketStream;
+use tokio::io::{AsyncWriteExt, WriteHalf};
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::hub::{CloseReason, Conn, Outbox};
+use super::frame::{self, OpCode};
+use crate::hub::{CloseReason, Conn, Outbound, Outbox};
 
-pub type Sink = SplitSink<WebSocketStream<Upgraded>, Message>;
+/// The writing half of a socket.
+pub type Sink = WriteHalf<Upgraded>;
 
-/// Most frames written before one flush.
+/// Most frames written at once.
 const BATCH: usize = 512;
+/// A batch stops growing past this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
 /// How long a closing socket may take to take its last frames.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Runs until the connection is closed; returns the reason. Pings the peer
 /// every `ping_every` while idle or busy, so proxies see traffic and the
 /// reader sees pongs.
-pub async fn run(
+///
+/// Not an `async fn`: its arguments would be stored twice in the future,
+/// which every socket holds for its whole life.
+#[allow(clippy::manual_async_fn)] // see above
+pub fn run(
     mut sink: Sink,
     mut rx: Outbox,
     conn: Arc<Conn>,
     ping_every: Duration,
-) -> CloseReason {
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + ping_every, ping_every);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        let first = tokio::select! {
-            biased;
-            _ = conn.closed() => break,
-            frame = rx.recv() => match frame {
-                Some(frame) => Message::Text(frame),
-                None => break,
-            },
-            _ = ping.tick() => Message::Ping(Default::default()),
-        };
-        let write = async {
-            sink.feed(first).await?;
-            for _ in 1..BATCH {
-                match rx.try_recv() {
-                    Ok(frame) => sink.feed(Message::Text(frame)).await?,
-                    Err(_) => break,
-                }
+) -> impl Future<Output = CloseReason> {
+    async move {
+        let start = tokio::time::Instant::now() + ping_every;
+        let mut ping = tokio::time::interval_at(start, ping_every);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut out = Vec::new();
+            tokio::select! {
+                biased;
+                _ = conn.closed() => break,
+                next = rx.recv() => match next {
+                    Some(Outbound::Frame(text)) => frame::encode(&mut out, OpCode::Text, text.as_bytes()),
+                    Some(Outbound::Pong(payload)) => frame::encode(&mut out, OpCode::Pong, &payload),
+                    None => break,
+                },
+                _ = ping.tick() => frame::encode(&mut out, OpCode::Ping, &[]),
             }
-            sink.flush().await
-        };
-        let written = tokio::select! {
-            res = write => res.is_ok(),
-            // A peer that stopped reading must not hold the writer forever.
-            _ = conn.closed() => false,
-        };
-        if !written {
-            conn.close(CloseReason::Normal);
+            // Boxed: a write's state would otherwise be part of every idle
+            // socket's writer.
+            if !Box::pin(write(&mut sink, &rx, &conn, out)).await {
+                conn.close(CloseReason::Normal);
+                break;
+            }
+        }
+        let reason = conn.close_reason().unwrap_or(CloseReason::Normal);
+        // A slow consumer's backlog is dropped; anyone else gets what was
+        // queued (an error frame before the close, say).
+        let mut last = Vec::new();
+        if reason != CloseReason::SlowConsumer {
+            while let Ok(frame) = rx.try_recv() {
+                last.push(frame);
+            }
+        }
+        Box::pin(goodbye(sink, last, reason)).await;
+        reason
+    }
+}
+
+/// Adds the frames queued behind the first to `out`, up to `BATCH`, and
+/// writes them all. False if the socket failed or was closed meanwhile.
+async fn write(sink: &mut Sink, rx: &Outbox, conn: &Conn, mut out: Vec<u8>) -> bool {
+    for _ in 1..BATCH {
+        if out.len() >= BATCH_BYTES {
             break;
         }
-    }
-    let reason = conn.close_reason().unwrap_or(CloseReason::Normal);
-    // A slow consumer's backlog is dropped; anyone else gets what was queued
-    // (an error frame before the close, say).
-    let mut last = Vec::new();
-    if reason != CloseReason::SlowConsumer {
-        while let Ok(frame) = rx.try_recv() {
-            last.push(frame);
+        match rx.try_recv() {
+            Ok(text) => frame::encode(&mut out, OpCode::Text, text.as_bytes()),
+            Err(_) => break,
         }
     }
-    // Boxed: the goodbye's state would otherwise be part of the writer's
-    // memory for the socket's whole life.
-    Box::pin(goodbye(sink, last, reason)).await;
-    reason
+    let written = async {
+        sink.write_all(&out).await?;
+        sink.flush().await
+    };
+    tokio::select! {
+        res = written => res.is_ok(),
+        // A peer that stopped reading must not hold the writer forever.
+        _ = conn.closed() => false,
+    }
 }
 
 /// Sends an error and closes a socket that never got a queue (auth failures).
@@ -81,18 +101,25 @@ pub async fn reject(sink: Sink, error: Utf8Bytes, reason: CloseReason) {
     goodbye(sink, vec![error], reason).await;
 }
 
-/// Writes the last frames and the close frame, within `CLOSE_TIMEOUT`.
+/// Answers a ping before the socket has a queue (during authentication).
+pub async fn pong(sink: &mut Sink, payload: &[u8]) {
+    let mut out = Vec::new();
+    frame::encode(&mut out, OpCode::Pong, payload);
+    let _ = sink.write_all(&out).await;
+}
+
+/// Writes the last frames and the close frame, then ends the connection's
+/// sending side, within `CLOSE_TIMEOUT`.
 async fn goodbye(mut sink: Sink, last: Vec<Utf8Bytes>, reason: CloseReason) {
+    let mut out = Vec::new();
+    for text in &last {
+        frame::encode(&mut out, OpCode::Text, text.as_bytes());
+    }
+    let close = frame::close_payload(reason.code(), reason.text());
+    frame::encode(&mut out, OpCode::Close, &close);
     let write = async {
-        for frame in last {
-            sink.feed(Message::Text(frame)).await?;
-        }
-        sink.send(Message::Close(Some(CloseFrame {
-            code: CloseCode::from(reason.code()),
-            reason: reason.text().into(),
-        })))
-        .await?;
-        sink.close().await
+        sink.write_all(&out).await?;
+        sink.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
 }
