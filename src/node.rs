@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use poem::http::uri::Scheme;
 use poem::listener::{Acceptor, TcpAcceptor};
+use poem::web::{LocalAddr, RemoteAddr};
 use poem::Server;
 
 use crate::assistant::Streams;
@@ -212,7 +214,7 @@ fn socket_capacity() -> usize {
 }
 
 /// Binds the configured address (or `addr`, for tests picking port 0).
-pub async fn bind(addr: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartError> {
+pub async fn bind(addr: SocketAddr) -> Result<(NoDelayAcceptor, SocketAddr), StartError> {
     // A deep accept queue: after a node drains, thousands of clients
     // reconnect at once, and an overflowing queue costs each a SYN retry.
     let socket = if addr.is_ipv4() {
@@ -223,7 +225,7 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartEr
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     let listener = socket.listen(8192)?;
-    let acceptor = TcpAcceptor::from_tokio(listener)?;
+    let acceptor = NoDelayAcceptor(TcpAcceptor::from_tokio(listener)?);
     let local = acceptor
         .local_addr()
         .first()
@@ -232,10 +234,33 @@ pub async fn bind(addr: SocketAddr) -> Result<(TcpAcceptor, SocketAddr), StartEr
     Ok((acceptor, local))
 }
 
+/// Accepts TCP connections with Nagle's algorithm off. The node writes
+/// small frames as they come; with Nagle on, a frame written while the
+/// previous one is unacknowledged waits for the client's delayed ACK (up to
+/// 40 ms on Linux), which set the fan-out latency tail.
+pub struct NoDelayAcceptor(TcpAcceptor);
+
+impl Acceptor for NoDelayAcceptor {
+    type Io = tokio::net::TcpStream;
+
+    fn local_addr(&self) -> Vec<LocalAddr> {
+        self.0.local_addr()
+    }
+
+    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
+        let accepted = self.0.accept().await?;
+        if let Err(e) = accepted.0.set_nodelay(true) {
+            // The connection still works, only with Nagle's delays.
+            tracing::debug!(error = %e, "could not set TCP_NODELAY");
+        }
+        Ok(accepted)
+    }
+}
+
 /// Serves HTTP and WebSockets until `shutdown` completes, then drains.
 pub async fn serve(
     node: Arc<Node>,
-    acceptor: TcpAcceptor,
+    acceptor: NoDelayAcceptor,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = crate::http::routes(node.clone());
