@@ -42,7 +42,9 @@ pub fn run(
         let start = tokio::time::Instant::now() + ping_every;
         let mut ping = tokio::time::interval_at(start, ping_every);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut last_write = tokio::time::Instant::now();
+        // The first write (the `auth_success` reply) goes out at once.
+        let now = tokio::time::Instant::now();
+        let mut last_write = now.checked_sub(COALESCE).unwrap_or(now);
         loop {
             let mut out = Vec::new();
             tokio::select! {
