@@ -5,7 +5,7 @@
 mod common;
 
 use common::start_node;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::json;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::frame::Frame;
@@ -14,12 +14,7 @@ use tokio_tungstenite::tungstenite::{Bytes, Message};
 /// Waits for the pong answering a ping, skipping other frames.
 async fn pong_of(c: &mut common::Client) -> Bytes {
     loop {
-        let msg = tokio::time::timeout(common::WAIT, c.ws.next())
-            .await
-            .expect("a frame within the timeout")
-            .expect("socket open")
-            .expect("no socket error");
-        match msg {
+        match c.next_message().await {
             Message::Pong(payload) => return payload,
             Message::Close(frame) => panic!("closed instead of a pong: {frame:?}"),
             _ => {}

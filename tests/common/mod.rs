@@ -208,15 +208,20 @@ impl Client {
         self.ws.send(Message::text(text)).await.unwrap();
     }
 
+    /// The next WebSocket message of any kind; panics if none comes within
+    /// `WAIT` or the socket ends.
+    pub async fn next_message(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.ws.next())
+            .await
+            .expect("a frame within the timeout")
+            .expect("socket open")
+            .expect("no socket error")
+    }
+
     /// The next text frame; panics if none comes within `WAIT` or the socket closes.
     pub async fn next(&mut self) -> Value {
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
-                .await
-                .expect("a frame within the timeout")
-                .expect("socket open")
-                .expect("no socket error");
-            match msg {
+            match self.next_message().await {
                 Message::Text(t) => return serde_json::from_str(&t).unwrap(),
                 Message::Close(c) => panic!("socket closed: {c:?}"),
                 _ => continue,
