@@ -38,6 +38,19 @@ pub enum Scenario {
     Idle {
         #[arg(long, default_value_t = 1000)]
         sockets: usize,
+        /// Helper processes to hold the sockets (one process can hold only
+        /// as many as its file-descriptor limit allows); 0: this one.
+        #[arg(long, default_value_t = 0)]
+        procs: usize,
+    },
+    /// An idle helper: opens N sockets joined to a conversation, prints what
+    /// it opened as one JSON line, and holds them until its stdin closes.
+    #[command(hide = true)]
+    Hold {
+        #[arg(long)]
+        sockets: usize,
+        #[arg(long)]
+        conversation: String,
     },
     /// C receivers in one conversation, one sender at R messages/s.
     Fanout {
@@ -111,7 +124,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    let report = runtime.block_on(scenarios::run(&cli));
+    // A helper (`hold`) has no report: it prints its own line.
+    let Some(report) = runtime.block_on(scenarios::run(&cli)) else {
+        return;
+    };
     if cli.json {
         let mut map = Map::new();
         map.insert("scenario".into(), report.scenario.into());

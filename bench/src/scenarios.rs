@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
 
@@ -15,11 +16,18 @@ use crate::{Cli, Report, Scenario};
 /// Sockets being set up at once.
 const CONNECT_CONCURRENCY: usize = 256;
 
-pub async fn run(cli: &Cli) -> Report {
+pub async fn run(cli: &Cli) -> Option<Report> {
     let tokens = Arc::new(Tokens::new(&cli.secret));
     let sources = Arc::new(Sources::new(cli.sources));
-    match cli.scenario.clone() {
-        Scenario::Idle { sockets } => idle(cli, &tokens, &sources, sockets).await,
+    Some(match cli.scenario.clone() {
+        Scenario::Idle { sockets, procs } => idle(cli, &tokens, &sources, sockets, procs).await,
+        Scenario::Hold {
+            sockets,
+            conversation,
+        } => {
+            hold(cli, &tokens, &sources, sockets, conversation).await;
+            return None;
+        }
         Scenario::Fanout {
             receivers,
             rate,
@@ -36,7 +44,7 @@ pub async fn run(cli: &Cli) -> Report {
             watchers,
             tokens: n,
         } => stream(cli, &tokens, &sources, watchers, n).await,
-    }
+    })
 }
 
 /// Opens `n` sockets of `user(i)` spread over the nodes, each joined to
@@ -76,38 +84,77 @@ async fn open_many(
     (socks, auth, start.elapsed())
 }
 
-async fn idle(cli: &Cli, tokens: &Arc<Tokens>, sources: &Arc<Sources>, n: usize) -> Report {
+/// What the idle scenario opened, wherever the sockets are held.
+#[derive(Serialize, Deserialize)]
+struct Opened {
+    /// Sockets open (authenticated and joined) on each node.
+    per_node: Vec<usize>,
+    /// Time to `auth_success` of each, in microseconds.
+    auth_us: Vec<u64>,
+    /// Time to open them all, in seconds.
+    took_s: f64,
+}
+
+/// The idle sockets, held open until released.
+enum Held {
+    Here(Vec<(usize, Ws)>),
+    /// Helper processes; each closes its sockets and exits once its stdin
+    /// closes (and is killed if dropped before that).
+    Helpers(Vec<tokio::process::Child>),
+}
+
+impl Held {
+    /// Closes the sockets; waits for helpers to exit.
+    async fn release(self) {
+        match self {
+            Held::Here(socks) => drop(socks),
+            Held::Helpers(helpers) => {
+                for mut helper in helpers {
+                    drop(helper.stdin.take());
+                    let _ = helper.wait().await;
+                }
+            }
+        }
+    }
+}
+
+async fn idle(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    n: usize,
+    procs: usize,
+) -> Report {
     let owner = tokens.mint("idle");
     let conv = client::create_chat(&cli.nodes[0], &owner, &[]).await;
     let before: Vec<Option<u64>> = cli.pids.iter().map(|p| rss_kib(*p)).collect();
-    let nodes = cli.nodes.len();
-    let (socks, auth, took) = open_many(
-        cli,
-        tokens,
-        sources,
-        n,
-        |_| "idle".into(),
-        |_| conv.clone(),
-        |i| i % nodes,
-    )
-    .await;
+    let (opened, held) = if procs == 0 {
+        let (opened, socks) = open_idle(cli, tokens, sources, n, &conv).await;
+        (opened, Held::Here(socks))
+    } else {
+        open_in_helpers(cli, n, procs, &conv).await
+    };
     // Let allocations settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let total: usize = opened.per_node.iter().sum();
     let mut r = Report::new("idle");
     r.add("sockets requested", n);
-    r.add("sockets open (auth + joined)", socks.len());
+    r.add("sockets open (auth + joined)", total);
+    if procs > 0 {
+        r.add("held by helper processes", procs);
+    }
     r.add(
         "connect rate (sockets/s)",
-        per_sec(socks.len() as u64, took),
+        per_sec(total as u64, Duration::from_secs_f64(opened.took_s)),
     );
     let mut lat = Latencies::default();
-    lat.extend(auth);
+    lat.extend(opened.auth_us);
     let [p50, p99, _, max] = lat.summary();
     r.add("time to auth_success p50 (ms)", p50);
     r.add("time to auth_success p99 (ms)", p99);
     r.add("time to auth_success max (ms)", max);
     for (i, pid) in cli.pids.iter().enumerate() {
-        let held = socks.iter().filter(|(node, _)| *node == i).count().max(1) as f64;
+        let held = opened.per_node.get(i).copied().unwrap_or(0).max(1) as f64;
         match (before.get(i).copied().flatten(), rss_kib(*pid)) {
             (Some(b), Some(a)) => {
                 r.add(&format!("node {i} sockets"), held);
@@ -124,8 +171,102 @@ async fn idle(cli: &Cli, tokens: &Arc<Tokens>, sources: &Arc<Sources>, n: usize)
             ),
         }
     }
-    drop(socks);
+    held.release().await;
     r
+}
+
+/// Opens `n` idle sockets in this process, spread over the nodes.
+async fn open_idle(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    n: usize,
+    conv: &str,
+) -> (Opened, Vec<(usize, Ws)>) {
+    let nodes = cli.nodes.len();
+    let (socks, auth_us, took) = open_many(
+        cli,
+        tokens,
+        sources,
+        n,
+        |_| "idle".into(),
+        |_| conv.to_owned(),
+        |i| i % nodes,
+    )
+    .await;
+    let mut per_node = vec![0; nodes];
+    for (node, _) in &socks {
+        per_node[*node] += 1;
+    }
+    let opened = Opened {
+        per_node,
+        auth_us,
+        took_s: took.as_secs_f64(),
+    };
+    (opened, socks)
+}
+
+/// Splits `n` sockets over `procs` helper processes (copies of this
+/// binary running `hold`), all opening at once, and adds up what they
+/// opened. The connect time is the slowest helper's.
+async fn open_in_helpers(cli: &Cli, n: usize, procs: usize, conv: &str) -> (Opened, Held) {
+    use tokio::io::AsyncBufReadExt;
+    let exe = std::env::current_exe().expect("the bench's own path");
+    let mut helpers = Vec::with_capacity(procs);
+    for k in 0..procs {
+        let share = n / procs + usize::from(k < n % procs);
+        let mut cmd = tokio::process::Command::new(&exe);
+        for node in &cli.nodes {
+            cmd.arg("--node").arg(node);
+        }
+        cmd.arg("--secret")
+            .arg(&cli.secret)
+            .arg("--sources")
+            .arg(cli.sources.to_string())
+            .args([
+                "hold",
+                "--sockets",
+                &share.to_string(),
+                "--conversation",
+                conv,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true);
+        helpers.push(cmd.spawn().expect("a helper process starts"));
+    }
+    let mut total = Opened {
+        per_node: vec![0; cli.nodes.len()],
+        auth_us: Vec::new(),
+        took_s: 0.0,
+    };
+    for helper in &mut helpers {
+        let stdout = helper.stdout.take().expect("piped stdout");
+        let mut line = String::new();
+        let _ = tokio::io::BufReader::new(stdout).read_line(&mut line).await;
+        // A helper that failed reports nothing: its sockets count as not opened.
+        let Ok(opened) = serde_json::from_str::<Opened>(&line) else {
+            eprintln!("an idle helper reported no sockets");
+            continue;
+        };
+        for (sum, k) in total.per_node.iter_mut().zip(opened.per_node) {
+            *sum += k;
+        }
+        total.auth_us.extend(opened.auth_us);
+        total.took_s = total.took_s.max(opened.took_s);
+    }
+    (total, Held::Helpers(helpers))
+}
+
+/// The helper's side of `idle --procs`: opens `n` sockets joined to `conv`,
+/// prints what it opened, and holds them until stdin closes.
+async fn hold(cli: &Cli, tokens: &Arc<Tokens>, sources: &Arc<Sources>, n: usize, conv: String) {
+    use tokio::io::AsyncReadExt;
+    let (opened, socks) = open_idle(cli, tokens, sources, n, &conv).await;
+    let line = serde_json::to_string(&opened).expect("plain numbers serialize");
+    println!("{line}");
+    let _ = tokio::io::stdin().read_to_end(&mut Vec::new()).await;
+    drop(socks);
 }
 
 /// A receiver's tally: latencies, seqs seen, and duplicates.
