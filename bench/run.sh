@@ -70,6 +70,12 @@ if want fanout; then
   $BENCH "${both[@]}" fanout --receivers 200 --rate 500 --seconds 5    # 100k deliveries/s
   $BENCH "${both[@]}" fanout --receivers 200 --rate 2200 --seconds 5   # 440k deliveries/s offered
 fi
+# The kernel's cost of a write here, no node involved: one frame per write
+# (as at 50k/s, where a socket's frames are 4 ms apart) and four.
+if want floor; then
+  $BENCH "${both[@]}" floor --sockets 100 --rate 250 --per-write 1
+  $BENCH "${both[@]}" floor --sockets 100 --rate 250 --per-write 4
+fi
 # 1000 conversations of 4: 8k sends/s offered, then 12k (the ceiling, for
 # the 10k target on Postgres).
 if want rooms; then

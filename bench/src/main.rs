@@ -1,8 +1,10 @@
 //! confab-bench: load for one or more confab nodes, with the figures that
 //! matter (rates, latency percentiles, loss, node CPU and memory), printed
-//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream.
+//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream, and
+//! floor (the kernel's cost of a write on this machine, without a node).
 
 mod client;
+mod floor;
 mod scenarios;
 mod stats;
 
@@ -89,6 +91,24 @@ pub enum Scenario {
         watchers: usize,
         #[arg(long, default_value_t = 1000)]
         tokens: usize,
+    },
+    /// No node: one thread writes a frame to each of C loopback sockets,
+    /// R times a second, K frames per write; its CPU per frame is the
+    /// kernel's floor under any hub on this machine. The nodes are ignored.
+    Floor {
+        #[arg(long, default_value_t = 100)]
+        sockets: usize,
+        /// Frames per second to each socket.
+        #[arg(long, default_value_t = 250)]
+        rate: u64,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Bytes per frame, header included (a message_received is about 330).
+        #[arg(long, default_value_t = 330)]
+        bytes: usize,
+        /// Frames written at once.
+        #[arg(long, default_value_t = 1)]
+        per_write: usize,
     },
 }
 

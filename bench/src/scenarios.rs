@@ -44,6 +44,13 @@ pub async fn run(cli: &Cli) -> Option<Report> {
             watchers,
             tokens: n,
         } => stream(cli, &tokens, &sources, watchers, n).await,
+        Scenario::Floor {
+            sockets,
+            rate,
+            seconds,
+            bytes,
+            per_write,
+        } => crate::floor::floor(sockets, rate, seconds, bytes, per_write).await,
     })
 }
 
