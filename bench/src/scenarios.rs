@@ -13,7 +13,7 @@ use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, now_us, Sources, Tokens, Ws};
-use crate::stats::{per_sec, rss_kib, total_cpu, Latencies};
+use crate::stats::{per_sec, rss_kib, total_cpu, Latencies, Stages};
 use crate::{Cli, Report, Scenario};
 
 /// Sockets being set up at once.
@@ -400,6 +400,7 @@ async fn fanout(
     let (mut sender, _) = client::connect(&cli.nodes[0], &sender_token, sources)
         .await
         .expect("sender connects");
+    let stages0 = Stages::scrape(&cli.nodes).await;
     let cpu0 = total_cpu(&cli.pids);
     let start = Instant::now();
     let mut sent = 0u64;
@@ -438,6 +439,7 @@ async fn fanout(
     }
     let took = start.elapsed();
     let cpu = total_cpu(&cli.pids) - cpu0;
+    let [append, bus] = stages0.means_until(&Stages::scrape(&cli.nodes).await);
     let delivered: u64 = tallies.iter().map(|t| t.seqs.len() as u64).sum();
     let dups: u64 = tallies.iter().map(|t| t.dups).sum();
     let expected = sent * tallies.len() as u64;
@@ -467,6 +469,15 @@ async fn fanout(
             r.add(&format!("{name} latency p999 (ms)"), p999);
             r.add(&format!("{name} latency max (ms)"), max);
         }
+    }
+    // Where a message's time goes inside the nodes before its frames are
+    // queued; the rest of the latency is the fan-out, the writes and the
+    // receivers' reads.
+    if let Some(ms) = append {
+        r.add("node: store append mean (ms)", ms);
+    }
+    if let Some(ms) = bus {
+        r.add("node: publish to hub mean (ms)", ms);
     }
     if !cli.pids.is_empty() {
         r.add("node CPU (s, all nodes)", cpu);

@@ -61,3 +61,53 @@ pub fn total_cpu(pids: &[u32]) -> f64 {
 pub fn per_sec(count: u64, took: Duration) -> f64 {
     count as f64 / took.as_secs_f64().max(1e-9)
 }
+
+/// Sums and counts of the nodes' own stage timings, read from their
+/// Prometheus `/metrics`: where a message's time goes before its frames
+/// are written.
+#[derive(Clone, Copy, Default)]
+pub struct Stages {
+    /// `confab_store_latency_seconds{op="append"}`: queueing and the commit.
+    append: (f64, f64),
+    /// `confab_delivery_latency_seconds`: from the publish on any node to
+    /// the hub of the receiving node.
+    bus: (f64, f64),
+}
+
+impl Stages {
+    /// Adds up every node's figures so far (nodes that do not answer add nothing).
+    pub async fn scrape(nodes: &[String]) -> Self {
+        let mut s = Stages::default();
+        for base in nodes {
+            let Ok(resp) = reqwest::get(format!("{base}/metrics")).await else {
+                continue;
+            };
+            let text = resp.text().await.unwrap_or_default();
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                let Some((key, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let value: f64 = value.parse().unwrap_or(0.0);
+                let append = key.contains("op=\"append\"");
+                match key.split('{').next() {
+                    Some("confab_store_latency_seconds_sum") if append => s.append.0 += value,
+                    Some("confab_store_latency_seconds_count") if append => s.append.1 += value,
+                    Some("confab_delivery_latency_seconds_sum") => s.bus.0 += value,
+                    Some("confab_delivery_latency_seconds_count") => s.bus.1 += value,
+                    _ => {}
+                }
+            }
+        }
+        s
+    }
+
+    /// Mean append and bus times in milliseconds between `self` (earlier)
+    /// and `later`; None where nothing was recorded.
+    pub fn means_until(&self, later: &Stages) -> [Option<f64>; 2] {
+        let mean = |a: (f64, f64), b: (f64, f64)| {
+            let n = b.1 - a.1;
+            (n > 0.0).then(|| (b.0 - a.0) / n * 1000.0)
+        };
+        [mean(self.append, later.append), mean(self.bus, later.bus)]
+    }
+}
