@@ -47,6 +47,35 @@ pub struct ServerSettings {
     pub ping_interval_secs: f64,
     /// Seconds of silence after which a socket counts as dead.
     pub idle_timeout_secs: f64,
+    /// Most TCP connections held at once; 0: what the descriptor limit allows.
+    pub max_connections: usize,
+    /// Seconds a client has to send a request's head, from the connection's
+    /// start or the end of its previous response (the keep-alive idle limit).
+    pub header_timeout_secs: f64,
+    /// Seconds a client has to send a request's body.
+    pub body_timeout_secs: f64,
+    /// Seconds a write may wait for the client to take bytes.
+    pub write_timeout_secs: f64,
+}
+
+impl ServerSettings {
+    pub fn header_timeout(&self) -> Duration {
+        secs(self.header_timeout_secs)
+    }
+
+    pub fn body_timeout(&self) -> Duration {
+        secs(self.body_timeout_secs)
+    }
+
+    pub fn write_timeout(&self) -> Duration {
+        secs(self.write_timeout_secs)
+    }
+}
+
+/// A positive number of seconds as a duration (at least a millisecond, so a
+/// zero or negative setting cannot turn a timeout into a busy loop).
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s.max(0.001))
 }
 
 /// Where history lives.
@@ -91,6 +120,19 @@ pub struct LimitSettings {
     pub recent_messages_per_room: usize,
     pub typing_ttl_secs: f64,
     pub history_page_max: u64,
+    /// A history page stops growing past this many bytes of messages.
+    pub history_page_max_bytes: usize,
+    /// Bytes queued for one socket (replies and broadcasts) before it is
+    /// closed as too slow (4009).
+    pub max_outbound_bytes_per_socket: usize,
+    /// Bytes queued for all of a node's sockets together; past it, a socket
+    /// that is behind is closed as too slow.
+    pub max_outbound_bytes_per_node: usize,
+    /// Connections not yet authenticated, node-wide (plain HTTP ones count
+    /// for their whole life).
+    pub max_pending_connections: usize,
+    /// Connections not yet authenticated from one source address; 0: no limit.
+    pub max_pending_connections_per_ip: usize,
 }
 
 /// One configured assistant (`[assistants.<id>]`). Unset keys take the

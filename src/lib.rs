@@ -14,6 +14,7 @@ pub mod ids;
 pub mod metrics;
 pub mod node;
 pub mod protocol;
+pub mod server;
 pub mod store;
 pub mod telemetry;
 pub mod ws;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use confab::{auth::Authenticator, config::Settings, node, store::Store, telemetry};
+use confab::{auth::Authenticator, config::Settings, node, server, store::Store, telemetry};
 
 #[derive(Parser)]
 #[command(name = "confab", version, about = "A realtime chat hub")]
@@ -80,11 +80,12 @@ async fn run(settings: Settings) -> Result<(), String> {
     let node = node::Node::start(settings)
         .await
         .map_err(|e| e.to_string())?;
-    let (acceptor, addr) = node::bind(listen).await.map_err(|e| e.to_string())?;
-    tracing::info!(%addr, node = %node.node_id, db = node.store.backend_name(), "confab listening");
-    node::serve(node, acceptor, shutdown_signal())
+    let (listener, addr) = server::bind(listen)
         .await
-        .map_err(|e| e.to_string())
+        .map_err(|e| format!("listen on {listen}: {e}"))?;
+    tracing::info!(%addr, node = %node.node_id, db = node.store.backend_name(), "confab listening");
+    node::serve(node, listener, shutdown_signal()).await;
+    Ok(())
 }
 
 async fn migrate(settings: Settings) -> Result<(), String> {

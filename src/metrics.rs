@@ -29,6 +29,16 @@ pub struct Metrics {
     pub streams_active: IntGauge,
     pub assistant_tokens: IntCounter,
     pub assistant_errors: IntCounterVec,
+    /// Bytes queued for all sockets (the node's outbound budget in use).
+    pub outbound_bytes: IntGauge,
+    /// TCP connections held, HTTP and WebSocket alike.
+    pub connections_open: IntGauge,
+    /// Connections not yet authenticated.
+    pub connections_pending: IntGauge,
+    /// Connections closed at accept, by the limit they hit.
+    pub connections_refused: IntCounterVec,
+    /// `accept` failures (most often: out of file descriptors).
+    pub accept_errors: IntCounter,
 }
 
 /// Latency buckets from 0.25 ms to 10 s.
@@ -123,6 +133,27 @@ impl Metrics {
                 "Assistant upstream errors, by kind",
                 "kind",
             ),
+            outbound_bytes: gauge(
+                "outbound_bytes",
+                "Bytes queued for this node's sockets, against max_outbound_bytes_per_node",
+            ),
+            connections_open: gauge(
+                "connections_open",
+                "TCP connections held (HTTP and WebSocket)",
+            ),
+            connections_pending: gauge(
+                "connections_pending",
+                "Connections not yet authenticated (plain HTTP ones for their whole life)",
+            ),
+            connections_refused: counter_vec(
+                "connections_refused_total",
+                "Connections closed at accept, by the limit they hit",
+                "limit",
+            ),
+            accept_errors: counter(
+                "accept_errors_total",
+                "accept() failures, e.g. out of file descriptors (the node backs off)",
+            ),
             registry,
         }
     }
@@ -130,7 +161,7 @@ impl Metrics {
     /// Counts a socket's close under its close code.
     pub fn socket_closed(&self, reason: CloseReason) {
         self.sockets_closed
-            .with_label_values(&[&reason.code().to_string()])
+            .with_label_values(&[reason.label()])
             .inc();
         if reason == CloseReason::SlowConsumer {
             self.slow_consumer_closes.inc();

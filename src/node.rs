@@ -1,23 +1,21 @@
 //! One confab node: its parts wired together, and its life (start, serve,
 //! drain, stop).
 
-use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use poem::http::uri::Scheme;
-use poem::listener::{Acceptor, TcpAcceptor};
-use poem::web::{LocalAddr, RemoteAddr};
-use poem::Server;
+use poem::EndpointExt;
+use tokio::net::TcpListener;
 
 use crate::assistant::Streams;
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::bus::{Bus, LocalBus, RedisBus, Topic};
 use crate::chat::Chat;
 use crate::config::Settings;
-use crate::hub::{CloseReason, Hub, HubSettings, StreamControl};
+use crate::hub::{CloseReason, Hub, HubSettings, NodeBudget, StreamControl};
 use crate::metrics::Metrics;
+use crate::server::{Gate, Options};
 use crate::store::Store;
 
 /// Why a node could not start.
@@ -31,8 +29,6 @@ pub enum StartError {
     Bus(String),
     #[error("configuration: {0}")]
     Config(String),
-    #[error("listen: {0}")]
-    Listen(#[from] std::io::Error),
 }
 
 /// Everything one node holds; shared by every request and socket.
@@ -46,14 +42,7 @@ pub struct Node {
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     draining: AtomicBool,
-    /// WebSockets upgraded and not yet ended (authenticated or not).
-    sockets: AtomicUsize,
-    /// Most WebSockets this node takes: what its file descriptors allow.
-    max_sockets: usize,
 }
-
-/// Descriptors kept free for the database, Redis, HTTP and the runtime.
-const FD_RESERVE: u64 = 512;
 
 impl Node {
     /// Connects storage (migrating it) and the bus, and builds the node.
@@ -83,6 +72,11 @@ impl Node {
             HubSettings {
                 gap_wait: Duration::from_millis(settings.bus.gap_fill_ms),
                 outbound_queue: settings.limits.outbound_queue,
+                outbound_bytes: settings.limits.max_outbound_bytes_per_socket,
+                outbound_budget: NodeBudget::new(
+                    metrics.outbound_bytes.clone(),
+                    settings.limits.max_outbound_bytes_per_node,
+                ),
                 recent_messages: settings
                     .limits
                     .recent_messages_per_room
@@ -124,20 +118,7 @@ impl Node {
             auth,
             metrics,
             draining: AtomicBool::new(false),
-            sockets: AtomicUsize::new(0),
-            max_sockets: socket_capacity(),
         }))
-    }
-
-    /// Takes a socket slot, unless the node is full: past its file
-    /// descriptor limit `accept` would fail in a loop and starve the node.
-    pub fn try_open_socket(self: &Arc<Self>) -> Option<SocketSlot> {
-        let n = self.sockets.fetch_add(1, Ordering::AcqRel);
-        if n >= self.max_sockets {
-            self.sockets.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
-        Some(SocketSlot(self.clone()))
     }
 
     pub fn is_draining(&self) -> bool {
@@ -195,81 +176,18 @@ impl Node {
     }
 }
 
-/// A held socket slot; released when dropped.
-pub struct SocketSlot(Arc<Node>);
-
-impl Drop for SocketSlot {
-    fn drop(&mut self) {
-        self.0.sockets.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// Raises the soft file-descriptor limit to the hard one and returns how
-/// many sockets fit under it with a reserve.
-fn socket_capacity() -> usize {
-    let limit = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
-    let capacity = limit.saturating_sub(FD_RESERVE).max(16);
-    tracing::info!(fd_limit = limit, max_sockets = capacity, "socket capacity");
-    capacity as usize
-}
-
-/// Binds the configured address (or `addr`, for tests picking port 0).
-pub async fn bind(addr: SocketAddr) -> Result<(NoDelayAcceptor, SocketAddr), StartError> {
-    // A deep accept queue: after a node drains, thousands of clients
-    // reconnect at once, and an overflowing queue costs each a SYN retry.
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.bind(addr)?;
-    let listener = socket.listen(8192)?;
-    let acceptor = NoDelayAcceptor(TcpAcceptor::from_tokio(listener)?);
-    let local = acceptor
-        .local_addr()
-        .first()
-        .and_then(|a| a.as_socket_addr().copied())
-        .unwrap_or(addr);
-    Ok((acceptor, local))
-}
-
-/// Accepts TCP connections with Nagle's algorithm off. The node writes
-/// small frames as they come; with Nagle on, a frame written while the
-/// previous one is unacknowledged waits for the client's delayed ACK (up to
-/// 40 ms on Linux), which set the fan-out latency tail.
-pub struct NoDelayAcceptor(TcpAcceptor);
-
-impl Acceptor for NoDelayAcceptor {
-    type Io = tokio::net::TcpStream;
-
-    fn local_addr(&self) -> Vec<LocalAddr> {
-        self.0.local_addr()
-    }
-
-    async fn accept(&mut self) -> std::io::Result<(Self::Io, LocalAddr, RemoteAddr, Scheme)> {
-        let accepted = self.0.accept().await?;
-        if let Err(e) = accepted.0.set_nodelay(true) {
-            // The connection still works, only with Nagle's delays.
-            tracing::debug!(error = %e, "could not set TCP_NODELAY");
-        }
-        Ok(accepted)
-    }
-}
-
-/// Serves HTTP and WebSockets until `shutdown` completes, then drains.
+/// Serves HTTP and WebSockets on `listener` until `shutdown` completes,
+/// then drains.
 pub async fn serve(
     node: Arc<Node>,
-    acceptor: NoDelayAcceptor,
+    listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let app = crate::http::routes(node.clone());
-    let drain_node = node.clone();
+) {
+    let gate = Gate::new(Options::from_settings(&node.settings), node.metrics.clone());
+    let app = crate::http::routes(node.clone()).map_to_response();
     let signal = async move {
         shutdown.await;
-        drain_node.drain().await;
+        node.drain().await;
     };
-    Server::new_with_acceptor(acceptor)
-        .run_with_graceful_shutdown(app, signal, Some(Duration::from_secs(5)))
-        .await
+    crate::server::serve(listener, app, gate, signal).await
 }

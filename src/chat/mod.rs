@@ -435,14 +435,28 @@ impl Chat {
         self.require_member(user, conv).await?;
         let max = self.limits.history_page_max.max(1);
         let limit = page.limit.unwrap_or(50).clamp(1, max);
+        let max_bytes = self.limits.history_page_max_bytes;
         Ok(match (page.before, page.after) {
             (Some(_), Some(_)) => {
                 return Err(ChatError::InvalidFrame(
                     "give before_seq or after_seq, not both".into(),
                 ))
             }
-            (None, Some(after)) => self.store.messages_after(conv, after, limit).await?,
-            (before, None) => self.store.messages_before(conv, before, limit).await?,
+            (None, Some(after)) => {
+                let (mut page, more) = self.store.messages_after(conv, after, limit).await?;
+                let kept = fitting(page.iter(), max_bytes);
+                let cut = kept < page.len();
+                page.truncate(kept);
+                (page, more || cut)
+            }
+            (before, None) => {
+                let (mut page, more) = self.store.messages_before(conv, before, limit).await?;
+                // The page ends at `before`: keep its newest messages.
+                let kept = fitting(page.iter().rev(), max_bytes);
+                let cut = kept < page.len();
+                page.drain(..page.len() - kept);
+                (page, more || cut)
+            }
         })
     }
 
@@ -607,6 +621,40 @@ impl Chat {
             tracing::warn!(error = %e, "publish failed; nodes will catch up from the store");
         }
     }
+}
+
+/// How many of `messages`, taken in order, fit in `max_bytes` of JSON; at
+/// least one, so a page always moves the reader on.
+fn fitting<'a>(messages: impl Iterator<Item = &'a Message>, max_bytes: usize) -> usize {
+    let mut total = 0;
+    let mut count = 0;
+    for message in messages {
+        total += encoded_len(message);
+        if count > 0 && total > max_bytes {
+            break;
+        }
+        count += 1;
+    }
+    count
+}
+
+/// The length of a message's JSON, counted without building it.
+fn encoded_len(message: &Message) -> usize {
+    /// A writer that only counts.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing plain data into a writer that never fails cannot fail.
+    let _ = serde_json::to_writer(&mut count, message);
+    count.0
 }
 
 fn not_a_participant() -> ChatError {

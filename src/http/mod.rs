@@ -9,7 +9,9 @@ mod web;
 
 use std::sync::Arc;
 
-use poem::http::StatusCode;
+use std::time::Duration;
+
+use poem::http::{header, StatusCode};
 use poem::{get, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
 
@@ -24,11 +26,13 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let max_body = node.settings.limits.max_frame_bytes;
+    let body_timeout = node.settings.server.body_timeout();
     let mut route = Route::new();
     if node.settings.auth.dev_tokens {
         route = route.at(
             "/api/v1/dev/token",
-            poem::post(dev::token).around(move |ep, req| limit_body(ep, req, max_body)),
+            poem::post(dev::token)
+                .around(move |ep, req| limit_body(ep, req, max_body, body_timeout)),
         );
     }
     route
@@ -38,7 +42,7 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
         .at("/api/v1/chat/ws", get(crate::ws::upgrade))
         .nest_no_strip(
             "/api/v1/chat",
-            api.around(move |ep, req| limit_body(ep, req, max_body))
+            api.around(move |ep, req| limit_body(ep, req, max_body, body_timeout))
                 .catch_all_error(api::error_response)
                 .into_endpoint(),
         )
@@ -50,18 +54,29 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
         .data(node)
 }
 
-/// Reads the request body up to `max` bytes; a larger one is refused with 413
-/// before any handler runs (with or without a Content-Length).
+/// Reads the request body up to `max` bytes within `timeout`, before any
+/// handler runs: a larger one is refused with 413 (at once when its
+/// Content-Length says so), a slower one with 408.
 async fn limit_body<E: Endpoint>(
     ep: Arc<E>,
     mut req: Request,
     max: usize,
+    timeout: Duration,
 ) -> poem::Result<Response> {
-    match req.take_body().into_bytes_limit(max).await {
-        Ok(bytes) => {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > max as u64) {
+        return Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    match tokio::time::timeout(timeout, req.take_body().into_bytes_limit(max)).await {
+        Ok(Ok(bytes)) => {
             req.set_body(bytes);
             Ok(ep.call(req).await?.into_response())
         }
-        Err(_) => Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)),
+        Ok(Err(_)) => Err(poem::Error::from_status(StatusCode::PAYLOAD_TOO_LARGE)),
+        Err(_) => Err(poem::Error::from_status(StatusCode::REQUEST_TIMEOUT)),
     }
 }

@@ -9,7 +9,7 @@ use parking_lot::Mutex;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
-use super::outbox::{self, PushError};
+use super::outbox::{self, PushError, Reservation};
 use crate::ids::{ConnectionId, ConversationId, UserId};
 
 /// Why the node closes a socket; each maps to a WebSocket close code.
@@ -35,6 +35,8 @@ pub enum CloseReason {
     Restart,
     /// 1001: nothing, not even a pong, arrived for `idle_timeout_secs`.
     DeadPeer,
+    /// The client closed with this (valid) code, which is echoed back.
+    Echo(u16),
 }
 
 impl CloseReason {
@@ -50,6 +52,7 @@ impl CloseReason {
             CloseReason::TooBig => 1009,
             CloseReason::Restart => 1012,
             CloseReason::DeadPeer => 1001,
+            CloseReason::Echo(code) => code,
         }
     }
 
@@ -65,6 +68,31 @@ impl CloseReason {
             CloseReason::TooBig => "frame too large",
             CloseReason::Restart => "node restarting",
             CloseReason::DeadPeer => "no sign of life",
+            CloseReason::Echo(_) => "",
+        }
+    }
+
+    /// What answers a client's close frame: its own code echoed, or 1000
+    /// when it gave none (RFC 6455, 5.5.1).
+    pub fn echoing(code: Option<u16>) -> Self {
+        code.map_or(CloseReason::Normal, CloseReason::Echo)
+    }
+
+    /// The metrics label: the code, except the clients' own codes, which are
+    /// counted together (a label per client-chosen code would be unbounded).
+    pub fn label(self) -> &'static str {
+        match self {
+            CloseReason::Normal => "1000",
+            CloseReason::AuthFailed => "4001",
+            CloseReason::TokenExpired => "4003",
+            CloseReason::Policy => "4008",
+            CloseReason::SlowConsumer => "4009",
+            CloseReason::ProtocolError => "1002",
+            CloseReason::NotUtf8 => "1007",
+            CloseReason::TooBig => "1009",
+            CloseReason::Restart => "1012",
+            CloseReason::DeadPeer => "1001",
+            CloseReason::Echo(_) => "client",
         }
     }
 }
@@ -80,9 +108,14 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// A handle and the receiving end of its outbound queue (for the writer).
+    /// A handle bounded only in frames (tests, and sockets outside a node).
     pub fn new(user: UserId, queue: usize) -> (Self, outbox::Receiver) {
-        let (tx, rx) = outbox::channel(queue);
+        Self::with_limits(user, outbox::Limits::frames(queue))
+    }
+
+    /// A handle and the receiving end of its outbound queue (for the writer).
+    pub fn with_limits(user: UserId, limits: outbox::Limits) -> (Self, outbox::Receiver) {
+        let (tx, rx) = outbox::channel(limits);
         let conn = Conn {
             id: ConnectionId::new(),
             user,
@@ -94,24 +127,44 @@ impl Conn {
         (conn, rx)
     }
 
-    /// Queues a broadcast frame without waiting. A full queue means the client
-    /// cannot keep up: the socket is closed (4009) rather than grow memory.
+    /// Queues a broadcast frame without waiting. A full queue, or one over
+    /// its byte budget, means the client cannot keep up: the socket is
+    /// closed (4009) rather than grow memory.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
-        match self.tx.try_send(frame) {
+        let pushed = self.tx.try_send(frame);
+        self.queued(pushed)
+    }
+
+    /// Queues a reply, waiting while the queue holds its limit of frames
+    /// (the sender's own requests pace it); over the byte budget the socket
+    /// is closed (4009), since waiting for a client that does not read
+    /// would hold the reply forever.
+    pub async fn send(&self, frame: Utf8Bytes) -> bool {
+        tokio::select! {
+            res = self.tx.send(frame) => self.queued(res),
+            _ = self.closing.cancelled() => false,
+        }
+    }
+
+    /// Sets `bytes` of the socket's budget aside for a reply about to be
+    /// built (a history page), so it counts before the node holds it. A
+    /// socket whose queue leaves no room for it is closed (4009).
+    pub fn reserve(&self, bytes: usize) -> Option<Reservation> {
+        let reserved = self.tx.reserve(bytes);
+        if reserved.is_none() {
+            self.close(CloseReason::SlowConsumer);
+        }
+        reserved
+    }
+
+    fn queued(&self, pushed: Result<(), PushError>) -> bool {
+        match pushed {
             Ok(()) => true,
-            Err(PushError::Full) => {
+            Err(PushError::Full | PushError::OverBudget) => {
                 self.close(CloseReason::SlowConsumer);
                 false
             }
             Err(PushError::Closed) => false,
-        }
-    }
-
-    /// Queues a reply, waiting for room (the sender's own request paces it).
-    pub async fn send(&self, frame: Utf8Bytes) -> bool {
-        tokio::select! {
-            res = self.tx.send(frame) => res.is_ok(),
-            _ = self.closing.cancelled() => false,
         }
     }
 

@@ -18,7 +18,7 @@ use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 pub use conn::{CloseReason, Conn};
-pub use outbox::{Outbound, Receiver as Outbox};
+pub use outbox::{NodeBudget, Outbound, Receiver as Outbox, Reservation};
 pub use room::Access;
 use room::{Buffered, Member, Room};
 
@@ -38,6 +38,10 @@ const PAGE: u64 = 200;
 pub struct HubSettings {
     pub gap_wait: Duration,
     pub outbound_queue: usize,
+    /// Bytes one socket's queue may hold (`limits.max_outbound_bytes_per_socket`).
+    pub outbound_bytes: usize,
+    /// Bytes all sockets' queues may hold together.
+    pub outbound_budget: Arc<NodeBudget>,
     /// Messages each room keeps for resumes (`Room::recent_after`); kept
     /// below `outbound_queue`, since a resume queues them all at once.
     pub recent_messages: usize,
@@ -123,7 +127,12 @@ impl Hub {
     /// Registers an authenticated socket of `user`; subscribes the node to
     /// the user's topic if it is the user's first socket here.
     pub async fn register(&self, user: UserId) -> Result<(Arc<Conn>, Outbox), ChatError> {
-        let (conn, rx) = Conn::new(user.clone(), self.settings.outbound_queue);
+        let limits = outbox::Limits {
+            frames: self.settings.outbound_queue,
+            bytes: self.settings.outbound_bytes,
+            node: self.settings.outbound_budget.clone(),
+        };
+        let (conn, rx) = Conn::with_limits(user.clone(), limits);
         let conn = Arc::new(conn);
         // Fast path: the user has sockets here, so the node is subscribed.
         // (An empty entry is being torn down: take the slow path.)

@@ -64,7 +64,8 @@ pub enum Incoming {
     Binary,
     Ping(Bytes),
     Pong,
-    Close,
+    /// A close frame, with its status code if it had one.
+    Close(Option<u16>),
 }
 
 /// Why reading stopped.
@@ -140,6 +141,17 @@ impl<R: AsyncRead + Unpin> Reader<R> {
         }
     }
 
+    /// Reads and drops whatever else arrives, unparsed, until the peer ends
+    /// the connection or the read fails (after a frame that could not be
+    /// parsed, nothing after it can be).
+    pub async fn discard(&mut self) {
+        use tokio::io::AsyncReadExt;
+        self.buf = BytesMut::new();
+        self.fragmented = None;
+        let mut scratch = [0u8; SCRATCH];
+        while let Ok(1..) = self.io.read(&mut scratch).await {}
+    }
+
     /// Reads what the socket has. Between frames it reads into the stack
     /// and keeps only what arrived; within a frame, into the room `parse`
     /// reserved for it.
@@ -201,7 +213,9 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             match opcode {
                 OpCode::Ping => return Ok(Some(Incoming::Ping(payload.freeze()))),
                 OpCode::Pong => return Ok(Some(Incoming::Pong)),
-                OpCode::Close => return Ok(Some(Incoming::Close)),
+                OpCode::Close => {
+                    return close_code(&payload).map(|code| Some(Incoming::Close(code)))
+                }
                 OpCode::Text | OpCode::Binary => {
                     if self.fragmented.is_some() {
                         return Err(ReadError::Protocol(
@@ -230,6 +244,15 @@ impl<R: AsyncRead + Unpin> Reader<R> {
                 }
             }
         }
+    }
+}
+
+/// The status code of a close frame's payload.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(ReadError::Protocol("a close payload of one byte")),
+        [a, b, ..] => Ok(Some(u16::from_be_bytes([*a, *b]))),
     }
 }
 
@@ -401,7 +424,7 @@ mod tests {
                     text(&long),
                     Ok(Incoming::Binary),
                     Ok(Incoming::Pong),
-                    Ok(Incoming::Close),
+                    Ok(Incoming::Close(Some(1000))),
                 ],
                 "in pieces of {step}"
             );

@@ -13,6 +13,7 @@ use poem::{handler, web::Data, Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 
 use crate::node::Node;
+use crate::server::Admission;
 
 /// `GET /api/v1/chat/ws`: upgrades to a WebSocket and runs its session.
 #[handler]
@@ -45,10 +46,11 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
             .status(StatusCode::BAD_REQUEST)
             .body("connection cannot be upgraded");
     };
-    let Some(slot) = node.try_open_socket() else {
+    // Every connection the node serves was admitted at accept.
+    let Some(admission) = req.extensions().get::<Arc<Admission>>().cloned() else {
         return Response::builder()
-            .status(StatusCode::SERVICE_UNAVAILABLE)
-            .body("node is full; connect to another node");
+            .status(StatusCode::INTERNAL_SERVER_ERROR)
+            .body("connection was not admitted");
     };
     let node = node.clone();
     tokio::spawn(async move {
@@ -57,7 +59,7 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
         };
         let (read, sink) = tokio::io::split(upgraded);
         let stream = frame::Reader::new(read, node.settings.limits.max_frame_bytes);
-        session::start(node, slot, sink, stream).await;
+        session::start(node, admission, sink, stream).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -22,8 +22,9 @@ use crate::chat::{Bucket, Outgoing, Page, PendingSend, Sent};
 use crate::error::ChatError;
 use crate::hub::{CloseReason, Conn};
 use crate::ids::ConversationId;
-use crate::node::{Node, SocketSlot};
+use crate::node::Node;
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
+use crate::server::Admission;
 use crate::telemetry;
 
 /// The reading half of a socket, as frames.
@@ -32,13 +33,20 @@ pub type Stream = Reader<ReadHalf<Upgraded>>;
 /// Most sends of one socket queued for storing at once; beyond it, the
 /// socket's next frame waits for the oldest.
 const MAX_SENDS_IN_FLIGHT: usize = 32;
+/// How long a closing socket keeps reading for the client's close frame.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// Opens a socket's session (authentication, registration, its writer) in
 /// a `ws.socket` span, then hands it to a task of its own for the rest of
 /// its life. That task holds only the session and its wait for the next
 /// frame: the opening steps' state, and the arguments they took, would
 /// otherwise stay part of every idle socket's memory.
-pub async fn start(node: Arc<Node>, slot: SocketSlot, sink: writer::Sink, mut stream: Stream) {
+pub async fn start(
+    node: Arc<Node>,
+    admission: Arc<Admission>,
+    sink: writer::Sink,
+    mut stream: Stream,
+) {
     let span = tracing::info_span!(
         parent: None,
         "ws.socket",
@@ -46,7 +54,7 @@ pub async fn start(node: Arc<Node>, slot: SocketSlot, sink: writer::Sink, mut st
         connection_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
     );
-    let opened = open(node, slot, sink, &mut stream)
+    let opened = open(node, admission, sink, &mut stream)
         .instrument(span.clone())
         .await;
     if let Some((session, writer)) = opened {
@@ -58,20 +66,24 @@ pub async fn start(node: Arc<Node>, slot: SocketSlot, sink: writer::Sink, mut st
 /// and answers `auth_success`. None if the socket was turned away or left.
 async fn open(
     node: Arc<Node>,
-    slot: SocketSlot,
+    admission: Arc<Admission>,
     mut sink: writer::Sink,
     stream: &mut Stream,
 ) -> Option<(Session, JoinHandle<CloseReason>)> {
     let identity = match authenticate(&node, &mut sink, stream).await {
-        Ok(Some(identity)) => identity,
-        Ok(None) => return None,
-        Err((err, reason)) => {
+        Ok(identity) => identity,
+        Err(Unauthenticated::Left) => return None,
+        Err(Unauthenticated::Closed(reason)) => {
             node.metrics.socket_closed(reason);
-            let frame = ServerFrame::error(&err, None).encode();
-            writer::reject(sink, frame.into(), reason).await;
+            writer::close(sink, reason).await;
+            return None;
+        }
+        Err(Unauthenticated::Refused(err, reason)) => {
+            reject(&node, sink, stream, err, reason).await;
             return None;
         }
     };
+    admission.authenticated();
     let (conn, rx) = match node.hub.register(identity.user_id.clone()).await {
         Ok(registered) => registered,
         Err(err) => {
@@ -79,9 +91,7 @@ async fn open(
                 ChatError::Forbidden(_) => CloseReason::Policy,
                 _ => CloseReason::Restart,
             };
-            node.metrics.socket_closed(reason);
-            let frame = ServerFrame::error(&err, None).encode();
-            writer::reject(sink, frame.into(), reason).await;
+            reject(&node, sink, stream, err, reason).await;
             return None;
         }
     };
@@ -101,7 +111,6 @@ async fn open(
         sends: VecDeque::new(),
         idle_timeout,
         socket_span: telemetry::span_context(&span),
-        _slot: slot,
     };
     session
         .reply(ServerFrame::AuthSuccess {
@@ -115,13 +124,37 @@ async fn open(
     Some((session, writer))
 }
 
-/// Waits for the auth frame, answering pings meanwhile. Ok(None) if the
-/// peer left first.
+/// Sends a socket that never got a queue its error and close frame, then
+/// lingers for the client's close.
+async fn reject(
+    node: &Node,
+    sink: writer::Sink,
+    stream: &mut Stream,
+    err: ChatError,
+    reason: CloseReason,
+) {
+    node.metrics.socket_closed(reason);
+    let frame = ServerFrame::error(&err, None).encode();
+    writer::reject(sink, frame.into(), reason).await;
+    linger(stream, reason).await;
+}
+
+/// Why a socket ended before it authenticated.
+enum Unauthenticated {
+    /// The connection ended; there is no one to answer.
+    Left,
+    /// The client sent a close frame; the node answers it with this.
+    Closed(CloseReason),
+    /// The client gets this error, then a close frame with the reason.
+    Refused(ChatError, CloseReason),
+}
+
+/// Waits for the auth frame, answering pings meanwhile.
 async fn authenticate(
     node: &Node,
     sink: &mut writer::Sink,
     stream: &mut Stream,
-) -> Result<Option<Identity>, (ChatError, CloseReason)> {
+) -> Result<Identity, Unauthenticated> {
     let timeout = node.settings.auth.timeout();
     let first = tokio::time::timeout(timeout, async {
         loop {
@@ -133,7 +166,9 @@ async fn authenticate(
         }
     })
     .await;
-    let auth_required = |why: &str| (ChatError::AuthRequired(why.into()), CloseReason::AuthFailed);
+    let auth_required = |why: &str| {
+        Unauthenticated::Refused(ChatError::AuthRequired(why.into()), CloseReason::AuthFailed)
+    };
     let text = match first {
         Err(_) => {
             return Err(auth_required(&format!(
@@ -141,8 +176,17 @@ async fn authenticate(
                 timeout.as_secs_f64()
             )))
         }
-        Ok(None | Some(Ok(Incoming::Close)) | Some(Err(ReadError::Io(_)))) => return Ok(None),
-        Ok(Some(Err(e))) => return Err((ChatError::InvalidFrame(e.to_string()), e.close_reason())),
+        Ok(None | Some(Err(ReadError::Io(_)))) => return Err(Unauthenticated::Left),
+        Ok(Some(Ok(Incoming::Close(code)))) => {
+            return Err(Unauthenticated::Closed(CloseReason::echoing(code)))
+        }
+        Ok(Some(Err(e))) => {
+            let reason = e.close_reason();
+            return Err(Unauthenticated::Refused(
+                ChatError::InvalidFrame(e.to_string()),
+                reason,
+            ));
+        }
         Ok(Some(Ok(Incoming::Text(text)))) => text,
         Ok(Some(Ok(_))) => return Err(auth_required("the first frame must be a text auth frame")),
     };
@@ -150,8 +194,7 @@ async fn authenticate(
         Ok((_, ClientFrame::Auth { token })) => node
             .auth
             .verify(&token)
-            .map(Some)
-            .map_err(|e| (e, CloseReason::AuthFailed)),
+            .map_err(|e| Unauthenticated::Refused(e, CloseReason::AuthFailed)),
         _ => Err(auth_required(
             "the first frame must be {\"type\":\"auth\",\"token\":...}",
         )),
@@ -180,8 +223,15 @@ struct Session {
     idle_timeout: Duration,
     /// The `ws.socket` span, which each frame's trace links to.
     socket_span: SpanContext,
-    /// The node's count of open sockets includes this one until it ends.
-    _slot: SocketSlot,
+}
+
+/// How a session's reading ended.
+enum Ending {
+    /// The client closed, or the connection ended: nothing more to read.
+    PeerClosed,
+    /// The node closed the socket for this reason; the client's close frame
+    /// is still to come.
+    NodeClosed(CloseReason),
 }
 
 impl Session {
@@ -197,14 +247,17 @@ impl Session {
         writer: JoinHandle<CloseReason>,
     ) -> impl Future<Output = ()> {
         async move {
-            self.read(&mut stream).await;
+            let ending = self.read(&mut stream).await;
             Box::pin(self.finish()).await;
             let reason = writer.await.unwrap_or(CloseReason::Normal);
             self.node.metrics.socket_closed(reason);
+            if let Ending::NodeClosed(why) = ending {
+                Box::pin(linger(&mut stream, why)).await;
+            }
         }
     }
 
-    async fn read(&mut self, stream: &mut Stream) {
+    async fn read(&mut self, stream: &mut Stream) -> Ending {
         let mut alive_until = Instant::now() + self.idle_timeout;
         loop {
             // One timer for the three deadlines (a dead peer, the token's
@@ -217,19 +270,18 @@ impl Session {
             let conn = self.conn.clone();
             tokio::select! {
                 biased;
-                _ = conn.closed() => return,
+                _ = conn.closed() => return self.node_closed(),
                 _ = tokio::time::sleep_until(deadline) => {
                     let now = Instant::now();
                     if now >= alive_until {
                         self.conn.close(CloseReason::DeadPeer);
-                        return;
+                        return self.node_closed();
                     }
                     if now >= self.expires_at {
-                        // Replies are boxed here: rare, and their futures
-                        // would otherwise be part of every idle socket's.
-                        Box::pin(self.reply(ServerFrame::error(&ChatError::TokenExpired, None))).await;
-                        self.conn.close(CloseReason::TokenExpired);
-                        return;
+                        // Boxed here: rare, and its future would otherwise
+                        // be part of every idle socket's.
+                        Box::pin(self.expire()).await;
+                        return self.node_closed();
                     }
                     Box::pin(self.expire_typing()).await
                 }
@@ -240,8 +292,15 @@ impl Session {
                         let span = self.frame_span();
                         // Boxed: handling a frame needs a large future (store,
                         // bus, chat calls); kept inline it would be part of
-                        // every idle socket's task for its whole life.
-                        Box::pin(self.handle(&text).instrument(span)).await
+                        // every idle socket's task for its whole life. The
+                        // token's expiry holds while a frame waits, on the
+                        // store or for room in the queue.
+                        let expires_at = self.expires_at;
+                        let handled = Box::pin(self.handle(&text).instrument(span));
+                        if tokio::time::timeout_at(expires_at, handled).await.is_err() {
+                            Box::pin(self.expire()).await;
+                            return self.node_closed();
+                        }
                     }
                     Some(Ok(Incoming::Binary)) => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
@@ -254,17 +313,33 @@ impl Session {
                     Some(Ok(Incoming::Pong)) => {
                         alive_until = Instant::now() + self.idle_timeout;
                     }
+                    Some(Err(ReadError::Io(_))) | None => {
+                        self.conn.close(CloseReason::Normal);
+                        return Ending::PeerClosed;
+                    }
                     Some(Err(e)) => {
                         self.conn.close(e.close_reason());
-                        return;
+                        return self.node_closed();
                     }
-                    Some(Ok(Incoming::Close)) | None => {
-                        self.conn.close(CloseReason::Normal);
-                        return;
+                    Some(Ok(Incoming::Close(code))) => {
+                        self.conn.close(CloseReason::echoing(code));
+                        return Ending::PeerClosed;
                     }
                 },
             }
         }
+    }
+
+    /// The node closed the socket (the first reason given wins).
+    fn node_closed(&self) -> Ending {
+        Ending::NodeClosed(self.conn.close_reason().unwrap_or(CloseReason::Normal))
+    }
+
+    /// The token expired without renewal: TOKEN_EXPIRED, then close 4003.
+    async fn expire(&self) {
+        self.reply(ServerFrame::error(&ChatError::TokenExpired, None))
+            .await;
+        self.conn.close(CloseReason::TokenExpired);
     }
 
     /// A `ws.frame` span. A socket may live for hours, so each frame is the
@@ -393,7 +468,15 @@ impl Session {
                     after: load.after_seq,
                     limit: load.limit,
                 };
+                // The largest page counts against the socket's budget before
+                // it is read: a client that does not read its replies is
+                // closed (4009) instead of making the node hold pages.
+                let largest = self.node.settings.limits.history_page_max_bytes;
+                let Some(reserved) = self.conn.reserve(largest) else {
+                    return Ok(());
+                };
                 let (messages, has_more) = chat.history(&user, conv, page).await?;
+                drop(reserved);
                 self.reply(ServerFrame::Messages {
                     conversation_id: conv,
                     messages,
@@ -538,4 +621,30 @@ async fn next_sent(sends: &mut VecDeque<InFlight>) -> Box<(InFlight, Sent)> {
     // The queue was not empty a moment ago and only this task touches it.
     let sent = sends.pop_front().expect("the oldest send is still queued");
     Box::new((sent, done))
+}
+
+/// After the node's close frame: reads and drops what the client still
+/// sends, until its close frame, the end of the connection or `LINGER`.
+/// Closing a socket with unread bytes makes the kernel reset it, and the
+/// client would lose the frames still in its receive buffer (the error and
+/// the close frame among them). After a frame that broke the framing,
+/// nothing more can be parsed: bytes are dropped unread.
+async fn linger(stream: &mut Stream, why: CloseReason) {
+    let parseable = !matches!(
+        why,
+        CloseReason::ProtocolError | CloseReason::NotUtf8 | CloseReason::TooBig
+    );
+    let _ = tokio::time::timeout(LINGER, async {
+        if parseable {
+            loop {
+                match stream.next().await {
+                    Some(Ok(Incoming::Close(_)) | Err(ReadError::Io(_))) | None => return,
+                    Some(Err(_)) => break,
+                    Some(Ok(_)) => {}
+                }
+            }
+        }
+        stream.discard().await;
+    })
+    .await;
 }

@@ -59,8 +59,8 @@ pub fn run(
             }
             // Boxed: a write's state would otherwise be part of every idle
             // socket's writer.
-            if !Box::pin(write(&mut sink, &rx, &conn, out, &mut last_write)).await {
-                conn.close(CloseReason::Normal);
+            if let Err(why) = Box::pin(write(&mut sink, &rx, &conn, out, &mut last_write)).await {
+                conn.close(why);
                 break;
             }
         }
@@ -79,14 +79,15 @@ pub fn run(
 }
 
 /// Adds the frames queued behind the first to `out`, up to `BATCH`, and
-/// writes them all. False if the socket failed or was closed meanwhile.
+/// writes them all. Err, with the reason to close for, if the socket failed
+/// or was closed meanwhile.
 async fn write(
     sink: &mut Sink,
     rx: &Outbox,
     conn: &Conn,
     mut out: Vec<u8>,
     last_write: &mut tokio::time::Instant,
-) -> bool {
+) -> Result<(), CloseReason> {
     // A socket written to moments ago waits out the rest of `COALESCE`,
     // gathering what else is queued meanwhile: Nagle's idea, bounded to a
     // millisecond instead of a delayed ACK's 40. At chat rates writes are
@@ -95,7 +96,7 @@ async fn write(
     if tokio::time::Instant::now() < due {
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {}
-            _ = conn.closed() => return false,
+            _ = conn.closed() => return Err(CloseReason::Normal),
         }
     }
     for _ in 1..BATCH {
@@ -111,18 +112,27 @@ async fn write(
         sink.write_all(&out).await?;
         sink.flush().await
     };
-    let ok = tokio::select! {
-        res = written => res.is_ok(),
+    let result = tokio::select! {
+        res = written => res.map_err(|e| match e.kind() {
+            // The connection's write timeout: the client stopped reading.
+            std::io::ErrorKind::TimedOut => CloseReason::SlowConsumer,
+            _ => CloseReason::Normal,
+        }),
         // A peer that stopped reading must not hold the writer forever.
-        _ = conn.closed() => false,
+        _ = conn.closed() => Err(CloseReason::Normal),
     };
     *last_write = tokio::time::Instant::now();
-    ok
+    result
 }
 
 /// Sends an error and closes a socket that never got a queue (auth failures).
 pub async fn reject(sink: Sink, error: Utf8Bytes, reason: CloseReason) {
     goodbye(sink, vec![error], reason).await;
+}
+
+/// Answers the close frame of a client that never got a queue.
+pub async fn close(sink: Sink, reason: CloseReason) {
+    goodbye(sink, Vec::new(), reason).await;
 }
 
 /// Answers a ping before the socket has a queue (during authentication).
@@ -132,8 +142,10 @@ pub async fn pong(sink: &mut Sink, payload: &[u8]) {
     let _ = sink.write_all(&out).await;
 }
 
-/// Writes the last frames and the close frame, then ends the connection's
-/// sending side, within `CLOSE_TIMEOUT`.
+/// Writes the last frames and the close frame, within `CLOSE_TIMEOUT`. The
+/// connection itself closes when the reader is done with it too: after the
+/// client's close frame, so no frame of the client's in flight is met with
+/// a reset (RFC 6455, 7.1.1).
 async fn goodbye(mut sink: Sink, last: Vec<Utf8Bytes>, reason: CloseReason) {
     let mut out = Vec::new();
     for text in &last {
@@ -143,7 +155,7 @@ async fn goodbye(mut sink: Sink, last: Vec<Utf8Bytes>, reason: CloseReason) {
     frame::encode(&mut out, OpCode::Close, &close);
     let write = async {
         sink.write_all(&out).await?;
-        sink.shutdown().await
+        sink.flush().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
 }

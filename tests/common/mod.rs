@@ -37,9 +37,11 @@ pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> TestNode {
     settings.server.drain_secs = 0;
     tweak(&mut settings);
     let node = Node::start(settings).await.expect("node starts");
-    let (acceptor, addr) = node::bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (listener, addr) = confab::server::bind("127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
     let (tx, rx) = oneshot::channel::<()>();
-    tokio::spawn(node::serve(node.clone(), acceptor, async move {
+    tokio::spawn(node::serve(node.clone(), listener, async move {
         let _ = rx.await;
     }));
     TestNode {
