@@ -146,6 +146,13 @@ impl Conn {
         }
     }
 
+    /// Queues the frame that goes before a close the caller asks for next
+    /// (an error saying why). Without room it is dropped: the close code
+    /// says the same, and waiting could hold the reader.
+    pub fn push_before_close(&self, frame: Utf8Bytes) {
+        let _ = self.tx.try_send(frame);
+    }
+
     /// Sets `bytes` of the socket's budget aside for a reply about to be
     /// built (a history page), so it counts before the node holds it. A
     /// socket whose queue leaves no room for it is closed (4009).

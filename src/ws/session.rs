@@ -278,9 +278,7 @@ impl Session {
                         return self.node_closed();
                     }
                     if now >= self.expires_at {
-                        // Boxed here: rare, and its future would otherwise
-                        // be part of every idle socket's.
-                        Box::pin(self.expire()).await;
+                        self.expire();
                         return self.node_closed();
                     }
                     Box::pin(self.expire_typing()).await
@@ -298,7 +296,7 @@ impl Session {
                         let expires_at = self.expires_at;
                         let handled = Box::pin(self.handle(&text).instrument(span));
                         if tokio::time::timeout_at(expires_at, handled).await.is_err() {
-                            Box::pin(self.expire()).await;
+                            self.expire();
                             return self.node_closed();
                         }
                     }
@@ -336,9 +334,9 @@ impl Session {
     }
 
     /// The token expired without renewal: TOKEN_EXPIRED, then close 4003.
-    async fn expire(&self) {
-        self.reply(ServerFrame::error(&ChatError::TokenExpired, None))
-            .await;
+    fn expire(&self) {
+        let error = ServerFrame::error(&ChatError::TokenExpired, None).encode();
+        self.conn.push_before_close(error.into());
         self.conn.close(CloseReason::TokenExpired);
     }
 
