@@ -1,10 +1,12 @@
 //! confab-bench: load for one or more confab nodes, with the figures that
 //! matter (rates, latency percentiles, loss, node CPU and memory), printed
-//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream, and
-//! floor (the kernel's cost of a write on this machine, without a node).
+//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream,
+//! floor (the kernel's cost of a write on this machine, without a node) and
+//! hostile (what abusive clients cost the first node).
 
 mod client;
 mod floor;
+mod hostile;
 mod scenarios;
 mod stats;
 
@@ -91,6 +93,17 @@ pub enum Scenario {
         watchers: usize,
         #[arg(long, default_value_t = 1000)]
         tokens: usize,
+    },
+    /// Hostile clients against the first node (see bench/hostile.sh).
+    Hostile {
+        #[arg(long, value_enum)]
+        attack: hostile::Attack,
+        /// Sockets or connections.
+        #[arg(long, default_value_t = 16)]
+        conns: usize,
+        /// How long to watch.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
     },
     /// No node: one thread writes a frame to each of C loopback sockets,
     /// R times a second, K frames per write; its CPU per frame is the

@@ -47,6 +47,11 @@ pub async fn run(cli: &Cli) -> Option<Report> {
             watchers,
             tokens: n,
         } => stream(cli, &tokens, &sources, watchers, n).await,
+        Scenario::Hostile {
+            attack,
+            conns,
+            seconds,
+        } => crate::hostile::hostile(cli, &tokens, &sources, attack, conns, seconds).await,
         Scenario::Floor {
             sockets,
             rate,
