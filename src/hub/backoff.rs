@@ -50,7 +50,11 @@ mod tests {
         let mut step = FIRST;
         for _ in 0..12 {
             let d = b.next_delay();
-            assert!(d >= step / 2 && d <= step, "{d:?} within [{:?}, {step:?}]", step / 2);
+            assert!(
+                d >= step / 2 && d <= step,
+                "{d:?} within [{:?}, {step:?}]",
+                step / 2
+            );
             step = (step * 2).min(MAX);
         }
         assert_eq!(step, MAX);

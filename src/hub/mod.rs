@@ -20,10 +20,10 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use backoff::Backoff;
 pub use conn::{CloseReason, Conn};
 pub use outbox::{Outbound, Receiver as Outbox};
 pub use room::Access;
-use backoff::Backoff;
 use room::{JoinPlan, Recovery, Room};
 
 use crate::bus::{Bus, Event, EventKind, EventSink, Topic};
@@ -36,6 +36,9 @@ use crate::store::Store;
 
 /// Messages read from the store per page when replaying or filling gaps.
 const PAGE: u64 = 200;
+/// Rooms reading the store at once to recover: after a bus reconnect every
+/// room catches up, and the pool must stay free for sends and joins.
+const RECOVERY_READS: usize = 4;
 
 /// Hub tunables, from the limits and bus settings.
 #[derive(Clone, Debug)]
@@ -73,6 +76,8 @@ pub struct Hub {
     /// come and go without any.
     topology: Vec<tokio::sync::Mutex<()>>,
     streams: OnceLock<Weak<dyn StreamControl>>,
+    /// Permits for recovery reads (see `RECOVERY_READS`).
+    recovery_reads: tokio::sync::Semaphore,
 }
 
 /// Topic locks of the hub; a power of two well above the core count.
@@ -97,6 +102,7 @@ impl Hub {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             streams: OnceLock::new(),
+            recovery_reads: tokio::sync::Semaphore::new(RECOVERY_READS),
         });
         let sink: Arc<dyn EventSink> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
@@ -272,9 +278,7 @@ impl Hub {
                     "not a participant of this conversation".into(),
                 ));
             }
-            // What the client will have once the replay is over, at least.
-            let newest = page.last().map_or(position, |m| m.seq.max(position));
-            conn.push(joined(newest));
+            conn.push(joined(position));
         }
         let mut cursor = from;
         let mut more = more;
@@ -299,7 +303,6 @@ impl Hub {
                 None => return Ok(()),
             }
         }
-        let cursor = cursor.max(since.unwrap_or_default());
         room.state.lock().finish_replay(conn.id, cursor);
         Ok(())
     }
@@ -314,12 +317,15 @@ impl Hub {
         cursor: Seq,
     ) -> Option<(Vec<Message>, bool)> {
         let mut backoff = Backoff::new();
+        let mut warned = false;
         loop {
             match self.store.messages_after(room.id, cursor, PAGE).await {
                 Ok(page) => return Some(page),
                 Err(e) => {
                     self.metrics.recovery_retries.inc();
-                    tracing::warn!(error = %e, conv = %room.id, "replay page failed; retrying");
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(error = %e, conv = %room.id, "replay page failed; retrying while the socket is open");
+                    }
                 }
             }
             tokio::select! {
@@ -518,7 +524,12 @@ impl Hub {
                     (from, epoch)
                 }
             };
-            match self.catch_up(&room, from).await {
+            let read = {
+                // Never closed, so a permit always comes.
+                let _permit = self.recovery_reads.acquire().await.ok();
+                self.catch_up(&room, from).await
+            };
+            match read {
                 Ok(()) => {
                     room.state.lock().caught_up(epoch);
                     if failures > 0 {
@@ -531,7 +542,12 @@ impl Hub {
                 Err(e) => {
                     failures += 1;
                     self.metrics.recovery_retries.inc();
-                    tracing::warn!(error = %e, conv = %room.id, failures, "catching up from the store failed; retrying");
+                    // One warning per outage and room; the metric counts the rest.
+                    if failures == 1 {
+                        tracing::warn!(error = %e, conv = %room.id, "catching up from the store failed; retrying until it succeeds");
+                    } else {
+                        tracing::debug!(error = %e, conv = %room.id, failures, "catching up from the store failed again");
+                    }
                     tokio::time::sleep(backoff.next_delay()).await;
                     // The gap, if any, had its wait.
                     gap_waited = true;

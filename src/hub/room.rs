@@ -366,8 +366,8 @@ impl RoomState {
 pub(super) enum JoinPlan {
     /// `joined` and every missed message are queued.
     Answered,
-    /// Nothing is queued yet: read the store after `from`, then answer.
-    /// `position` is the room's position when the socket joined.
+    /// Nothing is queued yet: read the store after `from`, then answer
+    /// `joined` with `position`, the room's position when the socket joined.
     Replay { from: Seq, position: Seq },
 }
 
@@ -532,7 +532,11 @@ mod tests {
         assert_eq!(drain(&mut rx), ["joined 3"]);
         let (conn, mut rx) = new_conn();
         assert_eq!(st.join(&conn, Some(Seq(1)), joined), JoinPlan::Answered);
-        assert_eq!(drain(&mut rx), ["joined 3", "2", "3"], "from the recent ones");
+        assert_eq!(
+            drain(&mut rx),
+            ["joined 3", "2", "3"],
+            "from the recent ones"
+        );
 
         st.fall_behind();
         for since in [3, 1] {
@@ -598,7 +602,10 @@ mod tests {
         st.caught_up(epoch);
         assert!(!st.is_behind());
         assert_eq!(st.next_recovery(false), Recovery::Done);
-        assert!(st.fall_behind(), "the task ended, so a new fault starts one");
+        assert!(
+            st.fall_behind(),
+            "the task ended, so a new fault starts one"
+        );
     }
 
     #[test]
