@@ -101,6 +101,8 @@ async fn a_message_stored_while_redis_was_down_arrives_once_the_database_is_back
     let conv = a.create_chat("alice", &["bob"]).await;
     let mut bob = b.connect("bob").await;
     bob.join(&conv, None).await;
+    let mut alice = a.connect("alice").await;
+    alice.join(&conv, None).await;
 
     // Redis dies: a message sent via A is stored and acknowledged, but its
     // publish fails.
@@ -115,6 +117,9 @@ async fn a_message_stored_while_redis_was_down_arrives_once_the_database_is_back
         .await;
     assert_eq!(status, 201, "{sent}");
     assert_eq!(sent["seq"], 1);
+    // A's own socket has it from the store, Redis still down.
+    let (got, _) = alice.until(|f| f["type"] == "message_received").await;
+    assert_eq!(got["data"]["message"]["seq"], 1, "{got}");
 
     // The database refuses the nodes while Redis comes back: B's catch-up
     // after the reconnect fails.
