@@ -263,7 +263,7 @@ impl Hub {
                 JoinPlan::Replay { from, position } => break (room, from, position),
             }
         };
-        let (mut page, more) = match self.store.messages_after(conv, from, PAGE).await {
+        let (mut page, mut more) = match self.store.messages_after(conv, from, PAGE).await {
             Ok(page) => page,
             Err(e) => {
                 self.detach(conn, conv).await;
@@ -281,7 +281,6 @@ impl Hub {
             conn.push(joined(position));
         }
         let mut cursor = from;
-        let mut more = more;
         loop {
             for message in page.drain(..) {
                 cursor = message.seq;
