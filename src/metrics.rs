@@ -25,6 +25,7 @@ pub struct Metrics {
     pub bus_resyncs: IntCounter,
     pub bus_publish_errors: IntCounter,
     pub gap_fills: IntCounter,
+    pub recovery_retries: IntCounter,
     pub rate_limited: IntCounter,
     pub streams_active: IntGauge,
     pub assistant_tokens: IntCounter,
@@ -121,6 +122,10 @@ impl Metrics {
             gap_fills: counter(
                 "gap_fills_total",
                 "Times a seq gap was filled from the store",
+            ),
+            recovery_retries: counter(
+                "recovery_retries_total",
+                "Store reads to catch a room up or replay a join that failed and are retried",
             ),
             rate_limited: counter("rate_limited_total", "Requests refused as RATE_LIMITED"),
             streams_active: gauge("streams_active", "Assistant streams running on this node"),

@@ -162,7 +162,8 @@ pub enum BusError {
 pub trait EventSink: Send + Sync {
     /// An event on a topic this node subscribed to.
     fn deliver(&self, event: Arc<Event>);
-    /// The bus may have lost events (it reconnected): catch up from the store.
+    /// The bus may have lost events (it reconnected, or its receiver
+    /// lagged): catch up from the store, retrying until it succeeds.
     fn resync(&self);
 }
 

@@ -614,10 +614,20 @@ impl Chat {
             .await;
     }
 
+    /// Publishes an event. A failure is logged, not returned: a message is
+    /// stored, and this node's room catches up from the store at once;
+    /// other nodes do when their bus reconnects (see docs/operations.md).
     async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
+        let stored_in = match (&topic, &kind) {
+            (Topic::Conversation(conv), EventKind::Message { .. }) => Some(*conv),
+            _ => None,
+        };
         let event = Event::new(topic, kind, payload);
         if let Err(e) = self.bus.publish(event).await {
             self.metrics.bus_publish_errors.inc();
+            if let Some(conv) = stored_in {
+                self.hub.publish_failed(conv);
+            }
             tracing::warn!(error = %e, "publish failed; nodes will catch up from the store");
         }
     }

@@ -4,8 +4,11 @@
 //! The way out of a node is bus -> hub -> each socket's queue. A stored
 //! message reaches each local socket in seq order, none missing, none twice:
 //! the room holds a later seq until the earlier one arrives and fills a gap
-//! from the store if it does not come in time.
+//! from the store if it does not come in time. A room that may have missed
+//! stored messages (the bus reconnected, a publish failed) catches up from
+//! the store, retrying with back-off until it succeeds.
 
+mod backoff;
 mod conn;
 mod outbox;
 mod room;
@@ -17,10 +20,11 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use backoff::Backoff;
 pub use conn::{CloseReason, Conn};
 pub use outbox::{NodeBudget, Outbound, Receiver as Outbox, Reservation};
 pub use room::Access;
-use room::{Buffered, Member, Room};
+use room::{JoinPlan, Recovery, Room};
 
 use crate::bus::{Bus, Event, EventKind, EventSink, Topic};
 use crate::error::ChatError;
@@ -32,6 +36,9 @@ use crate::store::Store;
 
 /// Messages read from the store per page when replaying or filling gaps.
 const PAGE: u64 = 200;
+/// Rooms reading the store at once to recover: after a bus reconnect every
+/// room catches up, and the pool must stay free for sends and joins.
+const RECOVERY_READS: usize = 4;
 
 /// Hub tunables, from the limits and bus settings.
 #[derive(Clone, Debug)]
@@ -73,6 +80,8 @@ pub struct Hub {
     /// come and go without any.
     topology: Vec<tokio::sync::Mutex<()>>,
     streams: OnceLock<Weak<dyn StreamControl>>,
+    /// Permits for recovery reads (see `RECOVERY_READS`).
+    recovery_reads: tokio::sync::Semaphore,
 }
 
 /// Topic locks of the hub; a power of two well above the core count.
@@ -97,6 +106,7 @@ impl Hub {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             streams: OnceLock::new(),
+            recovery_reads: tokio::sync::Semaphore::new(RECOVERY_READS),
         });
         let sink: Arc<dyn EventSink> = hub.clone();
         bus.attach(Arc::downgrade(&sink));
@@ -223,7 +233,10 @@ impl Hub {
 
     /// Joins `conn` to the conversation: replies `joined`, replays every
     /// stored message after `since` (if given), then delivers live events,
-    /// with none missing and none twice.
+    /// with none missing and none twice. Answers exactly once: `joined`
+    /// only once the replay's first page is read; if that read fails, the
+    /// error is returned (for the caller to answer) and the socket is not
+    /// joined. Later pages that fail are retried while the socket is open.
     pub async fn join(
         &self,
         conn: &Arc<Conn>,
@@ -235,66 +248,50 @@ impl Hub {
         if conn.is_joined(&conv) {
             self.detach(conn, conv).await;
         }
-        let (room, start) = loop {
+        let joined = |last_seq: Seq| -> Utf8Bytes {
+            ServerFrame::Joined {
+                conversation_id: conv,
+                last_seq,
+                participants: participants.clone(),
+                reply_to: reply_to.clone(),
+            }
+            .encode()
+            .into()
+        };
+        let (room, from, position) = loop {
             let room = self.open_room(conv).await?;
             let mut st = room.state.lock();
             if st.closed {
                 continue;
             }
-            let last = st.delivered.unwrap_or_default();
-            let joined = ServerFrame::Joined {
-                conversation_id: conv,
-                last_seq: last,
-                participants: participants.clone(),
-                reply_to: reply_to.clone(),
-            };
-            conn.push(joined.encode().into());
-            let start = match since {
-                None => None,
-                // Already at the room's position (a client resuming on
-                // another node, typically): nothing to read from the store;
-                // live events carry on from `last`, as after a join without
-                // `since_seq`.
-                Some(s) if s == last => None,
-                // This node lags behind what the client saw elsewhere.
-                Some(s) if s > last => Some(last),
-                Some(s) => match st.recent_after(s) {
-                    // A short lag (a reconnect storm, typically): the room
-                    // still has every missed message; queued here, under the
-                    // lock, so no live one can come between.
-                    Some(frames) => {
-                        for frame in frames {
-                            conn.push(frame.clone());
-                        }
-                        None
-                    }
-                    None => Some(s),
-                },
-            };
-            st.members.insert(
-                conn.id,
-                Member {
-                    conn: conn.clone(),
-                    cursor: start.unwrap_or(last),
-                    replay: start.map(|_| Vec::new()),
-                },
-            );
+            let plan = st.join(conn, since, joined);
             conn.set_joined(conv, true);
             drop(st);
-            break (room, start);
+            match plan {
+                JoinPlan::Answered => return Ok(()),
+                JoinPlan::Replay { from, position } => break (room, from, position),
+            }
         };
-        let Some(mut cursor) = start else {
-            return Ok(());
+        let (mut page, mut more) = match self.store.messages_after(conv, from, PAGE).await {
+            Ok(page) => page,
+            Err(e) => {
+                self.detach(conn, conv).await;
+                return Err(e.into());
+            }
         };
+        {
+            let st = room.state.lock();
+            // Removed from the conversation meanwhile: it was told `left`.
+            if !st.members.contains_key(&conn.id) {
+                return Err(ChatError::Forbidden(
+                    "not a participant of this conversation".into(),
+                ));
+            }
+            conn.push(joined(position));
+        }
+        let mut cursor = from;
         loop {
-            let (page, more) = match self.store.messages_after(conv, cursor, PAGE).await {
-                Ok(page) => page,
-                Err(e) => {
-                    self.detach(conn, conv).await;
-                    return Err(e.into());
-                }
-            };
-            for message in page {
+            for message in page.drain(..) {
                 cursor = message.seq;
                 // This node may lag behind what the client saw elsewhere:
                 // the replay starts at the room's position, but the client
@@ -309,24 +306,44 @@ impl Hub {
             if !more {
                 break;
             }
+            match self.replay_page(&room, conn, cursor).await {
+                Some(next) => (page, more) = next,
+                None => return Ok(()),
+            }
         }
-        let mut st = room.state.lock();
-        if let Some(member) = st.members.get_mut(&conn.id) {
-            for item in member.replay.take().unwrap_or_default() {
-                match item {
-                    Buffered::Message(seq, frame) if seq > cursor => {
-                        cursor = seq;
-                        conn.push(frame);
-                    }
-                    Buffered::Message(..) => {}
-                    Buffered::Other(frame) => {
-                        conn.push(frame);
+        room.state.lock().finish_replay(conn.id, cursor);
+        Ok(())
+    }
+
+    /// The replay page after `cursor`. The join is answered already, so a
+    /// failed read is retried with back-off while the socket is open and
+    /// joined; None once it is not.
+    async fn replay_page(
+        &self,
+        room: &Room,
+        conn: &Conn,
+        cursor: Seq,
+    ) -> Option<(Vec<Message>, bool)> {
+        let mut backoff = Backoff::new();
+        let mut warned = false;
+        loop {
+            match self.store.messages_after(room.id, cursor, PAGE).await {
+                Ok(page) => return Some(page),
+                Err(e) => {
+                    self.metrics.recovery_retries.inc();
+                    if !std::mem::replace(&mut warned, true) {
+                        tracing::warn!(error = %e, conv = %room.id, "replay page failed; retrying while the socket is open");
                     }
                 }
             }
-            member.cursor = cursor;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = conn.closed() => return None,
+            }
+            if !room.state.lock().members.contains_key(&conn.id) {
+                return None;
+            }
         }
-        Ok(())
     }
 
     /// Stops delivering the conversation's events to `conn`. False if it was not joined.
@@ -383,9 +400,8 @@ impl Hub {
         match opened {
             Ok(last) => {
                 let recent = self.recent_messages(conv, last).await;
-                let gap = room.state.lock().initialize(last, recent);
-                if gap {
-                    self.start_gap_fill(&room);
+                if room.state.lock().initialize(last, recent) {
+                    self.spawn_recovery(&room);
                 }
                 Ok(room)
             }
@@ -464,40 +480,86 @@ impl Hub {
         }
     }
 
-    // ------------------------------------------------------------ gap filling
+    // ------------------------------------------------------------ recovery
 
-    fn start_gap_fill(&self, room: &Arc<Room>) {
-        {
-            let mut st = room.state.lock();
-            if st.gap_fill_running {
-                return;
+    /// This node's publish of a message to `conv` failed: its own room (if
+    /// any socket here is joined) catches up from the store, since the bus
+    /// will not bring the message.
+    pub fn publish_failed(&self, conv: ConversationId) {
+        if let Some(room) = self.rooms.get(&conv).map(|r| r.clone()) {
+            if room.state.lock().fall_behind() {
+                self.spawn_recovery(&room);
             }
-            st.gap_fill_running = true;
         }
+    }
+
+    /// Starts the room's recovery task unless it runs or is not needed.
+    fn start_recovery(&self, room: &Arc<Room>) {
+        if room.state.lock().claim_recovery() {
+            self.spawn_recovery(room);
+        }
+    }
+
+    /// Runs the recovery task the caller claimed.
+    fn spawn_recovery(&self, room: &Arc<Room>) {
         let (Some(hub), room) = (self.arc(), room.clone()) else {
             return;
         };
-        tokio::spawn(async move { hub.fill_gaps(room).await });
+        tokio::spawn(async move { hub.recover(room).await });
     }
 
-    /// Waits briefly for a late publisher, then reads what is still missing
-    /// from the store, until the room has no gap.
-    async fn fill_gaps(self: Arc<Self>, room: Arc<Room>) {
+    /// The room's one recovery task: waits briefly for a late publisher to
+    /// close a gap, reads what is missing from the store, and catches up a
+    /// room that fell behind; a failed read is retried with back-off until
+    /// it succeeds or the room closes.
+    async fn recover(self: Arc<Self>, room: Arc<Room>) {
+        let mut backoff = Backoff::new();
+        let mut gap_waited = false;
+        let mut failures = 0u32;
         loop {
-            tokio::time::sleep(self.settings.gap_wait).await;
-            let from = {
-                let mut st = room.state.lock();
-                match st.gap_start() {
-                    Some(from) if !st.closed => from,
-                    _ => {
-                        st.gap_fill_running = false;
-                        return;
+            let step = room.state.lock().next_recovery(gap_waited);
+            let (from, epoch) = match step {
+                Recovery::Done => return,
+                Recovery::WaitForGap => {
+                    tokio::time::sleep(self.settings.gap_wait).await;
+                    gap_waited = true;
+                    continue;
+                }
+                Recovery::Read { from, epoch, gap } => {
+                    if gap {
+                        self.metrics.gap_fills.inc();
                     }
+                    (from, epoch)
                 }
             };
-            self.metrics.gap_fills.inc();
-            if let Err(e) = self.catch_up(&room, from).await {
-                tracing::warn!(error = %e, conv = %room.id, "gap fill failed; retrying");
+            let read = {
+                // Never closed, so a permit always comes.
+                let _permit = self.recovery_reads.acquire().await.ok();
+                self.catch_up(&room, from).await
+            };
+            match read {
+                Ok(()) => {
+                    room.state.lock().caught_up(epoch);
+                    if failures > 0 {
+                        tracing::info!(conv = %room.id, failures, "caught up from the store");
+                    }
+                    failures = 0;
+                    backoff = Backoff::new();
+                    gap_waited = false;
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.metrics.recovery_retries.inc();
+                    // One warning per outage and room; the metric counts the rest.
+                    if failures == 1 {
+                        tracing::warn!(error = %e, conv = %room.id, "catching up from the store failed; retrying until it succeeds");
+                    } else {
+                        tracing::debug!(error = %e, conv = %room.id, failures, "catching up from the store failed again");
+                    }
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    // The gap, if any, had its wait.
+                    gap_waited = true;
+                }
             }
         }
     }
@@ -583,7 +645,7 @@ impl EventSink for Hub {
                     EventKind::Message { seq } => {
                         let (sent, gap) = room.state.lock().on_message(*seq, frame);
                         if gap {
-                            self.start_gap_fill(&room);
+                            self.start_recovery(&room);
                         }
                         sent
                     }
@@ -635,21 +697,16 @@ impl EventSink for Hub {
         self.metrics.events_delivered.inc_by(sent as u64);
     }
 
+    /// Every room may have missed messages while the bus was away: each
+    /// falls behind and catches up from the store, retrying until it can.
     fn resync(&self) {
         self.metrics.bus_resyncs.inc();
         let rooms: Vec<Arc<Room>> = self.rooms.iter().map(|r| r.value().clone()).collect();
-        let Some(hub) = self.arc() else { return };
-        tokio::spawn(async move {
-            for room in rooms {
-                let from = room.state.lock().delivered;
-                if let Some(from) = from {
-                    if let Err(e) = hub.catch_up(&room, from).await {
-                        tracing::warn!(error = %e, conv = %room.id, "resync failed");
-                        hub.start_gap_fill(&room);
-                    }
-                }
+        for room in rooms {
+            if room.state.lock().fall_behind() {
+                self.spawn_recovery(&room);
             }
-        });
+        }
     }
 }
 

@@ -1,8 +1,10 @@
 //! One conversation's delivery state on this node: which local sockets are
 //! joined, the highest seq delivered, later seqs held back until the
 //! earlier ones arrive, and the last messages delivered, so a resume that
-//! lags by little is answered from memory. All methods are synchronous and
-//! run under the room's lock; anything slow (store reads) happens outside it.
+//! lags by little is answered from memory. It also knows when its position
+//! cannot be trusted (it may be behind the store) and drives the one
+//! recovery task that catches it up. All methods are synchronous and run
+//! under the room's lock; anything slow (store reads) happens outside it.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -47,7 +49,16 @@ pub(super) struct RoomState {
     pub delivered: Option<Seq>,
     /// Seqs that arrived ahead of a missing one.
     pub pending: BTreeMap<Seq, Utf8Bytes>,
-    pub gap_fill_running: bool,
+    /// The room may be behind the store: messages were stored that the bus
+    /// will not bring (it reconnected, or this node's publish failed). Joins
+    /// with `since_seq` then read the store instead of trusting `delivered`,
+    /// and the recovery task catches up until it succeeds.
+    behind: bool,
+    /// Bumped each time the room falls behind, so a catch-up that started
+    /// before a newer fault does not clear `behind`.
+    epoch: u64,
+    /// The recovery task (gap fill, catch-up) runs: at most one per room.
+    recovering: bool,
     pub members: HashMap<ConnectionId, Member>,
     pub access: Option<Arc<Access>>,
     /// Bumped on every membership change, so a stale load is not cached.
@@ -71,7 +82,9 @@ impl Room {
             state: parking_lot::Mutex::new(RoomState {
                 delivered: None,
                 pending: BTreeMap::new(),
-                gap_fill_running: false,
+                behind: false,
+                epoch: 0,
+                recovering: false,
                 members: HashMap::new(),
                 access: None,
                 access_version: 0,
@@ -107,7 +120,8 @@ impl RoomState {
 
     /// Sets the starting point once the store told the last seq, with the
     /// frames of the messages up to it (kept only if they end at `last` in
-    /// consecutive seqs).
+    /// consecutive seqs). True if the caller must start the recovery task
+    /// (a gap remains, or the room fell behind while opening).
     pub fn initialize(&mut self, last: Seq, recent: Vec<(Seq, Utf8Bytes)>) -> bool {
         self.delivered = Some(last);
         self.recent.clear();
@@ -117,7 +131,7 @@ impl RoomState {
             self.recent.extend(recent.into_iter().skip(skip));
         }
         self.drain_pending();
-        !self.pending.is_empty()
+        self.claim_recovery()
     }
 
     /// Delivers held seqs that are now next in line; drops stale ones.
@@ -195,6 +209,179 @@ impl RoomState {
             _ => None,
         }
     }
+
+    // ------------------------------------------------------------ joins
+
+    /// Adds `conn` as a member. A join answered from memory queues `joined`
+    /// (made by `joined` from the room's position) and the missed messages
+    /// the room still holds, under the lock, so no live message comes
+    /// between. A join that must read the store gets `Replay`: the member
+    /// buffers live frames and nothing is queued for it, so the caller can
+    /// still answer with an error if the store fails.
+    pub fn join(
+        &mut self,
+        conn: &Arc<Conn>,
+        since: Option<Seq>,
+        joined: impl FnOnce(Seq) -> Utf8Bytes,
+    ) -> JoinPlan {
+        let last = self.delivered.unwrap_or_default();
+        let from = match since {
+            None => None,
+            // Messages may be stored past the room's position that no bus
+            // event will bring: only the store knows.
+            Some(s) if self.behind => Some(s.min(last)),
+            // Already at the room's position (a client resuming on another
+            // node, typically): live events carry on from `last`, as after
+            // a join without `since_seq`.
+            Some(s) if s == last => None,
+            // This node lags behind what the client saw elsewhere.
+            Some(s) if s > last => Some(last),
+            // A short lag (a reconnect storm, typically): the room still
+            // has every missed message.
+            Some(s) if self.recent_after(s).is_some() => None,
+            Some(s) => Some(s),
+        };
+        let Some(from) = from else {
+            conn.push(joined(last));
+            if let Some(frames) = since.and_then(|s| self.recent_after(s)) {
+                for frame in frames {
+                    conn.push(frame.clone());
+                }
+            }
+            self.members.insert(
+                conn.id,
+                Member {
+                    conn: conn.clone(),
+                    cursor: last,
+                    replay: None,
+                },
+            );
+            return JoinPlan::Answered;
+        };
+        self.members.insert(
+            conn.id,
+            Member {
+                conn: conn.clone(),
+                cursor: from,
+                replay: Some(Vec::new()),
+            },
+        );
+        JoinPlan::Replay {
+            from,
+            position: last,
+        }
+    }
+
+    /// Ends a member's replay, which sent it every message up to `cursor`:
+    /// the live frames that came meanwhile are queued, none at or below
+    /// `cursor`. False if the member has left.
+    pub fn finish_replay(&mut self, id: ConnectionId, mut cursor: Seq) -> bool {
+        let Some(member) = self.members.get_mut(&id) else {
+            return false;
+        };
+        for item in member.replay.take().unwrap_or_default() {
+            match item {
+                Buffered::Message(seq, frame) if seq > cursor => {
+                    cursor = seq;
+                    member.conn.push(frame);
+                }
+                Buffered::Message(..) => {}
+                Buffered::Other(frame) => {
+                    member.conn.push(frame);
+                }
+            }
+        }
+        member.cursor = cursor;
+        true
+    }
+
+    // ------------------------------------------------------------ recovery
+
+    /// True while the room's position may lag behind the store.
+    #[cfg(test)]
+    pub fn is_behind(&self) -> bool {
+        self.behind
+    }
+
+    /// The room may have missed stored messages (the bus reconnected, or a
+    /// publish of this node failed). True if the caller must start the
+    /// recovery task; one already running picks the new fault up.
+    pub fn fall_behind(&mut self) -> bool {
+        self.behind = true;
+        self.epoch += 1;
+        self.claim_recovery()
+    }
+
+    /// True if the caller must start the recovery task: the room needs one
+    /// and none runs. A room still opening is started by `initialize`.
+    pub fn claim_recovery(&mut self) -> bool {
+        let needed = self.behind || self.gap_start().is_some();
+        if !needed || self.recovering || self.closed || self.delivered.is_none() {
+            return false;
+        }
+        self.recovering = true;
+        true
+    }
+
+    /// The recovery task's next step; `gap_waited` once it gave the current
+    /// gap `gap_wait` to close by itself. After `Done` the task ends, and a
+    /// new fault or gap claims a new one.
+    pub fn next_recovery(&mut self, gap_waited: bool) -> Recovery {
+        let step = match self.delivered {
+            _ if self.closed => Recovery::Done,
+            None => Recovery::Done,
+            Some(from) if self.behind => Recovery::Read {
+                from,
+                epoch: self.epoch,
+                gap: false,
+            },
+            Some(_) => match self.gap_start() {
+                Some(from) if gap_waited => Recovery::Read {
+                    from,
+                    epoch: self.epoch,
+                    gap: true,
+                },
+                Some(_) => Recovery::WaitForGap,
+                None => Recovery::Done,
+            },
+        };
+        if step == Recovery::Done {
+            self.recovering = false;
+        }
+        step
+    }
+
+    /// A read that `next_recovery` asked for at `epoch` fed every stored
+    /// message through the room: it is no longer behind, unless it fell
+    /// behind again since the read began.
+    pub fn caught_up(&mut self, epoch: u64) {
+        if epoch == self.epoch {
+            self.behind = false;
+        }
+    }
+}
+
+/// How `RoomState::join` answered.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum JoinPlan {
+    /// `joined` and every missed message are queued.
+    Answered,
+    /// Nothing is queued yet: read the store after `from`, then answer
+    /// `joined` with `position`, the room's position when the socket joined.
+    Replay { from: Seq, position: Seq },
+}
+
+/// What the room's recovery task does next (see `RoomState::next_recovery`).
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Nothing is missing, or the room closed: the task ends.
+    Done,
+    /// Seqs wait behind a missing one: give a late publisher `gap_wait`.
+    WaitForGap,
+    /// Feed every stored message after `from` through the room, then
+    /// report `caught_up(epoch)`; on failure, back off and ask again.
+    /// `gap`: it fills a gap (the room is not behind).
+    Read { from: Seq, epoch: u64, gap: bool },
 }
 
 fn push_buffered(conn: &Conn, buf: &mut Vec<Buffered>, item: Buffered, limit: usize) {
@@ -323,5 +510,141 @@ mod tests {
         assert_eq!(st.on_ephemeral(&"t".into(), Some(id)), 0);
         assert_eq!(st.on_ephemeral(&"t".into(), None), 1);
         assert_eq!(drain(&mut rx), ["t"]);
+    }
+
+    fn new_conn() -> (Arc<Conn>, crate::hub::Outbox) {
+        let (conn, rx) = Conn::new(UserId::from("v"), 100);
+        (Arc::new(conn), rx)
+    }
+
+    fn joined(last: Seq) -> Utf8Bytes {
+        format!("joined {}", last.0).into()
+    }
+
+    #[test]
+    fn a_join_at_the_position_is_answered_from_memory_unless_behind() {
+        let (mut st, _rx) = room_with_member();
+        for seq in 1..=3 {
+            st.on_message(Seq(seq), seq.to_string().into());
+        }
+        let (conn, mut rx) = new_conn();
+        assert_eq!(st.join(&conn, Some(Seq(3)), joined), JoinPlan::Answered);
+        assert_eq!(drain(&mut rx), ["joined 3"]);
+        let (conn, mut rx) = new_conn();
+        assert_eq!(st.join(&conn, Some(Seq(1)), joined), JoinPlan::Answered);
+        assert_eq!(
+            drain(&mut rx),
+            ["joined 3", "2", "3"],
+            "from the recent ones"
+        );
+
+        st.fall_behind();
+        for since in [3, 1] {
+            let (conn, mut rx) = new_conn();
+            assert_eq!(
+                st.join(&conn, Some(Seq(since)), joined),
+                JoinPlan::Replay {
+                    from: Seq(since),
+                    position: Seq(3)
+                },
+                "a room that may be behind reads the store"
+            );
+            assert!(drain(&mut rx).is_empty(), "not answered before the read");
+        }
+        let (conn, mut rx) = new_conn();
+        assert_eq!(st.join(&conn, None, joined), JoinPlan::Answered);
+        assert_eq!(drain(&mut rx), ["joined 3"], "no replay asked for");
+    }
+
+    #[test]
+    fn a_replaying_member_gets_live_frames_after_its_replay_only() {
+        let (mut st, _rx) = room_with_member();
+        let (conn, mut rx) = new_conn();
+        st.fall_behind();
+        let plan = st.join(&conn, Some(Seq(0)), joined);
+        assert_eq!(
+            plan,
+            JoinPlan::Replay {
+                from: Seq(0),
+                position: Seq(0)
+            }
+        );
+        st.on_message(Seq(1), "1".into());
+        st.on_message(Seq(2), "2".into());
+        st.on_ephemeral(&"t".into(), None);
+        assert!(drain(&mut rx).is_empty(), "buffered during the replay");
+        // The replay read 1 from the store; 2 came live meanwhile.
+        assert!(st.finish_replay(conn.id, Seq(1)));
+        assert_eq!(drain(&mut rx), ["2", "t"]);
+        st.on_message(Seq(3), "3".into());
+        assert_eq!(drain(&mut rx), ["3"]);
+        st.members.remove(&conn.id);
+        assert!(!st.finish_replay(conn.id, Seq(3)), "a member that left");
+    }
+
+    #[test]
+    fn one_recovery_task_catches_up_until_the_latest_fault_is_read() {
+        let (mut st, _rx) = room_with_member();
+        assert_eq!(st.next_recovery(false), Recovery::Done);
+        assert!(st.fall_behind(), "the first fault starts the task");
+        assert!(!st.fall_behind(), "a second fault does not start another");
+        let Recovery::Read { from, epoch, gap } = st.next_recovery(false) else {
+            panic!("a room behind reads the store");
+        };
+        assert_eq!((from, gap), (Seq(0), false));
+        // A fault during that read: its success does not clear the flag.
+        assert!(!st.fall_behind());
+        st.caught_up(epoch);
+        assert!(st.is_behind());
+        let Recovery::Read { epoch, .. } = st.next_recovery(false) else {
+            panic!("read again for the newer fault");
+        };
+        st.caught_up(epoch);
+        assert!(!st.is_behind());
+        assert_eq!(st.next_recovery(false), Recovery::Done);
+        assert!(
+            st.fall_behind(),
+            "the task ended, so a new fault starts one"
+        );
+    }
+
+    #[test]
+    fn a_failed_read_is_asked_again() {
+        let (mut st, _rx) = room_with_member();
+        st.fall_behind();
+        let first = st.next_recovery(false);
+        // The read failed: nothing reported, the next step is the same read.
+        assert_eq!(st.next_recovery(false), first);
+        assert!(st.is_behind());
+    }
+
+    #[test]
+    fn a_gap_waits_once_then_reads() {
+        let (mut st, _rx) = room_with_member();
+        st.on_message(Seq(2), "2".into());
+        assert!(st.claim_recovery());
+        assert!(!st.claim_recovery(), "already running");
+        assert_eq!(st.next_recovery(false), Recovery::WaitForGap);
+        assert_eq!(
+            st.next_recovery(true),
+            Recovery::Read {
+                from: Seq(0),
+                epoch: 0,
+                gap: true
+            }
+        );
+        st.on_message(Seq(1), "1".into());
+        assert_eq!(st.next_recovery(true), Recovery::Done);
+    }
+
+    #[test]
+    fn a_closed_or_opening_room_recovers_nothing() {
+        let room = Room::new(ConversationId::new(), 10, 3);
+        let mut st = room.state.into_inner();
+        assert!(!st.fall_behind(), "still opening");
+        assert!(st.initialize(Seq(4), Vec::new()), "opening starts it");
+        st.closed = true;
+        assert_eq!(st.next_recovery(false), Recovery::Done);
+        assert!(!st.fall_behind());
     }
 }
