@@ -12,6 +12,7 @@ use std::sync::Arc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::conn::Conn;
+use super::outbox::Reservation;
 use crate::ids::{ConnectionId, ConversationId, Seq, StreamId, UserId};
 
 /// Who may use a conversation, cached while this node is subscribed to it.
@@ -28,14 +29,23 @@ pub(super) struct Member {
     pub conn: Arc<Conn>,
     /// Highest seq this socket has been sent.
     pub cursor: Seq,
-    /// While the socket's `since_seq` replay runs, live frames wait here.
-    pub replay: Option<Vec<Buffered>>,
+    /// While the socket's `since_seq` replay runs, live frames wait here,
+    /// counted against the socket's byte budget as queued frames are.
+    pub replay: Option<Vec<(Buffered, Reservation)>>,
 }
 
 /// A live frame that arrived during a replay.
 pub(super) enum Buffered {
     Message(Seq, Utf8Bytes),
     Other(Utf8Bytes),
+}
+
+impl Buffered {
+    fn frame(&self) -> &Utf8Bytes {
+        match self {
+            Buffered::Message(_, frame) | Buffered::Other(frame) => frame,
+        }
+    }
 }
 
 /// A conversation with at least one local socket joined.
@@ -279,7 +289,9 @@ impl RoomState {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
         };
-        for item in member.replay.take().unwrap_or_default() {
+        for (item, held) in member.replay.take().unwrap_or_default() {
+            // Its bytes move from the reservation to the queue.
+            drop(held);
             match item {
                 Buffered::Message(seq, frame) if seq > cursor => {
                     cursor = seq;
@@ -384,11 +396,19 @@ pub(super) enum Recovery {
     Read { from: Seq, epoch: u64, gap: bool },
 }
 
-fn push_buffered(conn: &Conn, buf: &mut Vec<Buffered>, item: Buffered, limit: usize) {
+fn push_buffered(
+    conn: &Conn,
+    buf: &mut Vec<(Buffered, Reservation)>,
+    item: Buffered,
+    limit: usize,
+) {
     if buf.len() >= limit {
         conn.close(super::CloseReason::SlowConsumer);
-    } else {
-        buf.push(item);
+        return;
+    }
+    // Without room in the socket's budget the socket is closed (4009).
+    if let Some(held) = conn.reserve(item.frame().len()) {
+        buf.push((item, held));
     }
 }
 
