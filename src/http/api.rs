@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use poem::http::StatusCode;
+use poem::http::{header, StatusCode};
 use poem::{IntoResponse, Request, Response};
 use poem_openapi::auth::Bearer;
 use poem_openapi::param::{Path, Query};
@@ -28,10 +28,15 @@ enum ApiTags {
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
 pub struct BearerAuth(Identity);
 
-async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Identity> {
+/// poem-openapi's `Bearer` extractor has already refused a request without
+/// a `Bearer` header, but it trims the token; the raw header is parsed again
+/// by `Authenticator::verify_header`, so REST takes a token exactly as a
+/// socket's `auth` frame does.
+async fn check_bearer(req: &Request, _trimmed: Bearer) -> poem::Result<Identity> {
     let node = node_of(req)?;
+    let header = req.headers().get(header::AUTHORIZATION);
     node.auth
-        .verify(&bearer.token)
+        .verify_header(header.map(|v| v.as_bytes()))
         .map_err(|e| poem::Error::from_response(error_body(e)))
 }
 
