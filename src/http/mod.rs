@@ -24,6 +24,7 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let max_body = node.settings.limits.max_frame_bytes;
+    let allowed = Arc::new(api::AllowedMethods::of_api());
     let mut route = Route::new();
     if node.settings.auth.dev_tokens {
         route = route.at(
@@ -40,6 +41,7 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
             "/api/v1/chat",
             api.around(move |ep, req| limit_body(ep, req, max_body))
                 .catch_all_error(api::error_response)
+                .around(move |ep, req| api::with_allow(ep, req, allowed.clone()))
                 .into_endpoint(),
         )
         .nest("/api/docs", docs)
