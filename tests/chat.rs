@@ -704,3 +704,37 @@ async fn resumes_within_and_beyond_the_recent_messages_miss_nothing() {
     let want: Vec<(i64, String)> = (3..=6).map(|i| (i, format!("q{i}"))).collect();
     assert_eq!(got, want);
 }
+
+/// A `ping` is echoed no deeper than it was sent: its data must be an
+/// object, and `ref` goes inside it. (An array echoed as `{"ref", "data"}`
+/// was one level deeper, past what a client at serde_json's recursion limit
+/// can parse.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_ping_is_echoed_no_deeper_than_it_was_sent() {
+    let node = start_node(|_| {}).await;
+    let mut c = node.connect("alice").await;
+    let mut data = json!({"leaf": true});
+    for _ in 1..120 {
+        data = json!({ "n": data });
+    }
+    let (pong, _) = c.request("ping", data.clone()).await;
+    assert_eq!(pong["type"], "pong");
+    let mut echoed = pong["data"].clone();
+    let reply_to = echoed.as_object_mut().unwrap().remove("ref").unwrap();
+    assert!(reply_to.as_str().is_some_and(|r| r.starts_with('r')));
+    assert_eq!(echoed, data);
+
+    // The deepest array a client can parse back, and other non-objects, are
+    // refused; the socket keeps working.
+    let mut deep = json!([]);
+    for _ in 1..126 {
+        deep = json!([deep]);
+    }
+    for data in [deep, json!([1]), json!(5), json!("text")] {
+        let (reply, _) = c.request("ping", data.clone()).await;
+        assert_eq!(reply["type"], "error");
+        assert_eq!(reply["data"]["code"], "INVALID_FRAME");
+    }
+    let (pong, _) = c.request("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong");
+}
