@@ -155,9 +155,7 @@ impl Authenticator {
                 }
             })?;
         let claims = data.claims;
-        let latest = Utc::now()
-            .timestamp()
-            .saturating_add_unsigned(self.leeway);
+        let latest = Utc::now().timestamp().saturating_add_unsigned(self.leeway);
         if claims.iat.is_some_and(|iat| iat > latest) {
             return Err(ChatError::AuthFailed("token issued in the future".into()));
         }
@@ -296,7 +294,8 @@ mod tests {
         let now = Utc::now().timestamp();
         let later = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now + 3600}));
         assert_eq!(failure(a.verify(&later)), "token not valid yet");
-        let within = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now + leeway / 2}));
+        let within =
+            sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now + leeway / 2}));
         assert!(a.verify(&within).is_ok());
         let past = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now - 60}));
         assert!(a.verify(&past).is_ok());
@@ -309,7 +308,8 @@ mod tests {
         let now = Utc::now().timestamp();
         let later = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "iat": now + 3600}));
         assert_eq!(failure(a.verify(&later)), "token issued in the future");
-        let within = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "iat": now + leeway / 2}));
+        let within =
+            sign(serde_json::json!({"sub": "x", "exp": now + 7200, "iat": now + leeway / 2}));
         assert!(a.verify(&within).is_ok());
     }
 
@@ -317,7 +317,12 @@ mod tests {
     fn tokens_with_whitespace_fail() {
         let a = auth();
         let t = a.mint("alice", None, Duration::from_secs(60)).unwrap();
-        for padded in [format!(" {t}"), format!("{t} "), format!("{t}\n"), t.replacen('.', ". ", 1)] {
+        for padded in [
+            format!(" {t}"),
+            format!("{t} "),
+            format!("{t}\n"),
+            t.replacen('.', ". ", 1),
+        ] {
             assert_eq!(
                 failure(a.verify(&padded)),
                 "token must not contain whitespace"
@@ -329,13 +334,23 @@ mod tests {
     fn the_header_is_bearer_one_space_and_the_token() {
         let a = auth();
         let t = a.mint("alice", None, Duration::from_secs(60)).unwrap();
-        for ok in [format!("Bearer {t}"), format!("bearer {t}"), format!("BEARER {t}")] {
+        for ok in [
+            format!("Bearer {t}"),
+            format!("bearer {t}"),
+            format!("BEARER {t}"),
+        ] {
             assert_eq!(
                 a.verify_header(Some(ok.as_bytes())).unwrap().user_id,
                 UserId("alice".into())
             );
         }
-        for missing in [None, Some("Basic YTpi"), Some("Bearer"), Some("Bearer "), Some(t.as_str())] {
+        for missing in [
+            None,
+            Some("Basic YTpi"),
+            Some("Bearer"),
+            Some("Bearer "),
+            Some(t.as_str()),
+        ] {
             assert!(
                 matches!(
                     a.verify_header(missing.map(str::as_bytes)),

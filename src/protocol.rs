@@ -171,7 +171,9 @@ pub struct MarkRead {
 /// A decoded client frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientFrame {
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
     Join(Join),
     Leave(ConversationRef),
     Send(SendMessage),
@@ -531,7 +533,8 @@ mod tests {
         let ClientFrame::Ping(data) = f else {
             panic!("not a ping: {f:?}")
         };
-        let v: serde_json::Value = serde_json::from_str(&ServerFrame::pong(data, id).encode()).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerFrame::pong(data, id).encode()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type": "pong", "data": {"t": 5, "ref": "p"}})

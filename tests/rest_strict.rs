@@ -24,11 +24,17 @@ async fn a_wrong_json_type_is_invalid_and_stores_nothing() {
     let cases = [
         ("/api/v1/chat/chats", json!({"title": 7})),
         ("/api/v1/chat/chats", json!({"participant_ids": [1]})),
-        ("/api/v1/chat/chats", json!({"participant_ids": ["bob", true]})),
+        (
+            "/api/v1/chat/chats",
+            json!({"participant_ids": ["bob", true]}),
+        ),
         ("/api/v1/chat/chats", json!({"assistant_id": 5})),
         (messages.as_str(), json!({"content": 5})),
         (messages.as_str(), json!({"content": true})),
-        (messages.as_str(), json!({"content": "x", "client_msg_id": 9})),
+        (
+            messages.as_str(),
+            json!({"content": "x", "client_msg_id": 9}),
+        ),
         (participants.as_str(), json!({"user_id": 3})),
     ];
     for (path, body) in cases {
@@ -116,5 +122,8 @@ async fn the_openapi_spec_still_shows_bearer_auth_and_string_fields() {
     let send = &spec["components"]["schemas"]["SendBody"]["properties"];
     assert_eq!(send["content"]["type"], "string", "{send}");
     let create = &spec["components"]["schemas"]["CreateChatBody"]["properties"];
-    assert_eq!(create["participant_ids"]["items"]["type"], "string", "{create}");
+    assert_eq!(
+        create["participant_ids"]["items"]["type"], "string",
+        "{create}"
+    );
 }

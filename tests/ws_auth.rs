@@ -250,9 +250,8 @@ async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_on_both_paths(
     let secret = node.node.settings.auth.jwt_secret.clone().into_bytes();
     let now = Utc::now().timestamp();
     let key = EncodingKey::from_secret(&secret);
-    let signed = |claims: serde_json::Value| {
-        encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap()
-    };
+    let signed =
+        |claims: serde_json::Value| encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
     let cases = [
         (
             signed(json!({"sub": "alice", "exp": now + 7200, "nbf": now + 3600})),
@@ -275,11 +274,15 @@ async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_on_both_paths(
         assert_eq!(rest, (401, "AUTH_FAILED".into(), why.into()));
     }
     // Within the leeway, both are a clock's skew and pass.
-    let skewed = signed(json!({"sub": "alice", "exp": now + 7200, "nbf": now + 10, "iat": now + 10}));
+    let skewed =
+        signed(json!({"sub": "alice", "exp": now + 7200, "nbf": now + 10, "iat": now + 10}));
     let mut c = node.raw().await;
     c.send(json!({"type": "auth", "token": skewed})).await;
     assert_eq!(c.next().await["type"], "auth_success");
-    assert_eq!(list_with(&node, Some(&format!("Bearer {skewed}"))).await.0, 200);
+    assert_eq!(
+        list_with(&node, Some(&format!("Bearer {skewed}"))).await.0,
+        200
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -308,8 +311,17 @@ async fn a_padded_token_is_refused_on_the_socket_and_over_rest_alike() {
         assert_eq!(status, 200, "{scheme}");
     }
     // No header, another scheme, or no token: credentials are missing.
-    for header in [None, Some("Basic YWxpY2U6eA=="), Some("Bearer"), Some(token.as_str())] {
+    for header in [
+        None,
+        Some("Basic YWxpY2U6eA=="),
+        Some("Bearer"),
+        Some(token.as_str()),
+    ] {
         let (status, code, _) = list_with(&node, header).await;
-        assert_eq!((status, code.as_str()), (401, "AUTH_REQUIRED"), "{header:?}");
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "AUTH_REQUIRED"),
+            "{header:?}"
+        );
     }
 }

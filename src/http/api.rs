@@ -141,8 +141,11 @@ impl AllowedMethods {
         let mut paths = Vec::new();
         for api in <ChatApi as OpenApi>::meta() {
             for path in api.paths {
-                let mut methods: Vec<&str> =
-                    path.operations.iter().map(|op| op.method.as_str()).collect();
+                let mut methods: Vec<&str> = path
+                    .operations
+                    .iter()
+                    .map(|op| op.method.as_str())
+                    .collect();
                 if methods.contains(&"GET") {
                     methods.push("HEAD");
                 }
@@ -315,7 +318,11 @@ impl ChatApi {
                 &auth.0.user_id,
                 NewChat {
                     title: texts(body.title),
-                    participant_ids: body.participant_ids.into_iter().map(|t| UserId(t.0)).collect(),
+                    participant_ids: body
+                        .participant_ids
+                        .into_iter()
+                        .map(|t| UserId(t.0))
+                        .collect(),
                     assistant_id: texts(body.assistant_id),
                 },
             )
