@@ -232,7 +232,8 @@ impl ToJSON for Text {
     }
 }
 
-fn texts(text: Option<Text>) -> Option<String> {
+/// The string of an optional `Text` field.
+fn string_of(text: Option<Text>) -> Option<String> {
     text.map(|t| t.0)
 }
 
@@ -317,13 +318,13 @@ impl ChatApi {
             .create(
                 &auth.0.user_id,
                 NewChat {
-                    title: texts(body.title),
+                    title: string_of(body.title),
                     participant_ids: body
                         .participant_ids
                         .into_iter()
                         .map(|t| UserId(t.0))
                         .collect(),
-                    assistant_id: texts(body.assistant_id),
+                    assistant_id: string_of(body.assistant_id),
                 },
             )
             .await?;
@@ -376,7 +377,7 @@ impl ChatApi {
                 Outgoing {
                     content: body.content.0,
                     message_type: None,
-                    client_msg_id: texts(body.client_msg_id),
+                    client_msg_id: string_of(body.client_msg_id),
                 },
             )
             .await?;
