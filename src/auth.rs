@@ -14,11 +14,14 @@ use crate::config::AuthSettings;
 use crate::error::ChatError;
 use crate::ids::UserId;
 
-/// The claims confab reads. `sub` is the user id; `exp` is required.
+/// The claims confab reads. `sub` is the user id; `exp` is required;
+/// `nbf` and `iat`, when present, must not lie in the future.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
     pub exp: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<i64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -49,6 +52,8 @@ pub struct Authenticator {
     encoding: Option<EncodingKey>,
     validation: Validation,
     algorithm: Algorithm,
+    /// Clock skew tolerated on `exp`, `nbf` and `iat`, in seconds.
+    leeway: u64,
 }
 
 impl Authenticator {
@@ -88,21 +93,55 @@ impl Authenticator {
         let mut validation = Validation::new(algorithm);
         validation.set_required_spec_claims(&["exp", "sub"]);
         validation.leeway = settings.leeway_secs;
+        validation.validate_nbf = true;
         validation.validate_aud = false;
         Ok(Self {
             decoding,
             encoding,
             validation,
             algorithm,
+            leeway: settings.leeway_secs,
         })
     }
 
-    /// Verifies a token: signature with the configured algorithm, `exp`, `sub`.
+    /// Verifies the credentials of a REST call: the `Authorization` header
+    /// must be `Bearer`, one space, then the token, which `verify` checks.
+    /// A missing header or another scheme is `AUTH_REQUIRED`.
+    ///
+    /// RFC 6750 allows several spaces after `Bearer`; confab takes exactly
+    /// one, so that the token is the rest of the header as it is the whole
+    /// `token` of a socket's `auth` frame, and a token padded with spaces is
+    /// refused on both. (Whitespace after the value is not part of a header,
+    /// RFC 9110 section 5.5: HTTP drops it before it gets here.)
+    pub fn verify_header(&self, authorization: Option<&[u8]>) -> Result<Identity, ChatError> {
+        const SCHEME: &[u8] = b"Bearer ";
+        let required = || ChatError::AuthRequired("send `Authorization: Bearer <JWT>`".into());
+        let value = authorization.ok_or_else(required)?;
+        if value.len() <= SCHEME.len() || !value[..SCHEME.len()].eq_ignore_ascii_case(SCHEME) {
+            return Err(required());
+        }
+        let token = std::str::from_utf8(&value[SCHEME.len()..])
+            .map_err(|_| ChatError::AuthFailed("invalid token".into()))?;
+        self.verify(token)
+    }
+
+    /// Verifies a token, from a socket's `auth` frame or a REST header: the
+    /// JWT compact form exactly (no whitespace anywhere), signed with the
+    /// configured algorithm, with `sub` and an unexpired `exp`, and with no
+    /// `nbf` or `iat` later than now (all three within `leeway_secs`).
     pub fn verify(&self, token: &str) -> Result<Identity, ChatError> {
+        if token.chars().any(char::is_whitespace) {
+            return Err(ChatError::AuthFailed(
+                "token must not contain whitespace".into(),
+            ));
+        }
         let data =
             decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| {
                 match e.kind() {
                     ErrorKind::ExpiredSignature => ChatError::TokenExpired,
+                    ErrorKind::ImmatureSignature => {
+                        ChatError::AuthFailed("token not valid yet".into())
+                    }
                     ErrorKind::InvalidAlgorithm => {
                         ChatError::AuthFailed("token algorithm is not the configured one".into())
                     }
@@ -116,6 +155,10 @@ impl Authenticator {
                 }
             })?;
         let claims = data.claims;
+        let latest = Utc::now().timestamp().saturating_add_unsigned(self.leeway);
+        if claims.iat.is_some_and(|iat| iat > latest) {
+            return Err(ChatError::AuthFailed("token issued in the future".into()));
+        }
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(ChatError::AuthFailed(
                 "token `sub` must be 1 to 256 bytes".into(),
@@ -146,6 +189,7 @@ impl Authenticator {
         let claims = Claims {
             sub: user.to_owned(),
             exp: now + ttl.as_secs() as i64,
+            nbf: None,
             iat: Some(now),
             name: name.map(str::to_owned),
         };
@@ -180,6 +224,7 @@ mod tests {
         let claims = Claims {
             sub: "bob".into(),
             exp: Utc::now().timestamp() - 3600,
+            nbf: None,
             iat: None,
             name: None,
         };
@@ -227,6 +272,98 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(auth().verify(&t), Err(ChatError::AuthFailed(_))));
+    }
+
+    /// Signs `claims` with the embedded dev secret.
+    fn sign(claims: serde_json::Value) -> String {
+        let secret = EncodingKey::from_secret(Settings::embedded().auth.jwt_secret.as_bytes());
+        encode(&Header::new(Algorithm::HS256), &claims, &secret).unwrap()
+    }
+
+    fn failure(result: Result<Identity, ChatError>) -> String {
+        match result {
+            Err(ChatError::AuthFailed(why)) => why,
+            other => panic!("expected AUTH_FAILED, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tokens_not_valid_yet_fail_beyond_the_leeway() {
+        let a = auth();
+        let leeway = Settings::embedded().auth.leeway_secs as i64;
+        let now = Utc::now().timestamp();
+        let later = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now + 3600}));
+        assert_eq!(failure(a.verify(&later)), "token not valid yet");
+        let within =
+            sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now + leeway / 2}));
+        assert!(a.verify(&within).is_ok());
+        let past = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "nbf": now - 60}));
+        assert!(a.verify(&past).is_ok());
+    }
+
+    #[test]
+    fn tokens_issued_in_the_future_fail_beyond_the_leeway() {
+        let a = auth();
+        let leeway = Settings::embedded().auth.leeway_secs as i64;
+        let now = Utc::now().timestamp();
+        let later = sign(serde_json::json!({"sub": "x", "exp": now + 7200, "iat": now + 3600}));
+        assert_eq!(failure(a.verify(&later)), "token issued in the future");
+        let within =
+            sign(serde_json::json!({"sub": "x", "exp": now + 7200, "iat": now + leeway / 2}));
+        assert!(a.verify(&within).is_ok());
+    }
+
+    #[test]
+    fn tokens_with_whitespace_fail() {
+        let a = auth();
+        let t = a.mint("alice", None, Duration::from_secs(60)).unwrap();
+        for padded in [
+            format!(" {t}"),
+            format!("{t} "),
+            format!("{t}\n"),
+            t.replacen('.', ". ", 1),
+        ] {
+            assert_eq!(
+                failure(a.verify(&padded)),
+                "token must not contain whitespace"
+            );
+        }
+    }
+
+    #[test]
+    fn the_header_is_bearer_one_space_and_the_token() {
+        let a = auth();
+        let t = a.mint("alice", None, Duration::from_secs(60)).unwrap();
+        for ok in [
+            format!("Bearer {t}"),
+            format!("bearer {t}"),
+            format!("BEARER {t}"),
+        ] {
+            assert_eq!(
+                a.verify_header(Some(ok.as_bytes())).unwrap().user_id,
+                UserId("alice".into())
+            );
+        }
+        for missing in [
+            None,
+            Some("Basic YTpi"),
+            Some("Bearer"),
+            Some("Bearer "),
+            Some(t.as_str()),
+        ] {
+            assert!(
+                matches!(
+                    a.verify_header(missing.map(str::as_bytes)),
+                    Err(ChatError::AuthRequired(_))
+                ),
+                "{missing:?}"
+            );
+        }
+        let padded = format!("Bearer  {t}");
+        assert_eq!(
+            failure(a.verify_header(Some(padded.as_bytes()))),
+            "token must not contain whitespace"
+        );
     }
 
     #[test]

@@ -21,7 +21,51 @@ pub enum ErrorCode {
     ProviderError,
     /// A stream's node went silent (it died or lost the bus).
     Interrupted,
+    /// REST only: the route exists, but not with this HTTP method (405).
+    MethodNotAllowed,
+    /// REST only: the body's `Content-Type` is not one the route takes (415).
+    UnsupportedType,
+    /// REST only: the body did not arrive within `server.body_timeout_secs` (408).
+    RequestTimeout,
     Internal,
+}
+
+impl ErrorCode {
+    /// The HTTP status a REST call failing with this code answers.
+    pub fn status(self) -> StatusCode {
+        match self {
+            ErrorCode::AuthRequired | ErrorCode::AuthFailed | ErrorCode::TokenExpired => {
+                StatusCode::UNAUTHORIZED
+            }
+            ErrorCode::InvalidFrame | ErrorCode::UnknownType => StatusCode::UNPROCESSABLE_ENTITY,
+            ErrorCode::MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorCode::NotFound => StatusCode::NOT_FOUND,
+            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
+            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::ProviderError | ErrorCode::Interrupted => StatusCode::BAD_GATEWAY,
+            ErrorCode::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::UnsupportedType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ErrorCode::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The code of an HTTP error raised before any handler ran (no route,
+    /// wrong method, bad body, missing credentials, body too large); its
+    /// status is then `status()` of that code (a 400 becomes a 422).
+    pub fn of_status(status: StatusCode) -> ErrorCode {
+        match status {
+            StatusCode::UNAUTHORIZED => ErrorCode::AuthRequired,
+            StatusCode::NOT_FOUND => ErrorCode::NotFound,
+            StatusCode::METHOD_NOT_ALLOWED => ErrorCode::MethodNotAllowed,
+            StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLong,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ErrorCode::UnsupportedType,
+            StatusCode::REQUEST_TIMEOUT => ErrorCode::RequestTimeout,
+            s if s.is_server_error() => ErrorCode::Internal,
+            _ => ErrorCode::InvalidFrame,
+        }
+    }
 }
 
 /// Everything a request can fail with, whether it came by socket or REST.
@@ -72,19 +116,7 @@ impl ChatError {
     }
 
     pub fn status(&self) -> StatusCode {
-        match self.code() {
-            ErrorCode::AuthRequired | ErrorCode::AuthFailed | ErrorCode::TokenExpired => {
-                StatusCode::UNAUTHORIZED
-            }
-            ErrorCode::InvalidFrame | ErrorCode::UnknownType => StatusCode::UNPROCESSABLE_ENTITY,
-            ErrorCode::MessageTooLong => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorCode::NotFound => StatusCode::NOT_FOUND,
-            ErrorCode::Forbidden => StatusCode::FORBIDDEN,
-            ErrorCode::RateLimited => StatusCode::TOO_MANY_REQUESTS,
-            ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::ProviderError | ErrorCode::Interrupted => StatusCode::BAD_GATEWAY,
-            ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 
     pub fn retry_after_ms(&self) -> Option<u64> {

@@ -11,6 +11,9 @@ use crate::assistant::Usage;
 use crate::error::{ChatError, ErrorCode};
 use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 
+/// A JSON object: the `data` of a `ping`, echoed in its `pong`.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
 /// Longest `id` or `client_msg_id` a client may send.
 pub const MAX_CLIENT_ID_LEN: usize = 64;
 
@@ -168,14 +171,17 @@ pub struct MarkRead {
 /// A decoded client frame.
 #[derive(Clone, Debug, PartialEq)]
 pub enum ClientFrame {
-    Auth { token: String },
+    Auth {
+        token: String,
+    },
     Join(Join),
     Leave(ConversationRef),
     Send(SendMessage),
     Typing(Typing),
     LoadMessages(LoadMessages),
     MarkRead(MarkRead),
-    Ping(Option<serde_json::Value>),
+    /// `ping` data: a JSON object, as every frame's `data` is, or nothing.
+    Ping(Option<JsonObject>),
     StreamResponse(StreamResponse),
     CancelStream(CancelStream),
 }
@@ -277,7 +283,13 @@ pub fn decode(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> 
             ClientFrame::CancelStream(parse(data("cancel_stream")?, "cancel_stream").map_err(fail)?)
         }
         FrameType::Ping => ClientFrame::Ping(match env.data {
-            Some(raw) => Some(parse(raw, "ping").map_err(fail)?),
+            // Only an object: the `ref` of the answer goes inside it, so
+            // the `pong` is never nested deeper than the `ping` was.
+            Some(raw) => Some(serde_json::from_str(raw.get()).map_err(|_| {
+                fail(ChatError::InvalidFrame(
+                    "ping data must be a JSON object".into(),
+                ))
+            })?),
             None => None,
         }),
         FrameType::Unknown => {
@@ -377,7 +389,7 @@ pub enum ServerFrame {
         retry_after_ms: Option<u64>,
     },
     Ack(Ack),
-    Pong(serde_json::Value),
+    Pong(JsonObject),
     Error(ErrorBody),
 }
 
@@ -417,18 +429,13 @@ impl ServerFrame {
         })
     }
 
-    /// The `pong` answer to a `ping`: its data echoed, plus `ref` when asked.
-    pub fn pong(data: Option<serde_json::Value>, reply_to: Option<String>) -> Self {
-        let body = match (data, reply_to) {
-            (Some(serde_json::Value::Object(mut map)), Some(r)) => {
-                map.insert("ref".into(), r.into());
-                serde_json::Value::Object(map)
-            }
-            (None, Some(r)) => serde_json::json!({ "ref": r }),
-            (Some(other), Some(r)) => serde_json::json!({ "ref": r, "data": other }),
-            (Some(data), None) => data,
-            (None, None) => serde_json::json!({}),
-        };
+    /// The `pong` answer to a `ping`: its data echoed, plus `ref` when
+    /// asked (inside the object, so the echo is no deeper than the ping).
+    pub fn pong(data: Option<JsonObject>, reply_to: Option<String>) -> Self {
+        let mut body = data.unwrap_or_default();
+        if let Some(r) = reply_to {
+            body.insert("ref".into(), r.into());
+        }
         ServerFrame::Pong(body)
     }
 
@@ -522,12 +529,36 @@ mod tests {
 
     #[test]
     fn pong_echoes_data_and_adds_ref() {
-        let f = ServerFrame::pong(Some(serde_json::json!({"t": 5})), Some("p".into()));
-        let v: serde_json::Value = serde_json::from_str(&f.encode()).unwrap();
+        let (id, f) = decode(r#"{"type":"ping","id":"p","data":{"t":5}}"#).unwrap();
+        let ClientFrame::Ping(data) = f else {
+            panic!("not a ping: {f:?}")
+        };
+        let v: serde_json::Value =
+            serde_json::from_str(&ServerFrame::pong(data, id).encode()).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"type": "pong", "data": {"t": 5, "ref": "p"}})
         );
+        let (id, f) = decode(r#"{"type":"ping"}"#).unwrap();
+        let ClientFrame::Ping(data) = f else {
+            panic!("not a ping: {f:?}")
+        };
+        assert_eq!(
+            ServerFrame::pong(data, id).encode(),
+            r#"{"type":"pong","data":{}}"#
+        );
+    }
+
+    #[test]
+    fn ping_data_must_be_an_object() {
+        for data in ["[1]", "5", r#""text""#, "true"] {
+            let text = format!(r#"{{"type":"ping","id":"p","data":{data}}}"#);
+            assert_eq!(
+                code_of(&text),
+                (Some("p".into()), ErrorCode::InvalidFrame),
+                "{data}"
+            );
+        }
     }
 
     #[test]

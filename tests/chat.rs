@@ -704,3 +704,93 @@ async fn resumes_within_and_beyond_the_recent_messages_miss_nothing() {
     let want: Vec<(i64, String)> = (3..=6).map(|i| (i, format!("q{i}"))).collect();
     assert_eq!(got, want);
 }
+
+/// A `ping` is echoed no deeper than it was sent: its data must be an
+/// object, and `ref` goes inside it. (An array echoed as `{"ref", "data"}`
+/// was one level deeper, past what a client at serde_json's recursion limit
+/// can parse.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deep_ping_is_echoed_no_deeper_than_it_was_sent() {
+    let node = start_node(|_| {}).await;
+    let mut c = node.connect("alice").await;
+    let mut data = json!({"leaf": true});
+    for _ in 1..120 {
+        data = json!({ "n": data });
+    }
+    let (pong, _) = c.request("ping", data.clone()).await;
+    assert_eq!(pong["type"], "pong");
+    let mut echoed = pong["data"].clone();
+    let reply_to = echoed.as_object_mut().unwrap().remove("ref").unwrap();
+    assert!(reply_to.as_str().is_some_and(|r| r.starts_with('r')));
+    assert_eq!(echoed, data);
+
+    // The deepest array a client can parse back, and other non-objects, are
+    // refused; the socket keeps working.
+    let mut deep = json!([]);
+    for _ in 1..126 {
+        deep = json!([deep]);
+    }
+    for data in [deep, json!([1]), json!(5), json!("text")] {
+        let (reply, _) = c.request("ping", data.clone()).await;
+        assert_eq!(reply["type"], "error");
+        assert_eq!(reply["data"]["code"], "INVALID_FRAME");
+    }
+    let (pong, _) = c.request("ping", json!({})).await;
+    assert_eq!(pong["type"], "pong");
+}
+
+/// `cancel_stream` of a stream that is not running, or that runs in a
+/// conversation the user is not in, is `NOT_FOUND`; of a running one it is
+/// acknowledged and the stream ends `cancelled`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_an_unknown_stream_is_not_found_and_a_running_one_is_cancelled() {
+    let node = start_node(|s| {
+        // The echo assistant repeats the message a word every 200 ms: the
+        // stream is still running when it is cancelled.
+        if let Some(echo) = s.assistants.get_mut("default") {
+            echo.echo_delay_ms = 200;
+        }
+    })
+    .await;
+    let conv = node.create_chat("alice", &["bob"]).await;
+    let mut alice = node.connect("alice").await;
+    let mut carol = node.connect("carol").await;
+    alice.join(&conv, None).await;
+
+    let unknown = uuid::Uuid::now_v7().to_string();
+    let (reply, _) = alice
+        .request("cancel_stream", json!({"stream_id": unknown}))
+        .await;
+    assert_eq!(reply["type"], "error", "{reply}");
+    assert_eq!(reply["data"]["code"], "NOT_FOUND");
+    assert_eq!(reply["data"]["message"], "stream not found");
+
+    let words: Vec<String> = (0..50).map(|i| format!("w{i}")).collect();
+    alice.say(&conv, &words.join(" ")).await;
+    let (ack, _) = alice
+        .request("stream_response", json!({"conversation_id": conv}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let stream_id = ack["data"]["stream_id"].as_str().unwrap().to_owned();
+
+    // Someone outside the conversation cannot even tell it exists.
+    let (reply, _) = carol
+        .request("cancel_stream", json!({"stream_id": stream_id}))
+        .await;
+    assert_eq!(reply["data"]["code"], "NOT_FOUND", "{reply}");
+
+    alice
+        .until(|f| f["type"] == "stream_content" && f["data"]["stream_id"] == stream_id.as_str())
+        .await;
+    let (ack, _) = alice
+        .request("cancel_stream", json!({"stream_id": stream_id}))
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let (end, _) = alice
+        .until(|f| f["type"] == "stream_complete" && f["data"]["stream_id"] == stream_id.as_str())
+        .await;
+    assert_eq!(end["data"]["finish_reason"], "cancelled", "{end}");
+    let answer = end["data"]["message"]["content"].as_str().unwrap();
+    assert!(answer.starts_with("w0"), "{answer}");
+    assert_ne!(answer, words.join(" "), "cut short");
+}

@@ -21,8 +21,9 @@ fn sign(alg: Algorithm, secret: &[u8], sub: &str, exp_from_now: i64) -> String {
     .unwrap()
 }
 
-/// Opens a socket, sends `first` (if any) and checks: one error with `code`, then 4001.
-async fn assert_rejected(node: &TestNode, first: Option<String>, code: &str) {
+/// Opens a socket, sends `first` (if any) and checks: one error with `code`,
+/// then 4001. Returns the error frame.
+async fn assert_rejected(node: &TestNode, first: Option<String>, code: &str) -> serde_json::Value {
     let mut c = node.raw().await;
     if let Some(text) = first {
         c.send_text(text).await;
@@ -41,6 +42,21 @@ async fn assert_rejected(node: &TestNode, first: Option<String>, code: &str) {
         "{:?}",
         closed.frames
     );
+    closed.frames[0].clone()
+}
+
+/// `GET /api/v1/chat/chats` with this `Authorization` header (or none):
+/// the status and the error code and message, if any.
+async fn list_with(node: &TestNode, authorization: Option<&str>) -> (u16, String, String) {
+    let mut req = reqwest::Client::new().get(node.url("/api/v1/chat/chats"));
+    if let Some(value) = authorization {
+        req = req.header("authorization", value);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let text = |k: &str| body[k].as_str().unwrap_or_default().to_owned();
+    (status, text("code"), text("message"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,4 +242,86 @@ async fn a_silent_peer_is_closed_as_dead() {
     // on it: answering the queued pings may hit the closed connection first.)
     let closed = c.closed().await;
     assert!(matches!(closed.code, Some(1001) | None), "{closed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_not_valid_yet_or_issued_in_the_future_are_refused_on_both_paths() {
+    let node = start_node(|s| s.auth.leeway_secs = 30).await;
+    let secret = node.node.settings.auth.jwt_secret.clone().into_bytes();
+    let now = Utc::now().timestamp();
+    let key = EncodingKey::from_secret(&secret);
+    let signed =
+        |claims: serde_json::Value| encode(&Header::new(Algorithm::HS256), &claims, &key).unwrap();
+    let cases = [
+        (
+            signed(json!({"sub": "alice", "exp": now + 7200, "nbf": now + 3600})),
+            "token not valid yet",
+        ),
+        (
+            signed(json!({"sub": "alice", "exp": now + 7200, "iat": now + 3600})),
+            "token issued in the future",
+        ),
+    ];
+    for (token, why) in cases {
+        let err = assert_rejected(
+            &node,
+            Some(json!({"type": "auth", "token": token}).to_string()),
+            "AUTH_FAILED",
+        )
+        .await;
+        assert_eq!(err["data"]["message"], why);
+        let rest = list_with(&node, Some(&format!("Bearer {token}"))).await;
+        assert_eq!(rest, (401, "AUTH_FAILED".into(), why.into()));
+    }
+    // Within the leeway, both are a clock's skew and pass.
+    let skewed =
+        signed(json!({"sub": "alice", "exp": now + 7200, "nbf": now + 10, "iat": now + 10}));
+    let mut c = node.raw().await;
+    c.send(json!({"type": "auth", "token": skewed})).await;
+    assert_eq!(c.next().await["type"], "auth_success");
+    assert_eq!(
+        list_with(&node, Some(&format!("Bearer {skewed}"))).await.0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_padded_token_is_refused_on_the_socket_and_over_rest_alike() {
+    let node = start_node(|_| {}).await;
+    let token = node.token("alice");
+    let padded = format!(" {token} ");
+    let why = "token must not contain whitespace";
+
+    let err = assert_rejected(
+        &node,
+        Some(json!({"type": "auth", "token": padded}).to_string()),
+        "AUTH_FAILED",
+    )
+    .await;
+    assert_eq!(err["data"]["message"], why);
+    let rest = list_with(&node, Some(&format!("Bearer {padded}"))).await;
+    assert_eq!(rest, (401, "AUTH_FAILED".into(), why.into()));
+
+    // The exact token passes on both; the scheme's case does not matter.
+    let mut c = node.raw().await;
+    c.send(json!({"type": "auth", "token": token})).await;
+    assert_eq!(c.next().await["type"], "auth_success");
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let (status, _, _) = list_with(&node, Some(&format!("{scheme} {token}"))).await;
+        assert_eq!(status, 200, "{scheme}");
+    }
+    // No header, another scheme, or no token: credentials are missing.
+    for header in [
+        None,
+        Some("Basic YWxpY2U6eA=="),
+        Some("Bearer"),
+        Some(token.as_str()),
+    ] {
+        let (status, code, _) = list_with(&node, header).await;
+        assert_eq!(
+            (status, code.as_str()),
+            (401, "AUTH_REQUIRED"),
+            "{header:?}"
+        );
+    }
 }

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261121_000001_create_chats;
 mod m20261121_000002_stream_claim;
+mod m20261201_000003_stream_claim_index;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -15,6 +16,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261121_000001_create_chats::Migration),
             Box::new(m20261121_000002_stream_claim::Migration),
+            Box::new(m20261201_000003_stream_claim_index::Migration),
         ]
     }
 }

@@ -407,8 +407,24 @@ impl Chat {
     }
 
     /// Stops a stream on whichever node runs it (any participant may).
-    pub async fn cancel_stream(&self, user: &UserId, stream: StreamId) {
+    /// Whether it runs is read from the store, which every node shares: the
+    /// stream's claim on its conversation. An unknown or ended stream, and
+    /// one in a conversation the user is not in, are all `NOT_FOUND`, so a
+    /// stream id tells a non-participant nothing.
+    pub async fn cancel_stream(&self, user: &UserId, stream: StreamId) -> Result<(), ChatError> {
+        let not_found = || ChatError::NotFound("stream");
+        let conv = self
+            .store
+            .stream_conversation(stream)
+            .await?
+            .ok_or_else(not_found)?;
+        match self.require_member(user, conv).await {
+            Ok(_) => {}
+            Err(ChatError::Forbidden(_) | ChatError::NotFound(_)) => return Err(not_found()),
+            Err(e) => return Err(e),
+        }
         self.streams.request_cancel(stream, user).await;
+        Ok(())
     }
 
     /// Publishes a stored message. A bus failure is logged, not returned:

@@ -1,13 +1,16 @@
 //! The REST API of PROTOCOL.md, documented by poem-openapi. Every handler is
 //! a thin call into `chat`.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use poem::http::StatusCode;
-use poem::{IntoResponse, Request, Response};
+use poem::http::{header, HeaderValue, StatusCode};
+use poem::{Endpoint, IntoResponse, Request, Response};
 use poem_openapi::auth::Bearer;
 use poem_openapi::param::{Path, Query};
 use poem_openapi::payload::Json;
+use poem_openapi::registry::MetaSchemaRef;
+use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, Tags};
 
 use crate::auth::Identity;
@@ -28,10 +31,15 @@ enum ApiTags {
 #[oai(ty = "bearer", bearer_format = "JWT", checker = "check_bearer")]
 pub struct BearerAuth(Identity);
 
-async fn check_bearer(req: &Request, bearer: Bearer) -> poem::Result<Identity> {
+/// poem-openapi's `Bearer` extractor has already refused a request without
+/// a `Bearer` header, but it trims the token; the raw header is parsed again
+/// by `Authenticator::verify_header`, so REST takes a token exactly as a
+/// socket's `auth` frame does.
+async fn check_bearer(req: &Request, _trimmed: Bearer) -> poem::Result<Identity> {
     let node = node_of(req)?;
+    let header = req.headers().get(header::AUTHORIZATION);
     node.auth
-        .verify(&bearer.token)
+        .verify_header(header.map(|v| v.as_bytes()))
         .map_err(|e| poem::Error::from_response(error_body(e)))
 }
 
@@ -111,51 +119,144 @@ fn error_body(e: ChatError) -> Response {
 }
 
 /// Turns errors raised outside the handlers (bad JSON, missing auth, a body
-/// over the size limit, an unknown route) into the same JSON shape.
+/// over the size limit, an unknown route, a wrong method or content type)
+/// into the same JSON shape, with the code `ErrorCode::of_status` gives.
 pub async fn error_response(err: poem::Error) -> Response {
     if err.is_from_response() {
         return err.into_response();
     }
-    let status = err.status();
-    let code = match status {
-        StatusCode::UNAUTHORIZED => ErrorCode::AuthRequired,
-        StatusCode::NOT_FOUND => ErrorCode::NotFound,
-        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::MessageTooLong,
-        StatusCode::METHOD_NOT_ALLOWED
-        | StatusCode::BAD_REQUEST
-        | StatusCode::UNPROCESSABLE_ENTITY => ErrorCode::InvalidFrame,
-        s if s.is_server_error() => ErrorCode::Internal,
-        _ => ErrorCode::InvalidFrame,
-    };
-    let status = if status == StatusCode::BAD_REQUEST {
-        StatusCode::UNPROCESSABLE_ENTITY
-    } else {
-        status
-    };
+    let code = ErrorCode::of_status(err.status());
     let body = serde_json::json!({ "code": code_name(code), "message": err.to_string() });
-    (status, poem::web::Json(body)).into_response()
+    (code.status(), poem::web::Json(body)).into_response()
+}
+
+/// The methods each REST path takes, read from the API's own OpenAPI
+/// description, so that a 405 can say them in `Allow` (RFC 9110 section
+/// 15.5.6): poem's router refuses a method without naming the others.
+pub struct AllowedMethods(Vec<(Vec<String>, HeaderValue)>);
+
+impl AllowedMethods {
+    /// Every path of `ChatApi`, with its methods (and HEAD wherever GET is).
+    pub fn of_api() -> Self {
+        let mut paths = Vec::new();
+        for api in <ChatApi as OpenApi>::meta() {
+            for path in api.paths {
+                let mut methods: Vec<&str> = path
+                    .operations
+                    .iter()
+                    .map(|op| op.method.as_str())
+                    .collect();
+                if methods.contains(&"GET") {
+                    methods.push("HEAD");
+                }
+                let segments = path.path.split('/').map(str::to_owned).collect();
+                // Method names are ASCII tokens, always a valid header value.
+                if let Ok(value) = HeaderValue::from_str(&methods.join(", ")) {
+                    paths.push((segments, value));
+                }
+            }
+        }
+        Self(paths)
+    }
+
+    /// The `Allow` value for a request path (`{name}` segments match any).
+    fn of_path(&self, path: &str) -> Option<&HeaderValue> {
+        let given: Vec<&str> = path.split('/').collect();
+        self.0.iter().find_map(|(template, allow)| {
+            let matches = template.len() == given.len()
+                && template
+                    .iter()
+                    .zip(&given)
+                    .all(|(t, g)| (t.starts_with('{') && !g.is_empty()) || t == g);
+            matches.then_some(allow)
+        })
+    }
+}
+
+/// Adds `Allow` to a 405 answer of the REST API.
+pub async fn with_allow<E: Endpoint>(
+    ep: Arc<E>,
+    req: Request,
+    allowed: Arc<AllowedMethods>,
+) -> poem::Result<Response> {
+    let path = req.uri().path().to_owned();
+    let mut resp = ep.call(req).await?.into_response();
+    if resp.status() == StatusCode::METHOD_NOT_ALLOWED {
+        if let Some(allow) = allowed.of_path(&path) {
+            resp.headers_mut().insert(header::ALLOW, allow.clone());
+        }
+    }
+    Ok(resp)
+}
+
+/// A JSON string and nothing else. poem-openapi's `String` also takes a
+/// number or a boolean as text (`{"content": 5}` would be stored as "5"), so
+/// every string of a REST body is a `Text`: a wrong type is a 422.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Text(pub String);
+
+impl Type for Text {
+    const IS_REQUIRED: bool = true;
+    type RawValueType = String;
+    type RawElementValueType = String;
+
+    fn name() -> Cow<'static, str> {
+        String::name()
+    }
+
+    fn schema_ref() -> MetaSchemaRef {
+        String::schema_ref()
+    }
+
+    fn as_raw_value(&self) -> Option<&String> {
+        Some(&self.0)
+    }
+
+    fn raw_element_iter<'a>(&'a self) -> Box<dyn Iterator<Item = &'a String> + 'a> {
+        Box::new(self.as_raw_value().into_iter())
+    }
+}
+
+impl ParseFromJSON for Text {
+    fn parse_from_json(value: Option<serde_json::Value>) -> ParseResult<Self> {
+        match value {
+            Some(serde_json::Value::String(text)) => Ok(Text(text)),
+            other => Err(ParseError::expected_type(other.unwrap_or_default())),
+        }
+    }
+}
+
+impl ToJSON for Text {
+    fn to_json(&self) -> Option<serde_json::Value> {
+        Some(serde_json::Value::String(self.0.clone()))
+    }
+}
+
+/// The string of an optional `Text` field.
+fn string_of(text: Option<Text>) -> Option<String> {
+    text.map(|t| t.0)
 }
 
 /// `POST /chats` body.
 #[derive(Debug, Object)]
 pub struct CreateChatBody {
-    pub title: Option<String>,
+    pub title: Option<Text>,
     #[oai(default)]
-    pub participant_ids: Vec<UserId>,
-    pub assistant_id: Option<String>,
+    pub participant_ids: Vec<Text>,
+    pub assistant_id: Option<Text>,
 }
 
 /// `POST /chats/{id}/messages` body.
 #[derive(Debug, Object)]
 pub struct SendBody {
-    pub content: String,
-    pub client_msg_id: Option<String>,
+    pub content: Text,
+    pub client_msg_id: Option<Text>,
 }
 
 /// `POST /chats/{id}/participants` body.
 #[derive(Debug, Object)]
 pub struct AddParticipantBody {
-    pub user_id: UserId,
+    pub user_id: Text,
 }
 
 /// A conversation with one page of its history.
@@ -217,9 +318,13 @@ impl ChatApi {
             .create(
                 &auth.0.user_id,
                 NewChat {
-                    title: body.title,
-                    participant_ids: body.participant_ids,
-                    assistant_id: body.assistant_id,
+                    title: string_of(body.title),
+                    participant_ids: body
+                        .participant_ids
+                        .into_iter()
+                        .map(|t| UserId(t.0))
+                        .collect(),
+                    assistant_id: string_of(body.assistant_id),
                 },
             )
             .await?;
@@ -270,9 +375,9 @@ impl ChatApi {
                 &auth.0.user_id,
                 id.0,
                 Outgoing {
-                    content: body.content,
+                    content: body.content.0,
                     message_type: None,
-                    client_msg_id: body.client_msg_id,
+                    client_msg_id: string_of(body.client_msg_id),
                 },
             )
             .await?;
@@ -307,7 +412,7 @@ impl ChatApi {
         let node = node(req)?;
         let conv = node
             .chat
-            .add_participant(&auth.0.user_id, id.0, body.0.user_id)
+            .add_participant(&auth.0.user_id, id.0, UserId(body.0.user_id.0))
             .await?;
         Ok(Json(conv))
     }

@@ -8,7 +8,6 @@ mod ops;
 mod web;
 
 use std::sync::Arc;
-
 use std::time::Duration;
 
 use poem::http::{header, StatusCode};
@@ -27,6 +26,7 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
     let spec = api.spec_endpoint();
     let max_body = node.settings.limits.max_frame_bytes;
     let body_timeout = node.settings.server.body_timeout();
+    let allowed = Arc::new(api::AllowedMethods::of_api());
     let mut route = Route::new();
     if node.settings.auth.dev_tokens {
         route = route.at(
@@ -44,6 +44,7 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
             "/api/v1/chat",
             api.around(move |ep, req| limit_body(ep, req, max_body, body_timeout))
                 .catch_all_error(api::error_response)
+                .around(move |ep, req| api::with_allow(ep, req, allowed.clone()))
                 .into_endpoint(),
         )
         .nest("/api/docs", docs)

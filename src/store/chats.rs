@@ -246,6 +246,23 @@ impl Store {
         Ok(res.rows_affected > 0)
     }
 
+    /// The conversation `stream` is running in: the one whose unexpired
+    /// claim it holds (the claim is taken before the stream's id is handed
+    /// out and released once it has ended). None for an unknown stream, one
+    /// that has ended, or one whose node died and let the claim lapse.
+    #[tracing::instrument(level = "debug", name = "store.stream_conversation", skip_all, fields(stream_id = %stream))]
+    pub async fn stream_conversation(
+        &self,
+        stream: StreamId,
+    ) -> Result<Option<ConversationId>, DbErr> {
+        Ok(chats::Entity::find()
+            .filter(chats::Column::StreamId.eq(stream.0))
+            .filter(chats::Column::StreamExpiresAt.gte(now()))
+            .one(&self.db)
+            .await?
+            .map(|c| ConversationId(c.id)))
+    }
+
     /// Extends a held claim (the stream's heartbeat).
     #[tracing::instrument(level = "debug", name = "store.extend_stream", skip_all, fields(conversation_id = %id))]
     pub async fn extend_stream(

@@ -503,7 +503,7 @@ impl Session {
                 }
             }
             ClientFrame::CancelStream(req) => {
-                chat.cancel_stream(&user, req.stream_id).await;
+                chat.cancel_stream(&user, req.stream_id).await?;
                 self.ack(id).await;
             }
         }
