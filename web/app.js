@@ -662,7 +662,8 @@ async function cancelStream(s) {
   try {
     await request('cancel_stream', { stream_id: s.id });
   } catch (e) {
-    toast(`Cancel failed: ${e.message}`);
+    // NOT_FOUND: the stream ended on its own just before the cancel.
+    if (e.code !== 'NOT_FOUND') toast(`Cancel failed: ${e.message}`);
   }
 }
 

@@ -286,7 +286,6 @@ impl Session {
                 sent = next_sent(&mut self.sends) => Box::pin(self.finish_send(sent)).await,
                 next = stream.next() => match next {
                     Some(Ok(Incoming::Text(text))) => {
-                        alive_until = Instant::now() + self.idle_timeout;
                         let span = self.frame_span();
                         // Boxed: handling a frame needs a large future (store,
                         // bus, chat calls); kept inline it would be part of
@@ -299,6 +298,10 @@ impl Session {
                             self.expire();
                             return self.node_closed();
                         }
+                        // Nothing was read while the frame was handled (a
+                        // long replay, say): the peer's silence counts from
+                        // now, not from when the frame arrived.
+                        alive_until = Instant::now() + self.idle_timeout;
                     }
                     Some(Ok(Incoming::Binary)) => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
