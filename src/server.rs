@@ -164,10 +164,10 @@ impl Gate {
             self.pending.fetch_sub(1, Ordering::AcqRel);
             return Err(Refusal::Pending);
         }
-        {
+        let per_ip = self.options.max_pending_per_ip;
+        if per_ip > 0 {
             let mut from_ip = self.pending_by_ip.entry(ip).or_insert(0);
-            let per_ip = self.options.max_pending_per_ip;
-            if per_ip > 0 && *from_ip >= per_ip {
+            if *from_ip >= per_ip {
                 drop(from_ip);
                 self.pending.fetch_sub(1, Ordering::AcqRel);
                 self.pending_by_ip.remove_if(&ip, |_, n| *n == 0);
@@ -188,6 +188,9 @@ impl Gate {
     fn leave_pending(&self, ip: IpAddr) {
         self.pending.fetch_sub(1, Ordering::AcqRel);
         self.metrics.connections_pending.dec();
+        if self.options.max_pending_per_ip == 0 {
+            return;
+        }
         if let Some(mut n) = self.pending_by_ip.get_mut(&ip) {
             *n = n.saturating_sub(1);
         }

@@ -293,8 +293,8 @@ impl Session {
                         // token's expiry holds while a frame waits, on the
                         // store or for room in the queue.
                         let expires_at = self.expires_at;
-                        let handled = Box::pin(self.handle(&text).instrument(span));
-                        if tokio::time::timeout_at(expires_at, handled).await.is_err() {
+                        let handling = self.handle(&text).instrument(span);
+                        if Box::pin(tokio::time::timeout_at(expires_at, handling)).await.is_err() {
                             self.expire();
                             return self.node_closed();
                         }
