@@ -141,7 +141,7 @@ async fn authenticate(
                 timeout.as_secs_f64()
             )))
         }
-        Ok(None | Some(Ok(Incoming::Close)) | Some(Err(ReadError::Io(_)))) => return Ok(None),
+        Ok(None | Some(Ok(Incoming::Close(_))) | Some(Err(ReadError::Io(_)))) => return Ok(None),
         Ok(Some(Err(e))) => return Err((ChatError::InvalidFrame(e.to_string()), e.close_reason())),
         Ok(Some(Ok(Incoming::Text(text)))) => text,
         Ok(Some(Ok(_))) => return Err(auth_required("the first frame must be a text auth frame")),
@@ -258,7 +258,7 @@ impl Session {
                         self.conn.close(e.close_reason());
                         return;
                     }
-                    Some(Ok(Incoming::Close)) | None => {
+                    Some(Ok(Incoming::Close(_))) | None => {
                         self.conn.close(CloseReason::Normal);
                         return;
                     }
