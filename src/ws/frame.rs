@@ -602,7 +602,9 @@ mod tests {
             decode_all(&client_frame(true, 0x8, b"")),
             vec![Ok(Incoming::Close(None))]
         );
-        let valid = (1000..=1003).chain(1007..=1014).chain([3000, 3999, 4000, 4999]);
+        let valid = (1000..=1003)
+            .chain(1007..=1014)
+            .chain([3000, 3999, 4000, 4999]);
         for code in valid {
             let frame = client_frame(true, 0x8, &close_payload(code, ""));
             assert_eq!(
