@@ -7,6 +7,9 @@
 //! a frame is arriving, and the writer encodes each batch into a buffer it
 //! drops once written. No extension is negotiated, so reserved bits must be
 //! clear; client frames must be masked; server frames are not.
+//!
+//! The rules live in `Decoder`, which does no I/O (so it can be fuzzed);
+//! `Reader` feeds it from the socket.
 
 use std::future::poll_fn;
 use std::io;
@@ -64,7 +67,7 @@ pub enum Incoming {
     Binary,
     Ping(Bytes),
     Pong,
-    /// A close frame, with its status code if it had one.
+    /// The client's close code, if it sent one.
     Close(Option<u16>),
 }
 
@@ -77,8 +80,9 @@ pub enum ReadError {
     /// A frame that breaks RFC 6455 (close code 1002).
     #[error("protocol error: {0}")]
     Protocol(&'static str),
-    /// A text message that is not UTF-8 (close code 1007).
-    #[error("text message is not UTF-8")]
+    /// A text message, or a close frame's reason, that is not UTF-8 (close
+    /// code 1007).
+    #[error("text is not UTF-8")]
     NotUtf8,
     #[error(transparent)]
     Io(#[from] io::Error),
@@ -104,75 +108,51 @@ struct Fragmented {
     data: BytesMut,
 }
 
-/// Reads a client's frames from `io`, holding no buffer between frames.
-pub struct Reader<R> {
-    io: R,
-    /// Bytes read but not yet taken as frames; unallocated when empty.
+/// The frame parsing of RFC 6455, without I/O: bytes go in as they arrive,
+/// whole messages and control frames come out. It exists so the rules can
+/// be tested and fuzzed without a socket or a runtime; `Reader` is the
+/// socket's loop around it.
+///
+/// After an error the byte stream cannot be resynchronized: the caller
+/// stops decoding.
+#[derive(Debug)]
+pub struct Decoder {
+    /// Bytes fed but not yet taken as frames; unallocated when empty.
     buf: BytesMut,
     fragmented: Option<Fragmented>,
     max_message: usize,
 }
 
-impl<R: AsyncRead + Unpin> Reader<R> {
+impl Decoder {
     /// Messages above `max_message` bytes are refused.
-    pub fn new(io: R, max_message: usize) -> Self {
-        Reader {
-            io,
+    pub fn new(max_message: usize) -> Self {
+        Decoder {
             buf: BytesMut::new(),
             fragmented: None,
             max_message,
         }
     }
 
-    /// The next message or control frame; None once the peer closed the
-    /// connection. Cancel-safe: bytes read stay buffered for the next call.
-    pub async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
-        loop {
-            match self.parse() {
-                Ok(Some(incoming)) => return Some(Ok(incoming)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-            match self.fill().await {
-                Ok(0) => return None,
-                Ok(_) => {}
-                Err(e) => return Some(Err(e.into())),
-            }
-        }
+    /// Adds bytes that arrived.
+    pub fn feed(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
     }
 
-    /// Reads and drops whatever else arrives, unparsed, until the peer ends
-    /// the connection or the read fails (after a frame that could not be
-    /// parsed, nothing after it can be).
-    pub async fn discard(&mut self) {
-        use tokio::io::AsyncReadExt;
-        self.buf = BytesMut::new();
-        self.fragmented = None;
-        let mut scratch = [0u8; SCRATCH];
-        while let Ok(1..) = self.io.read(&mut scratch).await {}
+    /// The bytes held: a frame under way and the parts of a fragmented
+    /// message.
+    pub fn held(&self) -> usize {
+        self.buf.len() + self.fragmented.as_ref().map_or(0, |f| f.data.len())
     }
 
-    /// Reads what the socket has. Between frames it reads into the stack
-    /// and keeps only what arrived; within a frame, into the room `parse`
-    /// reserved for it.
-    async fn fill(&mut self) -> io::Result<usize> {
-        poll_fn(|cx| {
-            if self.buf.is_empty() {
-                let mut scratch = [0u8; SCRATCH];
-                let mut read = ReadBuf::new(&mut scratch);
-                ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
-                self.buf.extend_from_slice(read.filled());
-                Poll::Ready(Ok(read.filled().len()))
-            } else {
-                tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
-            }
-        })
-        .await
+    /// The most `held` can be once `decode` asked for more bytes: a whole
+    /// message's worth of fragments, a control frame and a frame header.
+    pub fn max_held(&self) -> usize {
+        self.max_message + MAX_CONTROL as usize + MAX_HEADER
     }
 
     /// Takes whole frames off the buffer until one completes a message or is
     /// a control frame. Ok(None): more bytes are needed.
-    fn parse(&mut self) -> Result<Option<Incoming>, ReadError> {
+    pub fn decode(&mut self) -> Result<Option<Incoming>, ReadError> {
         loop {
             let Some(header) = Header::parse(&self.buf)? else {
                 self.buf.reserve(MAX_HEADER);
@@ -213,9 +193,7 @@ impl<R: AsyncRead + Unpin> Reader<R> {
             match opcode {
                 OpCode::Ping => return Ok(Some(Incoming::Ping(payload.freeze()))),
                 OpCode::Pong => return Ok(Some(Incoming::Pong)),
-                OpCode::Close => {
-                    return close_code(&payload).map(|code| Some(Incoming::Close(code)))
-                }
+                OpCode::Close => return close_code(&payload).map(|c| Some(Incoming::Close(c))),
                 OpCode::Text | OpCode::Binary => {
                     if self.fragmented.is_some() {
                         return Err(ReadError::Protocol(
@@ -247,13 +225,86 @@ impl<R: AsyncRead + Unpin> Reader<R> {
     }
 }
 
-/// The status code of a close frame's payload.
-fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
-    match payload {
-        [] => Ok(None),
-        [_] => Err(ReadError::Protocol("a close payload of one byte")),
-        [a, b, ..] => Ok(Some(u16::from_be_bytes([*a, *b]))),
+/// Reads a client's frames from `io`, holding no buffer between frames.
+pub struct Reader<R> {
+    io: R,
+    decoder: Decoder,
+}
+
+impl<R: AsyncRead + Unpin> Reader<R> {
+    /// Messages above `max_message` bytes are refused.
+    pub fn new(io: R, max_message: usize) -> Self {
+        Reader {
+            io,
+            decoder: Decoder::new(max_message),
+        }
     }
+
+    /// The next message or control frame; None once the peer closed the
+    /// connection. Cancel-safe: bytes read stay buffered for the next call.
+    pub async fn next(&mut self) -> Option<Result<Incoming, ReadError>> {
+        loop {
+            match self.decoder.decode() {
+                Ok(Some(incoming)) => return Some(Ok(incoming)),
+                Ok(None) => {}
+                Err(e) => return Some(Err(e)),
+            }
+            match self.fill().await {
+                Ok(0) => return None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(e.into())),
+            }
+        }
+    }
+
+    /// Reads and drops whatever else arrives, unparsed, until the peer ends
+    /// the connection or the read fails: after a frame the decoder refused,
+    /// the next frame's start cannot be found.
+    pub async fn discard(&mut self) {
+        use tokio::io::AsyncReadExt;
+        self.decoder = Decoder::new(self.decoder.max_message);
+        let mut scratch = [0u8; SCRATCH];
+        while let Ok(1..) = self.io.read(&mut scratch).await {}
+    }
+
+    /// Reads what the socket has. Between frames it reads into the stack
+    /// and keeps only what arrived; within a frame, into the room `decode`
+    /// reserved for it.
+    async fn fill(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| {
+            let decoder = &mut self.decoder;
+            if decoder.buf.is_empty() {
+                let mut scratch = [0u8; SCRATCH];
+                let mut read = ReadBuf::new(&mut scratch);
+                ready!(Pin::new(&mut self.io).poll_read(cx, &mut read))?;
+                decoder.feed(read.filled());
+                Poll::Ready(Ok(read.filled().len()))
+            } else {
+                tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut decoder.buf)
+            }
+        })
+        .await
+    }
+}
+
+/// A close frame's code (RFC 6455, 5.5.1 and 7.4): None if the payload is
+/// empty. The code must be one an endpoint may send, and the reason UTF-8.
+fn close_code(payload: &[u8]) -> Result<Option<u16>, ReadError> {
+    let [a, b, reason @ ..] = payload else {
+        return match payload {
+            [] => Ok(None),
+            _ => Err(ReadError::Protocol("a close payload of one byte")),
+        };
+    };
+    let code = u16::from_be_bytes([*a, *b]);
+    // 1004 is reserved; 1005, 1006 and 1015 stand for "no code" and must
+    // not be sent; 1016-2999 are unassigned; 3000-4999 belong to
+    // libraries and applications.
+    if !matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999) {
+        return Err(ReadError::Protocol("invalid close code"));
+    }
+    std::str::from_utf8(reason).map_err(|_| ReadError::NotUtf8)?;
+    Ok(Some(code))
 }
 
 /// A complete message.
@@ -500,7 +551,7 @@ mod tests {
                 interleaved,
                 "a message began before the last one ended",
             ),
-            ("not utf-8", not_utf8, "text message is not UTF-8"),
+            ("not utf-8", not_utf8, "text is not UTF-8"),
         ] {
             let got = read_all(bytes, 1 << 20, 1000).await;
             let want = if error.starts_with("text") {
@@ -523,12 +574,134 @@ mod tests {
             reader.next().await.unwrap().unwrap(),
             Incoming::Text("first".into())
         );
-        assert!(reader.buf.capacity() > 0, "the second frame is buffered");
+        assert!(
+            reader.decoder.buf.capacity() > 0,
+            "the second frame is buffered"
+        );
         let second = reader.next().await.unwrap().unwrap();
         assert!(matches!(second, Incoming::Text(t) if t.len() == 3000));
-        assert_eq!(reader.buf.capacity(), 0, "nothing is held between frames");
+        assert_eq!(
+            reader.decoder.buf.capacity(),
+            0,
+            "nothing is held between frames"
+        );
         drop(client);
         assert!(reader.next().await.is_none(), "the peer left");
+    }
+
+    /// Decodes `bytes` fed at once; every result up to the first error.
+    fn decode_all(bytes: &[u8]) -> Vec<Result<Incoming, String>> {
+        let mut decoder = Decoder::new(1000);
+        decoder.feed(bytes);
+        let mut out = Vec::new();
+        loop {
+            match decoder.decode() {
+                Ok(Some(incoming)) => out.push(Ok(incoming)),
+                Ok(None) => return out,
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    return out;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn close_frames_carry_a_valid_code_or_none() {
+        assert_eq!(
+            decode_all(&client_frame(true, 0x8, b"")),
+            vec![Ok(Incoming::Close(None))]
+        );
+        let valid = (1000..=1003)
+            .chain(1007..=1014)
+            .chain([3000, 3999, 4000, 4999]);
+        for code in valid {
+            let frame = client_frame(true, 0x8, &close_payload(code, ""));
+            assert_eq!(
+                decode_all(&frame),
+                vec![Ok(Incoming::Close(Some(code)))],
+                "code {code}"
+            );
+        }
+        let with_reason = client_frame(true, 0x8, &close_payload(4000, "adiós"));
+        assert_eq!(
+            decode_all(&with_reason),
+            vec![Ok(Incoming::Close(Some(4000)))]
+        );
+    }
+
+    #[test]
+    fn a_one_byte_close_payload_is_a_protocol_error() {
+        assert_eq!(
+            decode_all(&client_frame(true, 0x8, &[0x03])),
+            vec![Err("protocol error: a close payload of one byte".into())]
+        );
+    }
+
+    #[test]
+    fn close_codes_no_endpoint_may_send_are_protocol_errors() {
+        let invalid = [
+            0, 1, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ];
+        for code in invalid {
+            let frame = client_frame(true, 0x8, &close_payload(code, "x"));
+            assert_eq!(
+                decode_all(&frame),
+                vec![Err("protocol error: invalid close code".into())],
+                "code {code}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_close_reason_that_is_not_utf8_is_refused() {
+        let mut payload = close_payload(1000, "");
+        payload.extend_from_slice(&[b'o', b'k', 0xFF]);
+        let got = {
+            let mut decoder = Decoder::new(1000);
+            decoder.feed(&client_frame(true, 0x8, &payload));
+            decoder.decode()
+        };
+        assert!(matches!(got, Err(ReadError::NotUtf8)), "{got:?}");
+        assert_eq!(got.unwrap_err().close_reason().code(), 1007);
+    }
+
+    #[test]
+    fn the_decoder_gives_the_same_results_however_it_is_fed() {
+        let mut bytes = client_frame(false, 0x1, "ü".as_bytes());
+        bytes.extend(client_frame(true, 0x9, b"mid"));
+        bytes.extend(client_frame(true, 0x0, b"ber"));
+        bytes.extend(client_frame(true, 0x8, &close_payload(1001, "away")));
+        bytes.extend(client_frame(true, 0x1, &[0xC3, 0x28]));
+        let at_once = decode_all(&bytes);
+        assert_eq!(
+            at_once,
+            vec![
+                Ok(Incoming::Ping(Bytes::from_static(b"mid"))),
+                text("über"),
+                Ok(Incoming::Close(Some(1001))),
+                Err("text is not UTF-8".into()),
+            ]
+        );
+        let mut decoder = Decoder::new(1000);
+        let mut byte_by_byte = Vec::new();
+        'feed: for byte in &bytes {
+            decoder.feed(&[*byte]);
+            loop {
+                match decoder.decode() {
+                    Ok(Some(incoming)) => byte_by_byte.push(Ok(incoming)),
+                    Ok(None) => {
+                        assert!(decoder.held() <= decoder.max_held());
+                        break;
+                    }
+                    Err(e) => {
+                        byte_by_byte.push(Err(e.to_string()));
+                        break 'feed;
+                    }
+                }
+            }
+        }
+        assert_eq!(byte_by_byte, at_once);
     }
 
     #[test]

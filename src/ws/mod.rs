@@ -71,3 +71,9 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
         )
         .finish()
 }
+
+/// The frame decoder, for the fuzz targets in `fuzz/`; not an API.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::frame::{Decoder, Incoming, ReadError};
+}
