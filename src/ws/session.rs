@@ -624,12 +624,13 @@ async fn next_sent(sends: &mut VecDeque<InFlight>) -> Box<(InFlight, Sent)> {
     Box::new((sent, done))
 }
 
-/// After the node's close frame: reads and drops what the client still
-/// sends, until its close frame, the end of the connection or `LINGER`.
-/// Closing a socket with unread bytes makes the kernel reset it, and the
-/// client would lose the frames still in its receive buffer (the error and
-/// the close frame among them). After a frame that broke the framing,
-/// nothing more can be parsed: bytes are dropped unread.
+/// After the node's close frame (and the end of its sending side): reads and
+/// drops what the client still sends, until its close frame, the end of the
+/// connection (a client closes its side once it saw the node's) or
+/// `LINGER`. Closing a socket with unread bytes makes the kernel reset it,
+/// and the client would lose the frames still in its receive buffer (the
+/// error and the close frame among them). After a frame that broke the
+/// framing, nothing more can be parsed: bytes are dropped unread.
 async fn linger(stream: &mut Stream, why: CloseReason) {
     let parseable = !matches!(
         why,

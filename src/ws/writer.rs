@@ -142,10 +142,11 @@ pub async fn pong(sink: &mut Sink, payload: &[u8]) {
     let _ = sink.write_all(&out).await;
 }
 
-/// Writes the last frames and the close frame, within `CLOSE_TIMEOUT`. The
-/// connection itself closes when the reader is done with it too: after the
-/// client's close frame, so no frame of the client's in flight is met with
-/// a reset (RFC 6455, 7.1.1).
+/// Writes the last frames and the close frame, then ends the sending side
+/// (the node starts the TCP close, as RFC 6455 7.1.1 asks of a server),
+/// within `CLOSE_TIMEOUT`. The connection itself closes when the reader is
+/// done with it too: after the client's close frame or its end of the
+/// connection, so no frame of the client's in flight meets a reset.
 async fn goodbye(mut sink: Sink, last: Vec<Utf8Bytes>, reason: CloseReason) {
     let mut out = Vec::new();
     for text in &last {
@@ -155,7 +156,7 @@ async fn goodbye(mut sink: Sink, last: Vec<Utf8Bytes>, reason: CloseReason) {
     frame::encode(&mut out, OpCode::Close, &close);
     let write = async {
         sink.write_all(&out).await?;
-        sink.flush().await
+        sink.shutdown().await
     };
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, write).await;
 }
