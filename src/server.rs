@@ -26,7 +26,8 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use poem::http::uri::Scheme;
 use poem::web::{LocalAddr, RemoteAddr};
 use poem::{Endpoint, Response};
@@ -297,7 +298,6 @@ pub async fn serve<E>(
             local,
             remote,
             header_timeout: gate.options.header_timeout,
-            write_timeout: gate.options.write_timeout,
         };
         tokio::spawn(conn.serve(stream, stop.clone()));
     }
@@ -324,7 +324,6 @@ struct Connection<E> {
     local: SocketAddr,
     remote: SocketAddr,
     header_timeout: Duration,
-    write_timeout: Duration,
 }
 
 impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
@@ -337,15 +336,17 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
             local,
             remote,
             header_timeout,
-            write_timeout,
         } = self;
         let io = Guarded {
             io: stream,
-            write_timeout,
             stalled: None,
-            _admission: admission.clone(),
+            admission: admission.clone(),
         };
+        // Told when the first request reaches the service.
+        let started = Arc::new(Notify::new());
+        let first_request = started.clone();
         let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+            first_request.notify_one();
             let mut req: poem::Request = (
                 req,
                 LocalAddr(local.into()),
@@ -361,13 +362,27 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
                 Ok::<_, Infallible>(resp)
             }
         });
-        let mut http = hyper::server::conn::http1::Builder::new();
-        http.timer(TokioTimer::new())
+        // hyper_util's connection makes hyper's HTTP/1 state only once the
+        // first bytes came (it reads them to tell HTTP/1 from HTTP/2): an
+        // idle socket measured 1.5 KiB less after a connect storm than with
+        // hyper's HTTP/1 connection made at accept.
+        let mut http = auto::Builder::new(TokioExecutor::new());
+        http.http1()
+            .timer(TokioTimer::new())
             .header_read_timeout(header_timeout);
-        let conn = http
-            .serve_connection(TokioIo::new(io), service)
-            .with_upgrades();
-        let mut conn = std::pin::pin!(conn);
+        let http = http.http1_only();
+        let mut conn =
+            std::pin::pin!(http.serve_connection_with_upgrades(TokioIo::new(io), service));
+        // hyper times each request head once it reads one; until the first
+        // request starts (bytes sniffed, head read), the time is ours.
+        let first = tokio::time::timeout(header_timeout, started.notified());
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = stop.cancelled() => return,
+            started = first => if started.is_err() {
+                return;
+            },
+        }
         tokio::select! {
             _ = conn.as_mut() => {}
             _ = stop.cancelled() => {
@@ -384,11 +399,11 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
 /// hold a writer, or the memory behind it, for longer.
 struct Guarded {
     io: TcpStream,
-    write_timeout: Duration,
     /// Armed when a write finds the socket full; dropped by the next write
     /// that goes through. Boxed: an idle connection holds no timer.
     stalled: Option<Pin<Box<Sleep>>>,
-    _admission: Arc<Admission>,
+    /// Also where the write timeout is read: every idle socket holds this.
+    admission: Arc<Admission>,
 }
 
 impl Guarded {
@@ -403,7 +418,7 @@ impl Guarded {
             self.stalled = None;
             return polled;
         }
-        let timeout = self.write_timeout;
+        let timeout = self.admission.gate.options.write_timeout;
         let stalled = self
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));

@@ -2,7 +2,7 @@
 //! to write, the conversations it joined, and a way to close it.
 
 use std::collections::HashSet;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -114,7 +114,7 @@ impl Conn {
     }
 
     /// A handle and the receiving end of its outbound queue (for the writer).
-    pub fn with_limits(user: UserId, limits: outbox::Limits) -> (Self, outbox::Receiver) {
+    pub fn with_limits(user: UserId, limits: Arc<outbox::Limits>) -> (Self, outbox::Receiver) {
         let (tx, rx) = outbox::channel(limits);
         let conn = Conn {
             id: ConnectionId::new(),

@@ -80,6 +80,8 @@ pub struct Hub {
     /// come and go without any.
     topology: Vec<tokio::sync::Mutex<()>>,
     streams: OnceLock<Weak<dyn StreamControl>>,
+    /// Every socket's queue bounds, shared.
+    outbox: Arc<outbox::Limits>,
     /// Permits for recovery reads (see `RECOVERY_READS`).
     recovery_reads: tokio::sync::Semaphore,
 }
@@ -94,6 +96,11 @@ impl Hub {
         metrics: Arc<Metrics>,
         settings: HubSettings,
     ) -> Arc<Self> {
+        let outbox = Arc::new(outbox::Limits {
+            frames: settings.outbound_queue.max(1),
+            bytes: settings.outbound_bytes,
+            node: settings.outbound_budget.clone(),
+        });
         let hub = Arc::new_cyclic(|me| Hub {
             me: me.clone(),
             store,
@@ -106,6 +113,7 @@ impl Hub {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             streams: OnceLock::new(),
+            outbox,
             recovery_reads: tokio::sync::Semaphore::new(RECOVERY_READS),
         });
         let sink: Arc<dyn EventSink> = hub.clone();
@@ -137,12 +145,7 @@ impl Hub {
     /// Registers an authenticated socket of `user`; subscribes the node to
     /// the user's topic if it is the user's first socket here.
     pub async fn register(&self, user: UserId) -> Result<(Arc<Conn>, Outbox), ChatError> {
-        let limits = outbox::Limits {
-            frames: self.settings.outbound_queue,
-            bytes: self.settings.outbound_bytes,
-            node: self.settings.outbound_budget.clone(),
-        };
-        let (conn, rx) = Conn::with_limits(user.clone(), limits);
+        let (conn, rx) = Conn::with_limits(user.clone(), self.outbox.clone());
         let conn = Arc::new(conn);
         // Fast path: the user has sockets here, so the node is subscribed.
         // (An empty entry is being torn down: take the slow path.)

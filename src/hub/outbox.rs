@@ -105,18 +105,19 @@ pub struct Limits {
 
 impl Limits {
     /// Only a bound in frames (tests, and queues outside a node).
-    pub fn frames(frames: usize) -> Self {
-        Limits {
-            frames,
+    pub fn frames(frames: usize) -> Arc<Self> {
+        Arc::new(Limits {
+            frames: frames.max(1),
             bytes: usize::MAX,
             node: NodeBudget::unlimited(),
-        }
+        })
     }
 }
 
 struct Shared {
     state: Mutex<State>,
-    limits: Limits,
+    /// Shared by every socket of a node (one pointer per idle socket).
+    limits: Arc<Limits>,
     /// A frame was queued, or the sender left.
     queued: Notify,
     /// A frame was taken, or the receiver left.
@@ -136,8 +137,8 @@ struct State {
     closed: bool,
 }
 
-/// A queue within `limits`.
-pub fn channel(limits: Limits) -> (Sender, Receiver) {
+/// A queue within `limits` (`frames` at least 1).
+pub fn channel(limits: Arc<Limits>) -> (Sender, Receiver) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             frames: VecDeque::new(),
@@ -146,10 +147,7 @@ pub fn channel(limits: Limits) -> (Sender, Receiver) {
             pong: None,
             closed: false,
         }),
-        limits: Limits {
-            frames: limits.frames.max(1),
-            ..limits
-        },
+        limits,
         queued: Notify::new(),
         taken: Notify::new(),
     });
@@ -366,12 +364,12 @@ mod tests {
         assert!(tx.0.state.lock().frames.is_empty());
     }
 
-    fn limits(bytes: usize, node: &Arc<NodeBudget>) -> Limits {
-        Limits {
+    fn limits(bytes: usize, node: &Arc<NodeBudget>) -> Arc<Limits> {
+        Arc::new(Limits {
             frames: 100,
             bytes,
             node: node.clone(),
-        }
+        })
     }
 
     #[tokio::test]

@@ -292,9 +292,14 @@ impl Session {
                         // every idle socket's task for its whole life. The
                         // token's expiry holds while a frame waits, on the
                         // store or for room in the queue.
+                        // (Built inside the box: a frame's future bound
+                        // to a local would stay part of the reader's.)
                         let expires_at = self.expires_at;
-                        let handling = self.handle(&text).instrument(span);
-                        if Box::pin(tokio::time::timeout_at(expires_at, handling)).await.is_err() {
+                        let handled = Box::pin(tokio::time::timeout_at(
+                            expires_at,
+                            self.handle(&text).instrument(span),
+                        ));
+                        if handled.await.is_err() {
                             self.expire();
                             return self.node_closed();
                         }
