@@ -362,10 +362,10 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
                 Ok::<_, Infallible>(resp)
             }
         });
-        // hyper_util's connection makes hyper's HTTP/1 state only once the
-        // first bytes came (it reads them to tell HTTP/1 from HTTP/2): an
-        // idle socket measured 1.5 KiB less after a connect storm than with
-        // hyper's HTTP/1 connection made at accept.
+        // Served through hyper_util's connection, as poem serves: with
+        // hyper's HTTP/1 connection used directly, an idle socket measured
+        // 1.5 KiB more after a connect storm (bench/run.sh, idle), for
+        // reasons not pinned down (the heap held at the end was the same).
         let mut http = auto::Builder::new(TokioExecutor::new());
         http.http1()
             .timer(TokioTimer::new())
