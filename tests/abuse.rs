@@ -63,6 +63,13 @@ async fn ended(stream: &mut TcpStream) -> bool {
     }
 }
 
+/// No rate limit gets in the way of a client that floods on purpose.
+fn unthrottled(s: &mut confab::config::Settings) {
+    s.limits.send_rate_per_sec = 1e6;
+    s.limits.send_burst = 1_000_000;
+    s.limits.frame_burst = 1_000_000;
+}
+
 /// Stores `count` messages of `chars` characters in a new chat of alice's
 /// with mallory.
 async fn chat_with_big_messages(node: &TestNode, count: usize, chars: usize) -> String {
@@ -85,9 +92,7 @@ async fn chat_with_big_messages(node: &TestNode, count: usize, chars: usize) -> 
 async fn never_reading_sockets_asking_for_big_pages_are_closed_and_memory_stays_bounded() {
     let budget = 2 * 1024 * 1024;
     let node = start_node(|s| {
-        s.limits.send_rate_per_sec = 1e6;
-        s.limits.send_burst = 1_000_000;
-        s.limits.frame_burst = 1_000_000;
+        unthrottled(s);
         s.limits.max_outbound_bytes_per_socket = budget;
         s.limits.history_page_max_bytes = 512 * 1024;
     })
@@ -148,9 +153,7 @@ async fn never_reading_sockets_asking_for_big_pages_are_closed_and_memory_stays_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_expires_on_time_while_a_reply_waits_for_a_reader() {
     let node = start_node(|s| {
-        s.limits.send_rate_per_sec = 1e6;
-        s.limits.send_burst = 1_000_000;
-        s.limits.frame_burst = 1_000_000;
+        unthrottled(s);
         // Replies wait for room (two frames), never for bytes.
         s.limits.outbound_queue = 2;
         s.limits.max_outbound_bytes_per_socket = 1 << 30;
