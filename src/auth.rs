@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::AuthSettings;
 use crate::error::ChatError;
-use crate::ids::UserId;
+use crate::model::UserId;
 
 /// The claims confab reads. `sub` is the user id; `exp` is required;
 /// `nbf` and `iat`, when present, must not lie in the future.
@@ -39,8 +39,8 @@ pub struct Identity {
 /// Why the auth settings are unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("auth.algorithm `{0}` is not one of HS256, HS384, HS512, RS256, ES256")]
-    Algorithm(String),
+    #[error("auth.algorithm `{0:?}` is not one of HS256, HS384, HS512, RS256, ES256")]
+    Algorithm(Algorithm),
     #[error("auth.public_key_pem is not a valid {alg} public key: {err}")]
     Key { alg: &'static str, err: String },
 }
@@ -58,14 +58,17 @@ pub struct Authenticator {
 
 impl Authenticator {
     pub fn new(settings: &AuthSettings) -> Result<Self, AuthConfigError> {
-        let algorithm = match settings.algorithm.to_ascii_uppercase().as_str() {
-            "HS256" => Algorithm::HS256,
-            "HS384" => Algorithm::HS384,
-            "HS512" => Algorithm::HS512,
-            "RS256" => Algorithm::RS256,
-            "ES256" => Algorithm::ES256,
-            _ => return Err(AuthConfigError::Algorithm(settings.algorithm.clone())),
-        };
+        let algorithm = settings.algorithm;
+        if !matches!(
+            algorithm,
+            Algorithm::HS256
+                | Algorithm::HS384
+                | Algorithm::HS512
+                | Algorithm::RS256
+                | Algorithm::ES256
+        ) {
+            return Err(AuthConfigError::Algorithm(algorithm));
+        }
         let pem = settings.public_key_pem.as_bytes();
         let (decoding, encoding) = match algorithm {
             Algorithm::RS256 => (
@@ -159,17 +162,14 @@ impl Authenticator {
         if claims.iat.is_some_and(|iat| iat > latest) {
             return Err(ChatError::AuthFailed("token issued in the future".into()));
         }
-        if claims.sub.is_empty() || claims.sub.len() > 256 {
-            return Err(ChatError::AuthFailed(
-                "token `sub` must be 1 to 256 bytes".into(),
-            ));
-        }
+        let user_id = UserId::parse(claims.sub)
+            .map_err(|_| ChatError::AuthFailed("token `sub` must be 1 to 256 bytes".into()))?;
         let expires_at = Utc
             .timestamp_opt(claims.exp, 0)
             .single()
             .ok_or_else(|| ChatError::AuthFailed("token `exp` is out of range".into()))?;
         Ok(Identity {
-            user_id: UserId(claims.sub),
+            user_id,
             name: claims.name,
             expires_at,
         })
@@ -214,7 +214,7 @@ mod tests {
             .mint("alice", Some("Alice"), Duration::from_secs(60))
             .unwrap();
         let id = a.verify(&t).unwrap();
-        assert_eq!(id.user_id, UserId("alice".into()));
+        assert_eq!(id.user_id, UserId::parse("alice").unwrap());
         assert_eq!(id.name.as_deref(), Some("Alice"));
     }
 
@@ -341,7 +341,7 @@ mod tests {
         ] {
             assert_eq!(
                 a.verify_header(Some(ok.as_bytes())).unwrap().user_id,
-                UserId("alice".into())
+                UserId::parse("alice").unwrap()
             );
         }
         for missing in [
@@ -367,9 +367,9 @@ mod tests {
     }
 
     #[test]
-    fn unknown_algorithms_are_refused_at_start() {
+    fn unsupported_algorithms_are_refused_at_start() {
         let mut s = Settings::embedded().auth;
-        s.algorithm = "none".into();
+        s.algorithm = Algorithm::PS256;
         assert!(Authenticator::new(&s).is_err());
     }
 }

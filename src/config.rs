@@ -7,7 +7,8 @@ use figment::{
     providers::{Env, Format, Toml},
     Figment,
 };
-use serde::Deserialize;
+use jsonwebtoken::Algorithm;
+use serde::{Deserialize, Deserializer};
 
 /// The defaults compiled into the binary, so a node runs with no files at all.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -98,7 +99,8 @@ pub struct BusSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct AuthSettings {
     pub jwt_secret: String,
-    pub algorithm: String,
+    #[serde(deserialize_with = "algorithm_name")]
+    pub algorithm: Algorithm,
     pub public_key_pem: String,
     pub timeout_secs: f64,
     pub leeway_secs: u64,
@@ -140,7 +142,7 @@ pub struct LimitSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(default)]
 pub struct AssistantSettings {
-    pub provider: String,
+    pub provider: ProviderKind,
     pub model: String,
     pub base_url: String,
     pub api_key_env: String,
@@ -153,7 +155,7 @@ pub struct AssistantSettings {
 impl Default for AssistantSettings {
     fn default() -> Self {
         Self {
-            provider: "echo".into(),
+            provider: ProviderKind::Echo,
             model: "echo-1".into(),
             base_url: String::new(),
             api_key_env: String::new(),
@@ -166,6 +168,34 @@ impl Default for AssistantSettings {
 }
 
 /// How assistant answers travel: coalescing, liveness, limits, retries.
+/// Which provider answers for an assistant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProviderKind {
+    /// Built in: repeats the question, token by token (no network).
+    Echo,
+    /// Any OpenAI-compatible chat completions API.
+    #[serde(rename = "openai")]
+    OpenAi,
+}
+
+impl ProviderKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ProviderKind::Echo => "echo",
+            ProviderKind::OpenAi => "openai",
+        }
+    }
+}
+
+/// A JWT algorithm by its name, in any case (`HS256`, `hs256`).
+fn algorithm_name<'de, D: Deserializer<'de>>(d: D) -> Result<Algorithm, D::Error> {
+    let name = String::deserialize(d)?;
+    name.to_ascii_uppercase()
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("unknown JWT algorithm `{name}`")))
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct StreamingSettings {
     pub coalesce_ms: u64,
@@ -179,11 +209,21 @@ pub struct StreamingSettings {
 /// Logs and traces.
 #[derive(Clone, Debug, Deserialize)]
 pub struct TelemetrySettings {
-    pub log_format: String,
+    pub log_format: LogFormat,
     pub log_level: String,
     /// OTLP/HTTP collector base URL (e.g. http://otel-collector:4318);
     /// empty: no traces are exported.
     pub otlp_endpoint: String,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// For humans.
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
 }
 
 impl Settings {
@@ -212,7 +252,10 @@ impl Settings {
 
     /// Refuses settings that are unsafe for the named environment.
     pub fn check(&self, env: &str) -> Result<(), ConfigError> {
-        let hs = self.auth.algorithm.to_ascii_uppercase().starts_with("HS");
+        let hs = matches!(
+            self.auth.algorithm,
+            Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512
+        );
         if env == "production" && hs && self.auth.jwt_secret == DEV_JWT_SECRET {
             return Err(ConfigError::Refused(
                 "CONFAB_ENV=production with the development JWT secret; \
@@ -261,8 +304,25 @@ mod tests {
     fn embedded_defaults_parse() {
         let s = Settings::embedded();
         assert!(s.bus.redis_url.is_empty());
-        assert_eq!(s.auth.algorithm, "HS256");
+        assert_eq!(s.auth.algorithm, Algorithm::HS256);
         assert!(s.uses_dev_secret());
+    }
+
+    fn with_auth_algorithm(name: &str) -> Result<Settings, Box<figment::Error>> {
+        Figment::from(Toml::string(DEFAULT_TOML))
+            .merge(Toml::string(&format!("[auth]\nalgorithm = \"{name}\"")))
+            .extract()
+            .map_err(Box::new)
+    }
+
+    #[test]
+    fn jwt_algorithms_are_named_in_any_case_and_none_is_refused() {
+        assert_eq!(
+            with_auth_algorithm("hs512").unwrap().auth.algorithm,
+            Algorithm::HS512
+        );
+        let err = with_auth_algorithm("none").unwrap_err();
+        assert!(err.to_string().contains("unknown JWT algorithm"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,9 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use confab::{auth::Authenticator, config::Settings, node, server, store::Store, telemetry};
+use confab::{
+    auth::Authenticator, config::Settings, node, server, store::Store, tasks::Tasks, telemetry,
+};
 
 #[derive(Parser)]
 #[command(name = "confab", version, about = "A realtime chat hub")]
@@ -89,7 +91,7 @@ async fn run(settings: Settings) -> Result<(), String> {
 }
 
 async fn migrate(settings: Settings) -> Result<(), String> {
-    let store = Store::connect(&settings.database.url, 2)
+    let store = Store::connect(&settings.database.url, 2, &Tasks::new())
         .await
         .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;

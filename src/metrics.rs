@@ -8,7 +8,7 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::hub::CloseReason;
+use crate::model::CloseReason;
 
 /// Counters, gauges and histograms of one node.
 pub struct Metrics {

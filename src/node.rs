@@ -1,22 +1,31 @@
 //! One confab node: its parts wired together, and its life (start, serve,
-//! drain, stop).
+//! drain, stop). Wiring only: nothing imports this module but `main`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use poem::EndpointExt;
 use tokio::net::TcpListener;
+use tokio_util::task::TaskTracker;
 
-use crate::assistant::Streams;
+use crate::assistant::{Streams, StreamsParts};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::bus::{Bus, LocalBus, RedisBus, Topic};
-use crate::chat::Chat;
+use crate::chat::{Assistants, Chat, Events, StoredHistory};
 use crate::config::Settings;
-use crate::hub::{CloseReason, Hub, HubSettings, NodeBudget, StreamControl};
+use crate::http::{Readiness, State};
+use crate::hub::{Hub, HubSettings, NodeBudget, StreamEvents};
 use crate::metrics::Metrics;
+use crate::model::CloseReason;
 use crate::server::{Gate, Options};
 use crate::store::Store;
+use crate::tasks::Tasks;
+
+/// How long a drain waits for closed sockets to finish (their close
+/// handshake), and a stop for background tasks to end.
+const GRACE: Duration = Duration::from_secs(2);
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -31,7 +40,7 @@ pub enum StartError {
     Config(String),
 }
 
-/// Everything one node holds; shared by every request and socket.
+/// Everything one node holds.
 pub struct Node {
     pub settings: Settings,
     pub node_id: String,
@@ -41,7 +50,14 @@ pub struct Node {
     pub chat: Arc<Chat>,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
-    draining: AtomicBool,
+    /// Background tasks (bus receivers, message writers, recoveries,
+    /// streams), stopped after the drain.
+    pub tasks: Tasks,
+    /// The sockets' context (their tasks among it).
+    sockets: Arc<crate::ws::Context>,
+    draining: Arc<AtomicBool>,
+    /// Held so the hub's weak handle on the assistants stays valid.
+    _streams: Arc<Streams>,
 }
 
 impl Node {
@@ -53,61 +69,86 @@ impl Node {
         } else {
             settings.server.node_id.clone()
         };
+        let tasks = Tasks::new();
         let metrics = Arc::new(Metrics::new(&node_id));
-        let store = Store::connect(&settings.database.url, settings.database.max_connections)
-            .await?
-            .with_latency(metrics.store_latency.clone());
+        let store = Store::connect(
+            &settings.database.url,
+            settings.database.max_connections,
+            &tasks,
+        )
+        .await?
+        .with_latency(metrics.store_latency.clone());
         store.migrate().await?;
         let bus: Arc<dyn Bus> = if settings.bus.redis_url.is_empty() {
             Arc::new(LocalBus::new())
         } else {
-            RedisBus::connect(&settings.bus, &node_id)
+            RedisBus::connect(&settings.bus, &node_id, &tasks)
                 .await
                 .map_err(|e| StartError::Bus(e.to_string()))?
         };
+        let limits = &settings.limits;
         let hub = Hub::new(
-            store.clone(),
+            Arc::new(StoredHistory(store.clone())),
             bus.clone(),
             metrics.clone(),
             HubSettings {
                 gap_wait: Duration::from_millis(settings.bus.gap_fill_ms),
-                outbound_queue: settings.limits.outbound_queue,
-                outbound_bytes: settings.limits.max_outbound_bytes_per_socket,
+                outbound_queue: limits.outbound_queue,
+                outbound_bytes: limits.max_outbound_bytes_per_socket,
                 outbound_budget: NodeBudget::new(
                     metrics.outbound_bytes.clone(),
-                    settings.limits.max_outbound_bytes_per_node,
+                    limits.max_outbound_bytes_per_node,
                 ),
-                recent_messages: settings
-                    .limits
+                recent_messages: limits
                     .recent_messages_per_room
-                    .min(settings.limits.outbound_queue / 2),
-                max_connections_per_user: settings.limits.max_connections_per_user,
-                stream_timeout: Duration::from_secs_f64(settings.streaming.stream_timeout_secs),
+                    .min(limits.outbound_queue / 2),
+                max_connections_per_user: limits.max_connections_per_user,
             },
+            tasks.clone(),
         );
-        let streams = Arc::new(
-            Streams::new(
-                &settings.assistants,
-                settings.streaming.clone(),
-                store.clone(),
-                bus.clone(),
-                metrics.clone(),
-            )
-            .map_err(StartError::Config)?,
-        );
-        let control: Arc<dyn StreamControl> = streams.clone();
-        hub.set_stream_control(Arc::downgrade(&control));
-        bus.subscribe(&Topic::Streams)
-            .await
-            .map_err(|e| StartError::Bus(e.to_string()))?;
-        let chat = Arc::new(Chat::new(
+        let events = Arc::new(Events::new(
             store.clone(),
             bus.clone(),
             hub.clone(),
             metrics.clone(),
-            settings.limits.clone(),
-            streams,
         ));
+        let streams = Streams::new(
+            &settings.assistants,
+            settings.streaming.clone(),
+            StreamsParts {
+                store: store.clone(),
+                events: events.clone(),
+                hub: hub.clone(),
+                metrics: metrics.clone(),
+                tasks: tasks.clone(),
+            },
+        )
+        .map_err(StartError::Config)?;
+        let stream_events: Arc<dyn StreamEvents> = streams.clone();
+        hub.set_stream_events(Arc::downgrade(&stream_events));
+        bus.subscribe(&Topic::Streams)
+            .await
+            .map_err(|e| StartError::Bus(e.to_string()))?;
+        let assistants: Arc<dyn Assistants> = streams.clone();
+        let chat = Arc::new(Chat::new(
+            store.clone(),
+            events,
+            hub.clone(),
+            metrics.clone(),
+            settings.limits.clone(),
+            assistants,
+        ));
+        let draining = Arc::new(AtomicBool::new(false));
+        let sockets = Arc::new(crate::ws::Context {
+            chat: chat.clone(),
+            hub: hub.clone(),
+            auth: auth.clone(),
+            metrics: metrics.clone(),
+            settings: settings.clone(),
+            node_id: node_id.clone(),
+            draining: draining.clone(),
+            sessions: TaskTracker::new(),
+        });
         Ok(Arc::new(Node {
             settings,
             node_id,
@@ -117,7 +158,10 @@ impl Node {
             chat,
             auth,
             metrics,
-            draining: AtomicBool::new(false),
+            tasks,
+            sockets,
+            draining,
+            _streams: streams,
         }))
     }
 
@@ -125,23 +169,9 @@ impl Node {
         self.draining.load(Ordering::Relaxed)
     }
 
-    /// Readiness: storage answers, the bus delivers, not draining.
-    pub async fn is_ready(&self) -> Result<(), String> {
-        if self.is_draining() {
-            return Err("draining".into());
-        }
-        self.store
-            .ping()
-            .await
-            .map_err(|e| format!("storage: {e}"))?;
-        if !self.bus.healthy().await {
-            return Err("bus: not delivering".into());
-        }
-        Ok(())
-    }
-
     /// Stops taking sockets and closes the open ones with 1012, spread over
-    /// `server.drain_secs` so their reconnects do not land all at once.
+    /// `server.drain_secs` so their reconnects do not land all at once;
+    /// then waits (at most `GRACE`) for their sessions to end.
     pub async fn drain(&self) {
         self.draining.store(true, Ordering::Relaxed);
         let conns = self.hub.connections();
@@ -168,26 +198,64 @@ impl Node {
             }
             interval.tick().await;
         }
-        // Give writers a moment to send their close frames.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !self.hub.connections().is_empty() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+        // Each session sends its close frame, leaves the hub and ends.
+        let sessions = &self.sockets.sessions;
+        sessions.close();
+        if tokio::time::timeout(GRACE, sessions.wait()).await.is_err() {
+            tracing::info!(left = sessions.len(), "some sockets were still closing");
         }
+    }
+
+    /// Stops every background task (message writers commit what is
+    /// queued first), then closes the bus.
+    pub async fn stop(&self) {
+        if !self.tasks.stop(GRACE).await {
+            tracing::warn!("some background tasks did not stop in time");
+        }
+        self.bus.close().await;
+    }
+}
+
+#[async_trait]
+impl Readiness for Node {
+    /// Storage answers, the bus delivers, not draining.
+    async fn check(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".into());
+        }
+        self.store
+            .ping()
+            .await
+            .map_err(|e| format!("storage: {e}"))?;
+        if !self.bus.healthy().await {
+            return Err("bus: not delivering".into());
+        }
+        Ok(())
     }
 }
 
 /// Serves HTTP and WebSockets on `listener` until `shutdown` completes,
-/// then drains.
+/// then drains and stops the node.
 pub async fn serve(
     node: Arc<Node>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) {
     let gate = Gate::new(Options::from_settings(&node.settings), node.metrics.clone());
-    let app = crate::http::routes(node.clone()).map_to_response();
+    let state = Arc::new(State {
+        chat: node.chat.clone(),
+        auth: node.auth.clone(),
+        metrics: node.metrics.clone(),
+        settings: node.settings.clone(),
+        readiness: node.clone(),
+        sockets: node.sockets.clone(),
+    });
+    let app = crate::http::routes(state).map_to_response();
+    let draining = node.clone();
     let signal = async move {
         shutdown.await;
-        node.drain().await;
+        draining.drain().await;
     };
-    crate::server::serve(listener, app, gate, signal).await
+    crate::server::serve(listener, app, gate, signal).await;
+    node.stop().await;
 }

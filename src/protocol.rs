@@ -1,72 +1,22 @@
-//! PROTOCOL.md as serde types: what a client may send (`ClientFrame`), what a
-//! node sends (`ServerFrame`), and the data both carry (`Message`,
-//! `Conversation`). Decoding never panics; every failure is an `ErrorCode`.
+//! PROTOCOL.md as serde types: what a client may send (`ClientFrame`) and
+//! what a node sends (`ServerFrame`), carrying the `model` types as they
+//! are. Decoding never panics; every failure is an `ErrorCode`.
 
 use chrono::{DateTime, Utc};
-use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::assistant::Usage;
 use crate::error::{ChatError, ErrorCode};
-use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
+use crate::model::{
+    ClientMsgId, ConnectionId, Conversation, ConversationId, Message, MessageId, MessageType, Seq,
+    StreamId, UpdateReason, Usage, UserId,
+};
 
 /// A JSON object: the `data` of a `ping`, echoed in its `pong`.
 pub type JsonObject = serde_json::Map<String, serde_json::Value>;
 
-/// Longest `id` or `client_msg_id` a client may send.
+/// Longest request `id` a client may send.
 pub const MAX_CLIENT_ID_LEN: usize = 64;
-
-/// A stored message as every client sees it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
-pub struct Message {
-    pub id: MessageId,
-    pub conversation_id: ConversationId,
-    pub seq: Seq,
-    pub sender_id: UserId,
-    pub message_type: String,
-    pub content: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[oai(skip_serializing_if_is_none)]
-    pub client_msg_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[oai(skip_serializing_if_is_none)]
-    pub metadata: Option<serde_json::Value>,
-    pub created_at: DateTime<Utc>,
-}
-
-/// A conversation as a sidebar shows it.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
-pub struct Conversation {
-    pub id: ConversationId,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[oai(skip_serializing_if_is_none)]
-    pub title: Option<String>,
-    pub owner_id: UserId,
-    pub participants: Vec<UserId>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[oai(skip_serializing_if_is_none)]
-    pub assistant_id: Option<String>,
-    pub archived: bool,
-    pub last_seq: Seq,
-    /// How far the requesting user has read (only in answers to that user).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[oai(skip_serializing_if_is_none)]
-    pub last_read_seq: Option<Seq>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Why a `conversation_updated` was sent.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum UpdateReason {
-    Created,
-    ParticipantAdded,
-    ParticipantRemoved,
-    Renamed,
-    Archived,
-}
 
 // ---------------------------------------------------------------- client frames
 
@@ -126,9 +76,9 @@ pub struct SendMessage {
     pub conversation_id: ConversationId,
     pub content: String,
     #[serde(default)]
-    pub message_type: Option<String>,
+    pub message_type: Option<MessageType>,
     #[serde(default)]
-    pub client_msg_id: Option<String>,
+    pub client_msg_id: Option<ClientMsgId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -252,15 +202,7 @@ pub fn decode(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> 
             parse(data("leave_conversation")?, "leave_conversation").map_err(fail)?,
         ),
         FrameType::SendMessage => {
-            let send: SendMessage = parse(data("send_message")?, "send_message").map_err(fail)?;
-            if let Some(cid) = &send.client_msg_id {
-                if cid.is_empty() || cid.chars().count() > MAX_CLIENT_ID_LEN {
-                    return Err(fail(ChatError::InvalidFrame(format!(
-                        "client_msg_id must be 1 to {MAX_CLIENT_ID_LEN} characters"
-                    ))));
-                }
-            }
-            ClientFrame::Send(send)
+            ClientFrame::Send(parse(data("send_message")?, "send_message").map_err(fail)?)
         }
         FrameType::Typing => ClientFrame::Typing(parse(data("typing")?, "typing").map_err(fail)?),
         FrameType::TypingStart | FrameType::TypingStop => {
@@ -480,7 +422,7 @@ mod tests {
             ClientFrame::Send(s) => {
                 assert_eq!(s.conversation_id, conv);
                 assert_eq!(s.content, "hi");
-                assert_eq!(s.client_msg_id.as_deref(), Some("c1"));
+                assert_eq!(s.client_msg_id.as_ref().map(|c| c.as_str()), Some("c1"));
             }
             other => panic!("unexpected {other:?}"),
         }

@@ -24,7 +24,7 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer};
 
-use crate::config::TelemetrySettings;
+use crate::config::{LogFormat, TelemetrySettings};
 
 /// Longest one export may take, connecting included.
 const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -64,7 +64,7 @@ impl TelemetryGuard {
 pub fn init(settings: &TelemetrySettings, node_id: &str) -> TelemetryGuard {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(settings.log_level.clone()));
-    let logs = if settings.log_format == "json" {
+    let logs = if settings.log_format == LogFormat::Json {
         tracing_subscriber::fmt::layer()
             .json()
             .with_filter(filter)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::procs::{self, wait_until};
 use common::{start_node, Client, TestNode, WAIT};
-use confab::ids::UserId;
+use confab::model::UserId;
 use futures_util::SinkExt;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,7 +40,7 @@ fn closed_with(node: &TestNode, code: u16) -> f64 {
 
 /// Sockets of `user` the node holds.
 fn sockets_of(node: &TestNode, user: &str) -> usize {
-    node.node.hub.connections_of(&UserId::from(user))
+    node.node.hub.connections_of(&UserId::parse(user).unwrap())
 }
 
 /// A TCP connection from `source` (any 127/8 address is this machine).

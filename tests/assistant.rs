@@ -30,7 +30,7 @@ fn assistants(s: &mut Settings, llm: &FakeLlm) {
         s.assistants.insert(
             model.into(),
             AssistantSettings {
-                provider: "openai".into(),
+                provider: confab::config::ProviderKind::OpenAi,
                 model: model.into(),
                 base_url: llm.base_url.clone(),
                 api_key_env: KEY_ENV.into(),

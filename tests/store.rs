@@ -5,8 +5,9 @@
 
 use std::collections::BTreeSet;
 
-use confab::ids::{Seq, UserId};
+use confab::model::{ClientMsgId, ConversationId, MessageType, Seq, UserId};
 use confab::store::{NewMessage, Store};
+use confab::tasks::Tasks;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 
 /// Stores on one fresh database: `n` separate pools, like `n` nodes.
@@ -17,7 +18,7 @@ async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile:
             let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
             let mut out = Vec::new();
             for _ in 0..n {
-                out.push(Store::connect(&url, 4).await.unwrap());
+                out.push(Store::connect(&url, 4, &Tasks::new()).await.unwrap());
             }
             out[0].migrate().await.unwrap();
             Some((out, Some(dir)))
@@ -41,6 +42,7 @@ async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile:
                     .sqlx_logging(false);
                 out.push(Store::from_connection(
                     Database::connect(opts).await.unwrap(),
+                    &Tasks::new(),
                 ));
             }
             out[0].migrate().await.unwrap();
@@ -49,19 +51,18 @@ async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile:
     }
 }
 
-fn msg(
-    conv: confab::ids::ConversationId,
-    sender: &str,
-    content: &str,
-    cid: Option<&str>,
-) -> NewMessage {
+fn user(id: &str) -> UserId {
+    UserId::parse(id).unwrap()
+}
+
+fn msg(conv: ConversationId, sender: &str, content: &str, cid: Option<&str>) -> NewMessage {
     NewMessage {
         id: None,
         conversation_id: conv,
-        sender_id: UserId::from(sender),
-        message_type: "user".into(),
+        sender_id: user(sender),
+        message_type: MessageType::User,
         content: content.into(),
-        client_msg_id: cid.map(str::to_owned),
+        client_msg_id: cid.map(|c| ClientMsgId::parse(c).unwrap()),
         metadata: None,
     }
 }
@@ -71,12 +72,12 @@ async fn appends_in_order_and_idempotently(backend: &str) {
         return;
     };
     let store = &stores[0];
-    let alice = UserId::from("alice");
+    let alice = user("alice");
     let conv = store
-        .create_chat(&alice, Some("t".into()), &["bob".into()], None)
+        .create_chat(&alice, Some("t".into()), &[user("bob")], None)
         .await
         .unwrap();
-    assert_eq!(conv.participants, vec![alice.clone(), UserId::from("bob")]);
+    assert_eq!(conv.participants, vec![alice.clone(), user("bob")]);
 
     let first = store
         .append(msg(conv.id, "alice", "one", Some("c1")))
@@ -123,7 +124,7 @@ async fn appends_in_order_and_idempotently(backend: &str) {
     assert_eq!(store.last_seq(conv.id).await.unwrap(), Some(Seq(3)));
 
     // A conversation that does not exist stores nothing.
-    let missing = confab::ids::ConversationId::new();
+    let missing = ConversationId::new();
     assert!(store
         .append(msg(missing, "alice", "x", None))
         .await
@@ -144,19 +145,19 @@ async fn appends_in_order_and_idempotently(backend: &str) {
 
     // Participants and archive.
     assert!(store
-        .add_participant(conv.id, &"carol".into())
+        .add_participant(conv.id, &user("carol"))
         .await
         .unwrap());
     assert!(!store
-        .add_participant(conv.id, &"carol".into())
+        .add_participant(conv.id, &user("carol"))
         .await
         .unwrap());
     assert!(store
-        .remove_participant(conv.id, &"carol".into())
+        .remove_participant(conv.id, &user("carol"))
         .await
         .unwrap());
     assert!(!store
-        .remove_participant(conv.id, &"carol".into())
+        .remove_participant(conv.id, &user("carol"))
         .await
         .unwrap());
     store.archive(conv.id).await.unwrap();
@@ -186,7 +187,7 @@ async fn concurrent_writers_keep_seq_gap_free(
         return;
     };
     let conv = stores[0]
-        .create_chat(&"alice".into(), None, &[], None)
+        .create_chat(&user("alice"), None, &[], None)
         .await
         .unwrap();
     let mut tasks = Vec::new();
@@ -245,7 +246,7 @@ async fn bursts_across_conversations(backend: &str) {
     let mut convs = Vec::new();
     for _ in 0..8 {
         let c = stores[0]
-            .create_chat(&"alice".into(), None, &[], None)
+            .create_chat(&user("alice"), None, &[], None)
             .await
             .unwrap();
         convs.push(c.id);
@@ -266,7 +267,7 @@ async fn bursts_across_conversations(backend: &str) {
                     assert_eq!(a.message.id, b.message.id, "one send, one message");
                     assert!(a.duplicate != b.duplicate, "exactly one copy stored");
                     mine.push((conv, a.message.seq.0));
-                    let missing = msg(confab::ids::ConversationId::new(), &sender, "x", None);
+                    let missing = msg(ConversationId::new(), &sender, "x", None);
                     assert!(store.append(missing).await.unwrap().is_none());
                 }
                 mine

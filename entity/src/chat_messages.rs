@@ -11,7 +11,7 @@ pub struct Model {
     pub chat_id: Uuid,
     pub seq: i64,
     pub sender_id: String,
-    pub message_type: String,
+    pub message_type: crate::MessageType,
     #[sea_orm(column_type = "Text")]
     pub content: String,
     pub client_msg_id: Option<String>,

@@ -9,8 +9,7 @@ pub struct Model {
     pub chat_id: Uuid,
     #[sea_orm(primary_key, auto_increment = false)]
     pub user_id: String,
-    /// `owner` or `member`.
-    pub role: String,
+    pub role: crate::Role,
     pub last_read_seq: i64,
     pub joined_at: DateTimeUtc,
 }

@@ -4,3 +4,6 @@
 pub mod chat_messages;
 pub mod chat_participants;
 pub mod chats;
+mod kinds;
+
+pub use kinds::{MessageType, Role};

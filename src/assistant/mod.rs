@@ -10,4 +10,4 @@ mod runner;
 pub use echo::EchoProvider;
 pub use openai::OpenAiProvider;
 pub use provider::{Chunk, CompletionRequest, Provider, ProviderError, Role, Turn, Usage};
-pub use runner::{StartStream, Streams};
+pub use runner::{Streams, StreamsParts};

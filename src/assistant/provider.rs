@@ -6,6 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
+pub use crate::model::Usage;
+
 /// Who said a turn of the context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
@@ -26,14 +28,6 @@ pub struct Turn {
 pub struct CompletionRequest {
     pub model: String,
     pub turns: Vec<Turn>,
-}
-
-/// Token counts, as the provider reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Usage {
-    pub prompt_tokens: u64,
-    pub completion_tokens: u64,
-    pub total_tokens: u64,
 }
 
 /// One piece of a streamed answer.

@@ -2,44 +2,44 @@
 //! conversation (one active stream per conversation, cluster-wide), streams
 //! the provider's deltas to the conversation's topic coalesced for
 //! `coalesce_ms`, sends a heartbeat while it runs, and stores the answer as
-//! an `assistant` message that takes its seq like any other.
+//! an `assistant` message through `chat::Events`, the path of every
+//! message. It also watches the streams of other nodes, and tells the
+//! connections here when one goes silent.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use bytes::Bytes;
+use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::StreamExt;
+use parking_lot::Mutex;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::provider::{Chunk, CompletionRequest, Provider, ProviderError, Role, Turn, Usage};
 use super::{EchoProvider, OpenAiProvider};
-use crate::bus::{Bus, Event, EventKind, Topic};
-use crate::config::{AssistantSettings, StreamingSettings};
+use crate::chat::{Assistants, Events, StartStream};
+use crate::config::{AssistantSettings, ProviderKind, StreamingSettings};
 use crate::error::{ChatError, ErrorCode};
-use crate::hub::StreamControl;
-use crate::ids::{ConversationId, MessageId, Seq, StreamId, UserId};
+use crate::hub::{Hub, StreamEvents};
 use crate::metrics::Metrics;
-use crate::protocol::{Message, ServerFrame};
+use crate::model::{ConversationId, MessageId, MessageType, Seq, StreamId, UserId};
+use crate::protocol::ServerFrame;
 use crate::store::{NewMessage, Store};
+use crate::tasks::Tasks;
+
+/// How often silent streams are looked for.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// A configured assistant: its settings and its provider.
 struct Assistant {
     id: String,
+    /// Its id as the sender of its answers.
+    sender: UserId,
     settings: AssistantSettings,
     provider: Arc<dyn Provider>,
-}
-
-/// What `start` needs: where, for whom, answering which message.
-#[derive(Clone, Debug)]
-pub struct StartStream {
-    pub conversation_id: ConversationId,
-    pub requested_by: UserId,
-    pub reply_to: Message,
-    pub assistant_id: String,
 }
 
 /// A stream running on this node.
@@ -58,33 +58,52 @@ struct Outcome {
     error: Option<ProviderError>,
 }
 
-/// The assistants of this node and the streams it runs.
+/// The assistants of this node, the streams it runs, and the streams it
+/// watches.
 pub struct Streams {
+    me: Weak<Streams>,
     store: Store,
-    bus: Arc<dyn Bus>,
+    events: Arc<Events>,
+    hub: Arc<Hub>,
     metrics: Arc<Metrics>,
+    tasks: Tasks,
     settings: StreamingSettings,
     assistants: BTreeMap<String, Arc<Assistant>>,
     active: DashMap<StreamId, Active>,
     per_user: DashMap<UserId, usize>,
+    /// Streams heard of in conversations joined here (on any node), and
+    /// when last heard.
+    watched: Mutex<HashMap<StreamId, (ConversationId, Instant)>>,
+}
+
+/// What a node's stream runner is built from.
+pub struct StreamsParts {
+    pub store: Store,
+    pub events: Arc<Events>,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
+    pub tasks: Tasks,
 }
 
 impl Streams {
-    /// Builds every configured assistant. Fails on an unusable configuration
-    /// (an unknown provider, an `openai` assistant without `base_url`).
+    /// Builds every configured assistant and starts watching streams.
+    /// Fails on an unusable configuration (an `openai` assistant without
+    /// `base_url`, an id that cannot be a sender).
     pub fn new(
         assistants: &BTreeMap<String, AssistantSettings>,
         settings: StreamingSettings,
-        store: Store,
-        bus: Arc<dyn Bus>,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, String> {
+        parts: StreamsParts,
+    ) -> Result<Arc<Self>, String> {
         let mut built = BTreeMap::new();
         for (id, a) in assistants {
+            let sender = UserId::parse(id.as_str())
+                .map_err(|e| format!("assistants.{id}: the id names the sender: {e}"))?;
             let timeout = Duration::from_secs_f64(a.timeout_secs.max(0.1));
-            let provider: Arc<dyn Provider> = match a.provider.as_str() {
-                "echo" => Arc::new(EchoProvider::new(Duration::from_millis(a.echo_delay_ms))),
-                "openai" => {
+            let provider: Arc<dyn Provider> = match a.provider {
+                ProviderKind::Echo => {
+                    Arc::new(EchoProvider::new(Duration::from_millis(a.echo_delay_ms)))
+                }
+                ProviderKind::OpenAi => {
                     if a.base_url.is_empty() {
                         return Err(format!(
                             "assistants.{id}.base_url is required for provider openai"
@@ -101,34 +120,42 @@ impl Streams {
                     };
                     Arc::new(OpenAiProvider::new(&a.base_url, key, timeout))
                 }
-                other => {
-                    return Err(format!(
-                        "assistants.{id}.provider `{other}` is not echo or openai"
-                    ))
-                }
             };
             built.insert(
                 id.clone(),
                 Arc::new(Assistant {
                     id: id.clone(),
+                    sender,
                     settings: a.clone(),
                     provider,
                 }),
             );
         }
-        Ok(Self {
-            store,
-            bus,
-            metrics,
+        let streams = Arc::new_cyclic(|me| Self {
+            me: me.clone(),
+            store: parts.store,
+            events: parts.events,
+            hub: parts.hub,
+            metrics: parts.metrics,
+            tasks: parts.tasks,
             settings,
             assistants: built,
             active: DashMap::new(),
             per_user: DashMap::new(),
-        })
+            watched: Mutex::new(HashMap::new()),
+        });
+        streams
+            .tasks
+            .spawn(watch(Arc::downgrade(&streams), streams.stream_timeout()));
+        Ok(streams)
+    }
+
+    fn stream_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.settings.stream_timeout_secs.max(0.0))
     }
 
     /// Starts an answer; returns its stream id once the conversation is claimed.
-    pub async fn start(self: &Arc<Self>, req: StartStream) -> Result<StreamId, ChatError> {
+    async fn start_stream(self: Arc<Self>, req: StartStream) -> Result<StreamId, ChatError> {
         let assistant = self
             .assistants
             .get(&req.assistant_id)
@@ -180,12 +207,13 @@ impl Streams {
             conversation_id = %req.conversation_id,
             assistant = %assistant.id,
             model = %assistant.settings.model,
-            provider = %assistant.settings.provider,
+            provider = assistant.settings.provider.name(),
             finish_reason = tracing::field::Empty,
             error.type = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
         );
-        tokio::spawn(me.run(stream_id, req, assistant, cancel).instrument(span));
+        self.tasks
+            .spawn(me.run(stream_id, req, assistant, cancel).instrument(span));
         Ok(stream_id)
     }
 
@@ -225,7 +253,7 @@ impl Streams {
         )
         .await;
         let heartbeat = CancellationToken::new();
-        tokio::spawn(
+        self.tasks.spawn(
             self.clone()
                 .heartbeat(conv, stream_id, heartbeat.clone())
                 .in_current_span(),
@@ -281,10 +309,9 @@ impl Streams {
             });
         }
         turns.extend(history.into_iter().map(|m| Turn {
-            role: if m.message_type == "assistant" {
-                Role::Assistant
-            } else {
-                Role::User
+            role: match m.message_type {
+                MessageType::Assistant => Role::Assistant,
+                MessageType::User => Role::User,
             },
             content: m.content,
         }));
@@ -446,31 +473,18 @@ impl Streams {
             let new = NewMessage {
                 id: Some(message_id),
                 conversation_id: conv,
-                sender_id: UserId(assistant.id.clone()),
-                message_type: "assistant".into(),
+                sender_id: assistant.sender.clone(),
+                message_type: MessageType::Assistant,
                 content: out.text.clone(),
                 client_msg_id: None,
                 metadata: Some(metadata),
             };
-            match self.store.append(new).await {
-                Ok(Some(appended)) => {
-                    self.metrics.messages_stored.inc();
-                    let message = appended.message;
-                    let frame = ServerFrame::MessageReceived {
-                        message: message.clone(),
-                    };
-                    self.publish(
-                        Topic::Conversation(conv),
-                        EventKind::Message { seq: message.seq },
-                        &frame,
-                    )
-                    .await;
-                    stored = Some(message);
-                }
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e, "storing the assistant answer failed");
-                    let err = ChatError::from(e);
+            match self.events.append(new).await {
+                Ok(appended) => stored = Some(appended.message),
+                // The conversation is gone.
+                Err(ChatError::NotFound(_)) => {}
+                Err(err) => {
+                    tracing::warn!(error = %err, "storing the assistant answer failed");
                     self.end_with_error(conv, stream_id, err.code(), err.client_message(), None)
                         .await;
                     return;
@@ -549,7 +563,7 @@ impl Streams {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {
-                    self.publish_raw(Topic::Conversation(conv), EventKind::Stream { stream_id, end: false }, Bytes::new()).await;
+                    self.events.stream(conv, stream_id, false, None).await;
                     if let Err(e) = self.store.extend_stream(conv, stream_id, self.claim_until()).await {
                         tracing::warn!(error = %e, "extending the stream claim failed");
                     }
@@ -565,46 +579,36 @@ impl Streams {
         end: bool,
         frame: &ServerFrame,
     ) {
-        self.publish(
-            Topic::Conversation(conv),
-            EventKind::Stream { stream_id, end },
-            frame,
-        )
-        .await;
-    }
-
-    async fn publish(&self, topic: Topic, kind: EventKind, frame: &ServerFrame) {
-        self.publish_raw(topic, kind, Bytes::from(frame.encode()))
-            .await;
-    }
-
-    async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
-        if let Err(e) = self.bus.publish(Event::new(topic, kind, payload)).await {
-            self.metrics.bus_publish_errors.inc();
-            tracing::warn!(error = %e, "stream publish failed");
-        }
-    }
-
-    /// Asks every node to stop `stream` (the one running it will).
-    pub async fn request_cancel(&self, stream: StreamId, by: &UserId) {
-        self.publish_raw(
-            Topic::Streams,
-            EventKind::Cancel {
-                stream_id: stream,
-                by: by.clone(),
-            },
-            Bytes::new(),
-        )
-        .await;
-    }
-
-    /// True if an assistant with this id is configured.
-    pub fn has(&self, id: &str) -> bool {
-        self.assistants.contains_key(id)
+        self.events.stream(conv, stream_id, end, Some(frame)).await;
     }
 }
 
-impl StreamControl for Streams {
+#[async_trait]
+impl Assistants for Streams {
+    fn has(&self, assistant_id: &str) -> bool {
+        self.assistants.contains_key(assistant_id)
+    }
+
+    async fn start(&self, request: StartStream) -> Result<StreamId, ChatError> {
+        // `self` lives in an Arc (see `new`) for as long as anyone calls it.
+        let me = self
+            .me
+            .upgrade()
+            .ok_or(ChatError::Unavailable("the node is stopping".into()))?;
+        me.start_stream(request).await
+    }
+}
+
+impl StreamEvents for Streams {
+    fn heard(&self, conv: ConversationId, stream: StreamId, end: bool) {
+        let mut watched = self.watched.lock();
+        if end {
+            watched.remove(&stream);
+        } else {
+            watched.insert(stream, (conv, Instant::now()));
+        }
+    }
+
     fn cancel(&self, stream: StreamId, by: UserId) {
         let Some(active) = self
             .active
@@ -620,11 +624,45 @@ impl StreamControl for Streams {
         }
         // Any participant may cancel; check membership off the event path.
         let store = self.store.clone();
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             if matches!(store.role(conv, &by).await, Ok(Some(_))) {
                 token.cancel();
             }
         });
+    }
+}
+
+/// Turns streams whose node went silent into `stream_error INTERRUPTED` for
+/// the connections here watching them, so no tab spins forever.
+async fn watch(streams: Weak<Streams>, timeout: Duration) {
+    let mut tick = tokio::time::interval(WATCH_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(streams) = streams.upgrade() else {
+            return;
+        };
+        let silent: Vec<(StreamId, ConversationId)> = {
+            let mut watched = streams.watched.lock();
+            let silent: Vec<_> = watched
+                .iter()
+                .filter(|(_, (_, at))| at.elapsed() > timeout)
+                .map(|(id, (conv, _))| (*id, *conv))
+                .collect();
+            for (id, _) in &silent {
+                watched.remove(id);
+            }
+            silent
+        };
+        for (stream_id, conv) in silent {
+            let frame = ServerFrame::StreamError {
+                stream_id,
+                conversation_id: conv,
+                code: ErrorCode::Interrupted,
+                message: "the stream's node stopped answering".into(),
+                retry_after_ms: None,
+            };
+            streams.hub.deliver_local(conv, &frame.encode().into());
+        }
     }
 }
 

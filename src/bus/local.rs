@@ -48,4 +48,8 @@ impl Bus for LocalBus {
     async fn healthy(&self) -> bool {
         true
     }
+
+    async fn close(&self) {
+        *self.sink.write() = None;
+    }
 }

@@ -20,7 +20,7 @@ use tracing::Instrument;
 pub use local::LocalBus;
 pub use redis::RedisBus;
 
-use crate::ids::{ConnectionId, ConversationId, Seq, StreamId, UserId};
+use crate::model::{ConnectionId, ConversationId, Seq, StreamId, UserId};
 
 /// Where an event goes: everyone joined to a conversation, every socket of a
 /// user, or every node (stream control).
@@ -180,4 +180,7 @@ pub trait Bus: Send + Sync {
     fn attach(&self, sink: Weak<dyn EventSink>);
     /// True while the bus can deliver (for readiness).
     async fn healthy(&self) -> bool;
+    /// Closes the bus's connections, once the node has stopped (nothing is
+    /// delivered after it).
+    async fn close(&self);
 }

@@ -25,7 +25,8 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::{Bus, BusError, Event, EventKind, EventSink, Topic};
 use crate::config::BusSettings;
-use crate::ids::{ConversationId, UserId};
+use crate::model::{ConversationId, UserId};
+use crate::tasks::Tasks;
 
 /// How often the readiness probe goes round.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
@@ -67,8 +68,12 @@ impl Probe {
 
 impl RedisBus {
     /// Connects the publisher pool and the subscriber, and starts the tasks
-    /// that receive, resubscribe after reconnects, and probe.
-    pub async fn connect(settings: &BusSettings, node_id: &str) -> Result<Arc<Self>, BusError> {
+    /// that receive, resubscribe after reconnects, and probe, on `tasks`.
+    pub async fn connect(
+        settings: &BusSettings,
+        node_id: &str,
+        tasks: &Tasks,
+    ) -> Result<Arc<Self>, BusError> {
         let url = match (
             settings.cluster,
             settings.redis_url.strip_prefix("redis://"),
@@ -110,9 +115,9 @@ impl RedisBus {
         });
         bus.wanted.lock().insert(bus.probe.channel.clone());
         subscribe_channel(&bus.subscriber, bus.cluster, bus.probe.channel.clone()).await?;
-        bus.spawn_receiver();
-        bus.spawn_resubscriber();
-        bus.spawn_prober();
+        bus.spawn_receiver(tasks);
+        bus.spawn_resubscriber(tasks);
+        bus.spawn_prober(tasks);
         Ok(bus)
     }
 
@@ -125,12 +130,12 @@ impl RedisBus {
     }
 
     /// Receives messages, decodes them, and hands them to the hub.
-    fn spawn_receiver(&self) {
+    fn spawn_receiver(&self, tasks: &Tasks) {
         let mut rx = self.subscriber.message_rx();
         let sink = self.sink.clone();
         let probe = self.probe.clone();
         let prefix = format!("{}:", self.prefix);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 let message = match rx.recv().await {
                     Ok(m) => m,
@@ -169,11 +174,11 @@ impl RedisBus {
 
     /// After every reconnect: subscribe to every wanted channel, then resync
     /// the hub from the store.
-    fn spawn_resubscriber(&self) {
+    fn spawn_resubscriber(&self, tasks: &Tasks) {
         let subscriber = self.subscriber.clone();
         let mut reconnects = subscriber.reconnect_rx();
         let (sink, wanted, cluster) = (self.sink.clone(), self.wanted.clone(), self.cluster);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 match reconnects.recv().await {
                     Ok(server) => tracing::info!(%server, "bus reconnected; resubscribing"),
@@ -217,11 +222,11 @@ impl RedisBus {
     }
 
     /// Publishes a probe every second; forces a reconnect when they stop coming back.
-    fn spawn_prober(&self) {
+    fn spawn_prober(&self, tasks: &Tasks) {
         let publisher = self.publisher.clone();
         let subscriber = self.subscriber.clone();
         let probe = self.probe.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let mut tick = tokio::time::interval(PROBE_EVERY);
             let mut missed = 0u32;
             loop {
@@ -299,6 +304,14 @@ impl Bus for RedisBus {
     async fn healthy(&self) -> bool {
         self.subscriber.is_connected() && self.probe.fresh()
     }
+
+    async fn close(&self) {
+        for result in [self.subscriber.quit().await, self.publisher.quit().await] {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "closing the bus connection failed");
+            }
+        }
+    }
 }
 
 /// SUBSCRIBE (or SSUBSCRIBE on a cluster) that fails at once while disconnected.
@@ -347,7 +360,8 @@ fn parse_channel(channel: &str, prefix: &str) -> Option<Topic> {
             .map(|u| Topic::Conversation(ConversationId(u)));
     }
     rest.strip_prefix("user:")
-        .map(|id| Topic::User(UserId(id.to_owned())))
+        .and_then(|id| UserId::parse(id).ok())
+        .map(Topic::User)
 }
 
 /// What precedes the payload on the wire, as one line of JSON.
@@ -377,7 +391,7 @@ fn decode(topic: Topic, bytes: Bytes) -> Option<Event> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ids::Seq;
+    use crate::model::Seq;
 
     #[test]
     fn channels_parse_back_to_topics() {
@@ -388,7 +402,7 @@ mod tests {
         );
         assert_eq!(
             parse_channel("confab:user:a:b", "confab:"),
-            Some(Topic::User(UserId("a:b".into())))
+            Some(Topic::User(UserId::parse("a:b").unwrap()))
         );
         assert_eq!(parse_channel("other:user:a", "confab:"), None);
     }
@@ -405,7 +419,7 @@ mod tests {
         .unwrap();
         body.push(b'\n');
         body.extend_from_slice(b"{\"type\":\"x\",\"data\":\"a\\nb\"}");
-        let topic = Topic::User(UserId("u".into()));
+        let topic = Topic::User(UserId::parse("u").unwrap());
         let e = decode(topic.clone(), Bytes::from(body)).unwrap();
         assert_eq!(e.kind, kind);
         assert_eq!(e.topic, topic);

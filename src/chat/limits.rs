@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use dashmap::DashMap;
 
-use crate::ids::UserId;
+use crate::model::UserId;
 
 /// A token bucket: `burst` tokens, refilled at `rate` per second.
 #[derive(Clone, Debug)]
@@ -80,6 +80,7 @@ impl UserRateLimiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UserId;
 
     #[test]
     fn bucket_allows_burst_then_limits() {
@@ -94,8 +95,8 @@ mod tests {
     #[test]
     fn users_have_separate_buckets() {
         let l = UserRateLimiter::new(0.001, 1);
-        assert!(l.check(&"a".into()).is_ok());
-        assert!(l.check(&"a".into()).is_err());
-        assert!(l.check(&"b".into()).is_ok());
+        assert!(l.check(&UserId::parse("a").unwrap()).is_ok());
+        assert!(l.check(&UserId::parse("a").unwrap()).is_err());
+        assert!(l.check(&UserId::parse("b").unwrap()).is_ok());
     }
 }

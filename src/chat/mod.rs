@@ -1,8 +1,16 @@
 //! The use cases: create, list, join, send, history, typing, read,
 //! participants, archive. The one place both `ws` and `http` call: it checks
-//! membership and limits, stores, then publishes. Knows nothing of sockets'
-//! wire format or of routes.
+//! membership and limits, stores, then publishes through `events`. Knows
+//! nothing of transports or routes.
+//!
+//! - `access`: who may use a conversation (the membership rules).
+//! - `events`: the one path of events out of the node.
+//! - `assistants`: what the use cases ask of the assistants.
+//! - `limits`: per-user rate limits.
 
+mod access;
+mod assistants;
+mod events;
 mod limits;
 
 use std::future::Future;
@@ -10,18 +18,21 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use bytes::Bytes;
-
+pub use assistants::{Assistants, StartStream};
+pub use events::{message_frame, Events, StoredHistory};
 pub use limits::{Bucket, UserRateLimiter};
 
-use crate::assistant::{StartStream, Streams};
-use crate::bus::{Bus, Event, EventKind, Topic};
+use access::not_a_participant;
+
 use crate::config::LimitSettings;
 use crate::error::ChatError;
-use crate::hub::{Access, Conn, Hub};
-use crate::ids::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
+use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
-use crate::protocol::{Conversation, Message, ServerFrame, UpdateReason};
+use crate::model::{
+    ClientMsgId, Conversation, ConversationId, Message, MessageId, MessageType, Seq, StreamId,
+    UpdateReason, UserId,
+};
+use crate::protocol::ServerFrame;
 use crate::store::{Appended, NewMessage, Store, Submitted};
 
 /// Longest conversation title, in characters.
@@ -49,8 +60,8 @@ pub struct Page {
 #[derive(Clone, Debug)]
 pub struct Outgoing {
     pub content: String,
-    pub message_type: Option<String>,
-    pub client_msg_id: Option<String>,
+    pub message_type: Option<MessageType>,
+    pub client_msg_id: Option<ClientMsgId>,
 }
 
 /// A send queued for storing (see `Chat::submit`); completes as `Sent`.
@@ -86,32 +97,32 @@ impl Future for PendingSend {
 /// The use cases of one node.
 pub struct Chat {
     store: Store,
-    bus: Arc<dyn Bus>,
+    events: Arc<Events>,
     hub: Arc<Hub>,
     metrics: Arc<Metrics>,
     limits: LimitSettings,
     sends: UserRateLimiter,
-    streams: Arc<Streams>,
+    assistants: Arc<dyn Assistants>,
 }
 
 impl Chat {
     pub fn new(
         store: Store,
-        bus: Arc<dyn Bus>,
+        events: Arc<Events>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         limits: LimitSettings,
-        streams: Arc<Streams>,
+        assistants: Arc<dyn Assistants>,
     ) -> Self {
         let sends = UserRateLimiter::new(limits.send_rate_per_sec, limits.send_burst);
         Self {
             store,
-            bus,
+            events,
             hub,
             metrics,
             limits,
             sends,
-            streams,
+            assistants,
         }
     }
 
@@ -135,17 +146,8 @@ impl Chat {
                 "at most {MAX_INITIAL_PARTICIPANTS} participants at creation"
             )));
         }
-        if new
-            .participant_ids
-            .iter()
-            .any(|u| u.0.is_empty() || u.0.len() > 256)
-        {
-            return Err(ChatError::InvalidFrame(
-                "participant ids must be 1 to 256 bytes".into(),
-            ));
-        }
         if let Some(a) = &new.assistant_id {
-            if !self.streams.has(a) {
+            if !self.assistants.has(a) {
                 return Err(ChatError::InvalidFrame(format!(
                     "no assistant `{a}` is configured"
                 )));
@@ -155,7 +157,9 @@ impl Chat {
             .store
             .create_chat(user, new.title, &new.participant_ids, new.assistant_id)
             .await?;
-        self.announce(&conv, UpdateReason::Created, None).await;
+        self.events
+            .conversation_changed(&conv, UpdateReason::Created, None)
+            .await;
         Ok(conv)
     }
 
@@ -189,20 +193,12 @@ impl Chat {
         conv: ConversationId,
         target: UserId,
     ) -> Result<Conversation, ChatError> {
-        if target.0.is_empty() || target.0.len() > 256 {
-            return Err(ChatError::InvalidFrame(
-                "user_id must be 1 to 256 bytes".into(),
-            ));
-        }
-        let access = self.require_member(user, conv).await?;
-        if access.archived {
-            return Err(ChatError::Forbidden("conversation is archived".into()));
-        }
+        self.require_writer(user, conv).await?;
         let added = self.store.add_participant(conv, &target).await?;
         let chat = self.load(conv).await?;
         if added {
-            self.membership_changed(conv, None).await;
-            self.announce(&chat, UpdateReason::ParticipantAdded, None)
+            self.events
+                .conversation_changed(&chat, UpdateReason::ParticipantAdded, None)
                 .await;
         }
         Ok(chat)
@@ -226,8 +222,8 @@ impl Chat {
             return Err(ChatError::NotFound("participant"));
         }
         let chat = self.load(conv).await?;
-        self.membership_changed(conv, Some(target.clone())).await;
-        self.announce(&chat, UpdateReason::ParticipantRemoved, Some(&target))
+        self.events
+            .conversation_changed(&chat, UpdateReason::ParticipantRemoved, Some(&target))
             .await;
         Ok(chat)
     }
@@ -240,14 +236,16 @@ impl Chat {
         }
         self.store.archive(conv).await?;
         let chat = self.load(conv).await?;
-        self.membership_changed(conv, None).await;
-        self.announce(&chat, UpdateReason::Archived, None).await;
+        self.events
+            .conversation_changed(&chat, UpdateReason::Archived, None)
+            .await;
         Ok(())
     }
 
     // ------------------------------------------------------------ sockets in rooms
 
-    /// Joins a socket to a conversation (see `Hub::join`).
+    /// Joins a connection to a conversation (see `Hub::join`): it is
+    /// answered `joined`, then every entry after `since`, then live events.
     pub async fn join(
         &self,
         conn: &Arc<Conn>,
@@ -258,9 +256,17 @@ impl Chat {
         let access = self.require_member(&conn.user, conv).await?;
         let mut participants: Vec<UserId> = access.members.iter().cloned().collect();
         participants.sort();
-        self.hub
-            .join(conn, conv, since, participants, reply_to)
-            .await
+        let joined = |last_seq: Seq| {
+            ServerFrame::Joined {
+                conversation_id: conv,
+                last_seq,
+                participants: participants.clone(),
+                reply_to: reply_to.clone(),
+            }
+            .encode()
+            .into()
+        };
+        self.hub.join(conn, conv, since, joined).await
     }
 
     pub async fn leave(&self, conn: &Arc<Conn>, conv: ConversationId) -> bool {
@@ -292,8 +298,8 @@ impl Chat {
         conv: ConversationId,
         out: Outgoing,
     ) -> Result<PendingSend, ChatError> {
-        let message_type = out.message_type.unwrap_or_else(|| "user".into());
-        if message_type != "user" {
+        let message_type = out.message_type.unwrap_or(MessageType::User);
+        if message_type != MessageType::User {
             return Err(ChatError::InvalidFrame(
                 "message_type must be `user` (other types are the server's)".into(),
             ));
@@ -308,23 +314,13 @@ impl Chat {
         if out.content.trim().is_empty() {
             return Err(ChatError::InvalidFrame("content must not be empty".into()));
         }
-        if let Some(cid) = &out.client_msg_id {
-            if cid.is_empty() || cid.chars().count() > crate::protocol::MAX_CLIENT_ID_LEN {
-                return Err(ChatError::InvalidFrame(
-                    "client_msg_id must be 1 to 64 characters".into(),
-                ));
-            }
-        }
-        let access = self.require_member(user, conv).await?;
-        if access.archived {
-            return Err(ChatError::Forbidden("conversation is archived".into()));
-        }
+        let access = self.require_writer(user, conv).await?;
         if let Err(retry_after_ms) = self.sends.check(user) {
             self.metrics.rate_limited.inc();
             return Err(ChatError::RateLimited { retry_after_ms });
         }
         let stored = self
-            .store
+            .events
             .submit(NewMessage {
                 id: None,
                 conversation_id: conv,
@@ -347,10 +343,8 @@ impl Chat {
     /// The second half of `send`: publishes a newly stored message and
     /// starts the conversation's assistant, if it has one.
     pub async fn publish_sent(&self, sent: Sent) -> Result<Appended, ChatError> {
-        let appended = sent.stored?.ok_or(ChatError::NotFound("conversation"))?;
+        let appended = self.events.publish_stored(sent.stored).await?;
         if !appended.duplicate {
-            self.metrics.messages_stored.inc();
-            self.publish_message(&appended.message).await;
             if let Some(assistant_id) = sent.by.assistant_id {
                 let start = StartStream {
                     conversation_id: appended.message.conversation_id,
@@ -358,7 +352,7 @@ impl Chat {
                     reply_to: appended.message.clone(),
                     assistant_id,
                 };
-                if let Err(e) = self.streams.start(start).await {
+                if let Err(e) = self.assistants.start(start).await {
                     tracing::info!(error = %e, conv = %appended.message.conversation_id, "no automatic answer");
                 }
             }
@@ -375,10 +369,7 @@ impl Chat {
         message_id: Option<MessageId>,
         assistant_id: Option<String>,
     ) -> Result<StreamId, ChatError> {
-        let access = self.require_member(user, conv).await?;
-        if access.archived {
-            return Err(ChatError::Forbidden("conversation is archived".into()));
-        }
+        let access = self.require_writer(user, conv).await?;
         let reply_to = match message_id {
             Some(id) => self
                 .store
@@ -387,7 +378,7 @@ impl Chat {
                 .ok_or(ChatError::NotFound("message"))?,
             None => self
                 .store
-                .latest_of_type(conv, "user")
+                .latest_of_type(conv, MessageType::User)
                 .await?
                 .ok_or_else(|| {
                     ChatError::InvalidFrame("there is no user message to answer".into())
@@ -396,7 +387,7 @@ impl Chat {
         let assistant_id = assistant_id
             .or_else(|| access.assistant_id.clone())
             .unwrap_or_else(|| "default".into());
-        self.streams
+        self.assistants
             .start(StartStream {
                 conversation_id: conv,
                 requested_by: user.clone(),
@@ -423,22 +414,8 @@ impl Chat {
             Err(ChatError::Forbidden(_) | ChatError::NotFound(_)) => return Err(not_found()),
             Err(e) => return Err(e),
         }
-        self.streams.request_cancel(stream, user).await;
+        self.events.cancel_stream(stream, user).await;
         Ok(())
-    }
-
-    /// Publishes a stored message. A bus failure is logged, not returned:
-    /// the message is stored, and nodes catch up from the store.
-    async fn publish_message(&self, message: &Message) {
-        let frame = ServerFrame::MessageReceived {
-            message: message.clone(),
-        };
-        self.publish(
-            Topic::Conversation(message.conversation_id),
-            EventKind::Message { seq: message.seq },
-            &frame,
-        )
-        .await;
     }
 
     /// A page of history, oldest first, and whether more lie beyond it.
@@ -478,7 +455,7 @@ impl Chat {
 
     // ------------------------------------------------------------ ephemeral
 
-    /// Tells the conversation's other sockets that `conn`'s user is (not) typing.
+    /// Tells the conversation's other connections that `conn`'s user is (not) typing.
     pub async fn typing(
         &self,
         conn: &Conn,
@@ -486,30 +463,16 @@ impl Chat {
         is_typing: bool,
     ) -> Result<(), ChatError> {
         self.require_member(&conn.user, conv).await?;
-        self.publish_typing(conn.id, &conn.user, conv, is_typing)
+        self.events
+            .typing(conn.id, &conn.user, conv, is_typing)
             .await;
         Ok(())
     }
 
-    /// Publishes a typing indicator without checks (server-side expiry).
-    pub async fn publish_typing(
-        &self,
-        from: ConnectionId,
-        user: &UserId,
-        conv: ConversationId,
-        is_typing: bool,
-    ) {
-        let frame = ServerFrame::TypingIndicator {
-            conversation_id: conv,
-            user_id: user.clone(),
-            is_typing,
-        };
-        self.publish(
-            Topic::Conversation(conv),
-            EventKind::Ephemeral { except: Some(from) },
-            &frame,
-        )
-        .await;
+    /// Ends `conn`'s typing without checks (it lapsed, or the connection
+    /// sent a message or left).
+    pub async fn stop_typing(&self, conn: &Conn, conv: ConversationId) {
+        self.events.typing(conn.id, &conn.user, conv, false).await;
     }
 
     /// Records how far the user has read and tells the conversation and the
@@ -526,126 +489,17 @@ impl Chat {
         let Some(seq) = self.store.mark_read(conv, user, seq).await? else {
             return Ok(None);
         };
-        let frame = ServerFrame::ReadReceipt {
-            conversation_id: conv,
-            user_id: user.clone(),
-            seq,
-        };
-        let payload = Bytes::from(frame.encode());
-        self.publish_raw(
-            Topic::Conversation(conv),
-            EventKind::Ephemeral { except: None },
-            payload.clone(),
-        )
-        .await;
-        self.publish_raw(
-            Topic::User(user.clone()),
-            EventKind::Notice {
-                skip_joined: Some(conv),
-            },
-            payload,
-        )
-        .await;
+        self.events.read(user, conv, seq).await;
         Ok(Some(seq))
     }
 
     // ------------------------------------------------------------ helpers
-
-    /// Who may use the conversation: cached while this node is subscribed to it.
-    async fn access(&self, conv: ConversationId) -> Result<Arc<Access>, ChatError> {
-        if let Some(access) = self.hub.cached_access(conv) {
-            return Ok(access);
-        }
-        let version = self.hub.access_version(conv);
-        let chat = self
-            .store
-            .chat(conv)
-            .await?
-            .ok_or(ChatError::NotFound("conversation"))?;
-        let access = Arc::new(Access {
-            members: chat.participants.into_iter().collect(),
-            archived: chat.archived,
-            assistant_id: chat.assistant_id,
-        });
-        if let Some(version) = version {
-            self.hub.cache_access(conv, version, access.clone());
-        }
-        Ok(access)
-    }
-
-    async fn require_member(
-        &self,
-        user: &UserId,
-        conv: ConversationId,
-    ) -> Result<Arc<Access>, ChatError> {
-        let access = self.access(conv).await?;
-        if access.members.contains(user) {
-            Ok(access)
-        } else {
-            Err(not_a_participant())
-        }
-    }
-
-    async fn is_owner(&self, user: &UserId, conv: ConversationId) -> Result<bool, ChatError> {
-        Ok(self.store.role(conv, user).await?.as_deref() == Some("owner"))
-    }
 
     async fn load(&self, conv: ConversationId) -> Result<Conversation, ChatError> {
         self.store
             .chat(conv)
             .await?
             .ok_or(ChatError::NotFound("conversation"))
-    }
-
-    /// Tells every node that the participants changed.
-    async fn membership_changed(&self, conv: ConversationId, removed: Option<UserId>) {
-        self.publish_raw(
-            Topic::Conversation(conv),
-            EventKind::Membership { removed },
-            Bytes::new(),
-        )
-        .await;
-    }
-
-    /// Sends `conversation_updated` to every tab of every participant (and
-    /// of `also`, a user just removed).
-    async fn announce(&self, conv: &Conversation, reason: UpdateReason, also: Option<&UserId>) {
-        let frame = ServerFrame::ConversationUpdated {
-            conversation: conv.clone(),
-            reason,
-        };
-        let payload = Bytes::from(frame.encode());
-        for user in conv.participants.iter().chain(also) {
-            self.publish_raw(
-                Topic::User(user.clone()),
-                EventKind::Notice { skip_joined: None },
-                payload.clone(),
-            )
-            .await;
-        }
-    }
-
-    async fn publish(&self, topic: Topic, kind: EventKind, frame: &ServerFrame) {
-        self.publish_raw(topic, kind, Bytes::from(frame.encode()))
-            .await;
-    }
-
-    /// Publishes an event. A failure is logged, not returned: a message is
-    /// stored, and this node's room catches up from the store at once;
-    /// other nodes do when their bus reconnects (see docs/operations.md).
-    async fn publish_raw(&self, topic: Topic, kind: EventKind, payload: Bytes) {
-        let stored_in = match (&topic, &kind) {
-            (Topic::Conversation(conv), EventKind::Message { .. }) => Some(*conv),
-            _ => None,
-        };
-        let event = Event::new(topic, kind, payload);
-        if let Err(e) = self.bus.publish(event).await {
-            self.metrics.bus_publish_errors.inc();
-            if let Some(conv) = stored_in {
-                self.hub.publish_failed(conv);
-            }
-            tracing::warn!(error = %e, "publish failed; nodes will catch up from the store");
-        }
     }
 }
 
@@ -681,8 +535,4 @@ fn encoded_len(message: &Message) -> usize {
     // Serializing plain data into a writer that never fails cannot fail.
     let _ = serde_json::to_writer(&mut count, message);
     count.0
-}
-
-fn not_a_participant() -> ChatError {
-    ChatError::Forbidden("not a participant of this conversation".into())
 }

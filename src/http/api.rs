@@ -13,12 +13,11 @@ use poem_openapi::registry::MetaSchemaRef;
 use poem_openapi::types::{ParseError, ParseFromJSON, ParseResult, ToJSON, Type};
 use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, Tags};
 
+use super::State;
 use crate::auth::Identity;
 use crate::chat::{NewChat, Outgoing, Page};
 use crate::error::{ChatError, ErrorCode};
-use crate::ids::{ConversationId, Seq, UserId};
-use crate::node::Node;
-use crate::protocol::{Conversation, Message};
+use crate::model::{ClientMsgId, Conversation, ConversationId, Message, Seq, UserId};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -36,17 +35,12 @@ pub struct BearerAuth(Identity);
 /// by `Authenticator::verify_header`, so REST takes a token exactly as a
 /// socket's `auth` frame does.
 async fn check_bearer(req: &Request, _trimmed: Bearer) -> poem::Result<Identity> {
-    let node = node_of(req)?;
+    let state = state(req).map_err(|e| poem::Error::from_response(e.into_response()))?;
     let header = req.headers().get(header::AUTHORIZATION);
-    node.auth
+    state
+        .auth
         .verify_header(header.map(|v| v.as_bytes()))
         .map_err(|e| poem::Error::from_response(error_body(e)))
-}
-
-fn node_of(req: &Request) -> poem::Result<&Arc<Node>> {
-    req.data::<Arc<Node>>().ok_or_else(|| {
-        poem::Error::from_response(error_body(ChatError::Internal("node missing".into())))
-    })
 }
 
 /// The body of every REST error.
@@ -299,8 +293,8 @@ impl ChatApi {
     /// The caller's conversations, newest activity first.
     #[oai(path = "/chats", method = "get")]
     async fn list(&self, req: &Request, auth: BearerAuth) -> ApiResult<Json<Vec<Conversation>>> {
-        let node = node(req)?;
-        Ok(Json(node.chat.list(&auth.0.user_id).await?))
+        let state = state(req)?;
+        Ok(Json(state.chat.list(&auth.0.user_id).await?))
     }
 
     /// Creates a conversation; the caller joins as owner.
@@ -311,9 +305,9 @@ impl ChatApi {
         auth: BearerAuth,
         body: Json<CreateChatBody>,
     ) -> ApiResult<Created> {
-        let node = node(req)?;
+        let state = state(req)?;
         let body = body.0;
-        let conv = node
+        let conv = state
             .chat
             .create(
                 &auth.0.user_id,
@@ -322,8 +316,8 @@ impl ChatApi {
                     participant_ids: body
                         .participant_ids
                         .into_iter()
-                        .map(|t| UserId(t.0))
-                        .collect(),
+                        .map(|t| user_id(t.0))
+                        .collect::<Result<_, _>>()?,
                     assistant_id: string_of(body.assistant_id),
                 },
             )
@@ -342,15 +336,15 @@ impl ChatApi {
         after_seq: Query<Option<i64>>,
         limit: Query<Option<u64>>,
     ) -> ApiResult<Json<ChatWithHistory>> {
-        let node = node(req)?;
+        let state = state(req)?;
         let user = &auth.0.user_id;
-        let conversation = node.chat.get(user, id.0).await?;
+        let conversation = state.chat.get(user, id.0).await?;
         let page = Page {
             before: before_seq.0.map(Seq),
             after: after_seq.0.map(Seq),
             limit: limit.0,
         };
-        let (messages, has_more) = node.chat.history(user, id.0, page).await?;
+        let (messages, has_more) = state.chat.history(user, id.0, page).await?;
         Ok(Json(ChatWithHistory {
             conversation,
             messages,
@@ -367,9 +361,9 @@ impl ChatApi {
         id: Path<ConversationId>,
         body: Json<SendBody>,
     ) -> ApiResult<Sent> {
-        let node = node(req)?;
+        let state = state(req)?;
         let body = body.0;
-        let appended = node
+        let appended = state
             .chat
             .send(
                 &auth.0.user_id,
@@ -377,7 +371,10 @@ impl ChatApi {
                 Outgoing {
                     content: body.content.0,
                     message_type: None,
-                    client_msg_id: string_of(body.client_msg_id),
+                    client_msg_id: string_of(body.client_msg_id)
+                        .map(ClientMsgId::parse)
+                        .transpose()
+                        .map_err(|e| ChatError::InvalidFrame(e.to_string()))?,
                 },
             )
             .await?;
@@ -396,7 +393,7 @@ impl ChatApi {
         auth: BearerAuth,
         id: Path<ConversationId>,
     ) -> ApiResult<NoContent> {
-        node(req)?.chat.archive(&auth.0.user_id, id.0).await?;
+        state(req)?.chat.archive(&auth.0.user_id, id.0).await?;
         Ok(NoContent::Done)
     }
 
@@ -409,10 +406,10 @@ impl ChatApi {
         id: Path<ConversationId>,
         body: Json<AddParticipantBody>,
     ) -> ApiResult<Json<Conversation>> {
-        let node = node(req)?;
-        let conv = node
+        let state = state(req)?;
+        let conv = state
             .chat
-            .add_participant(&auth.0.user_id, id.0, UserId(body.0.user_id.0))
+            .add_participant(&auth.0.user_id, id.0, user_id(body.0.user_id.0)?)
             .await?;
         Ok(Json(conv))
     }
@@ -426,16 +423,22 @@ impl ChatApi {
         id: Path<ConversationId>,
         user_id: Path<String>,
     ) -> ApiResult<Json<Conversation>> {
-        let node = node(req)?;
-        let conv = node
+        let state = state(req)?;
+        let conv = state
             .chat
-            .remove_participant(&auth.0.user_id, id.0, UserId(user_id.0))
+            .remove_participant(&auth.0.user_id, id.0, self::user_id(user_id.0)?)
             .await?;
         Ok(Json(conv))
     }
 }
 
-fn node(req: &Request) -> Result<&Arc<Node>, ApiError> {
-    req.data::<Arc<Node>>()
-        .ok_or_else(|| ChatError::Internal("node missing from request".into()).into())
+/// The routes' state, which `http::routes` gives every request.
+fn state(req: &Request) -> Result<&Arc<State>, ApiError> {
+    req.data::<Arc<State>>()
+        .ok_or_else(|| ChatError::Internal("state missing from request".into()).into())
+}
+
+/// A user id given in a request, checked.
+fn user_id(text: String) -> Result<UserId, ApiError> {
+    UserId::parse(text).map_err(|e| ChatError::InvalidFrame(e.to_string()).into())
 }

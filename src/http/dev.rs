@@ -10,7 +10,7 @@ use poem::web::{Data, Json};
 use poem::{handler, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
-use crate::node::Node;
+use super::State;
 
 /// Dev tokens last a day: long enough for a demo, short enough to expire.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -29,7 +29,7 @@ struct TokenResponse {
 }
 
 #[handler]
-pub fn token(Data(node): Data<&Arc<Node>>, Json(req): Json<TokenRequest>) -> Response {
+pub fn token(Data(state): Data<&Arc<State>>, Json(req): Json<TokenRequest>) -> Response {
     let name = req.name.trim();
     let user_id = user_id_of(name);
     if user_id.is_empty() || name.chars().count() > 64 {
@@ -42,7 +42,7 @@ pub fn token(Data(node): Data<&Arc<Node>>, Json(req): Json<TokenRequest>) -> Res
         )
             .into_response();
     }
-    match node.auth.mint(&user_id, Some(name), TTL) {
+    match state.auth.mint(&user_id, Some(name), TTL) {
         Ok(token) => Json(TokenResponse {
             token,
             user_id,

@@ -10,25 +10,47 @@ mod web;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use poem::http::{header, StatusCode};
 use poem::{get, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Response, Route};
 use poem_openapi::OpenApiService;
 
-use crate::node::Node;
+use crate::auth::Authenticator;
+use crate::chat::Chat;
+use crate::config::Settings;
+use crate::metrics::Metrics;
 
 pub use api::ChatApi;
 
+/// What the routes use of their node: the use cases, the authenticator,
+/// the metrics, readiness, and the sockets' context for the upgrade route.
+pub struct State {
+    pub chat: Arc<Chat>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub readiness: Arc<dyn Readiness>,
+    pub sockets: Arc<crate::ws::Context>,
+}
+
+/// Whether the node should get traffic (`GET /ready`).
+#[async_trait]
+pub trait Readiness: Send + Sync {
+    /// Ok, or why not.
+    async fn check(&self) -> Result<(), String>;
+}
+
 /// Every route of a node.
-pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
+pub fn routes(state: Arc<State>) -> impl poem::Endpoint + 'static {
     let api = OpenApiService::new(ChatApi, "confab", env!("CARGO_PKG_VERSION"))
         .description("REST API of the confab chat hub. WebSocket protocol: GET /api/v1/chat/ws (see docs/protocol.md).");
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
-    let max_body = node.settings.limits.max_frame_bytes;
-    let body_timeout = node.settings.server.body_timeout();
+    let max_body = state.settings.limits.max_frame_bytes;
+    let body_timeout = state.settings.server.body_timeout();
     let allowed = Arc::new(api::AllowedMethods::of_api());
     let mut route = Route::new();
-    if node.settings.auth.dev_tokens {
+    if state.settings.auth.dev_tokens {
         route = route.at(
             "/api/v1/dev/token",
             poem::post(dev::token)
@@ -52,7 +74,8 @@ pub fn routes(node: Arc<Node>) -> impl poem::Endpoint + 'static {
         .at("/health", get(ops::health))
         .at("/ready", get(ops::ready))
         .at("/metrics", get(ops::metrics))
-        .data(node)
+        .data(state.sockets.clone())
+        .data(state)
 }
 
 /// Reads the request body up to `max` bytes within `timeout`, before any

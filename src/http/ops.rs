@@ -6,7 +6,7 @@ use poem::http::StatusCode;
 use poem::web::Data;
 use poem::{handler, IntoResponse, Response};
 
-use crate::node::Node;
+use super::State;
 
 /// `GET /health`: the process is up.
 #[handler]
@@ -16,8 +16,8 @@ pub fn health() -> &'static str {
 
 /// `GET /ready`: storage and bus reachable, not draining.
 #[handler]
-pub async fn ready(Data(node): Data<&Arc<Node>>) -> Response {
-    match node.is_ready().await {
+pub async fn ready(Data(state): Data<&Arc<State>>) -> Response {
+    match state.readiness.check().await {
         Ok(()) => "ready".into_response(),
         Err(why) => (StatusCode::SERVICE_UNAVAILABLE, why).into_response(),
     }
@@ -25,8 +25,8 @@ pub async fn ready(Data(node): Data<&Arc<Node>>) -> Response {
 
 /// `GET /metrics`: Prometheus text format.
 #[handler]
-pub fn metrics(Data(node): Data<&Arc<Node>>) -> Response {
+pub fn metrics(Data(state): Data<&Arc<State>>) -> Response {
     Response::builder()
         .content_type("text/plain; version=0.0.4")
-        .body(node.metrics.render())
+        .body(state.metrics.render())
 }

@@ -1,28 +1,20 @@
-//! One conversation's delivery state on this node: which local sockets are
-//! joined, the highest seq delivered, later seqs held back until the
+//! One conversation's delivery state on this node: which local connections
+//! are joined, the highest seq delivered, later seqs held back until the
 //! earlier ones arrive, and the last messages delivered, so a resume that
 //! lags by little is answered from memory. It also knows when its position
 //! cannot be trusted (it may be behind the store) and drives the one
 //! recovery task that catches it up. All methods are synchronous and run
 //! under the room's lock; anything slow (store reads) happens outside it.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::conn::Conn;
+use super::history::Entry;
 use super::outbox::Reservation;
-use crate::ids::{ConnectionId, ConversationId, Seq, StreamId, UserId};
-
-/// Who may use a conversation, cached while this node is subscribed to it.
-#[derive(Debug)]
-pub struct Access {
-    pub members: HashSet<UserId>,
-    pub archived: bool,
-    /// The assistant that answers every user message, if the chat has one.
-    pub assistant_id: Option<String>,
-}
+use crate::model::{Access, CloseReason, ConnectionId, ConversationId, Seq};
 
 /// A local socket joined to the room.
 pub(super) struct Member {
@@ -81,8 +73,6 @@ pub(super) struct RoomState {
     /// `delivered`. A resume within them needs no store read.
     recent: VecDeque<(Seq, Utf8Bytes)>,
     recent_limit: usize,
-    /// Assistant streams seen in this conversation, and when last heard.
-    pub streams: HashMap<StreamId, std::time::Instant>,
 }
 
 impl Room {
@@ -102,7 +92,6 @@ impl Room {
                 queue_limit,
                 recent: VecDeque::new(),
                 recent_limit,
-                streams: HashMap::new(),
             }),
         }
     }
@@ -132,13 +121,14 @@ impl RoomState {
     /// frames of the messages up to it (kept only if they end at `last` in
     /// consecutive seqs). True if the caller must start the recovery task
     /// (a gap remains, or the room fell behind while opening).
-    pub fn initialize(&mut self, last: Seq, recent: Vec<(Seq, Utf8Bytes)>) -> bool {
+    pub fn initialize(&mut self, last: Seq, recent: Vec<Entry>) -> bool {
         self.delivered = Some(last);
         self.recent.clear();
-        let consecutive = recent.windows(2).all(|w| w[1].0 == w[0].0.next());
-        if consecutive && recent.last().is_some_and(|(seq, _)| *seq == last) {
+        let consecutive = recent.windows(2).all(|w| w[1].seq == w[0].seq.next());
+        if consecutive && recent.last().is_some_and(|e| e.seq == last) {
             let skip = recent.len().saturating_sub(self.recent_limit);
-            self.recent.extend(recent.into_iter().skip(skip));
+            self.recent
+                .extend(recent.into_iter().skip(skip).map(|e| (e.seq, e.frame)));
         }
         self.drain_pending();
         self.claim_recovery()
@@ -403,7 +393,7 @@ fn push_buffered(
     limit: usize,
 ) {
     if buf.len() >= limit {
-        conn.close(super::CloseReason::SlowConsumer);
+        conn.close(CloseReason::SlowConsumer);
         return;
     }
     // Without room in the socket's budget the socket is closed (4009).
@@ -415,10 +405,11 @@ fn push_buffered(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::UserId;
 
     fn room_with_member() -> (RoomState, crate::hub::Outbox) {
         let room = Room::new(ConversationId::new(), 100, 3);
-        let (conn, rx) = Conn::new(UserId::from("u"), 100);
+        let (conn, rx) = Conn::new(UserId::parse("u").unwrap(), 100);
         let conn = Arc::new(conn);
         let mut st = room.state.into_inner();
         st.initialize(Seq(0), Vec::new());
@@ -504,9 +495,12 @@ mod tests {
     fn recent_messages_are_seeded_only_when_they_end_at_the_start() {
         let room = Room::new(ConversationId::new(), 10, 3);
         let mut st = room.state.into_inner();
-        let frames = |seqs: &[i64]| -> Vec<(Seq, Utf8Bytes)> {
+        let frames = |seqs: &[i64]| -> Vec<Entry> {
             seqs.iter()
-                .map(|s| (Seq(*s), s.to_string().into()))
+                .map(|s| Entry {
+                    seq: Seq(*s),
+                    frame: s.to_string().into(),
+                })
                 .collect()
         };
         st.initialize(Seq(9), frames(&[5, 6, 7, 8, 9]));
@@ -533,7 +527,7 @@ mod tests {
     }
 
     fn new_conn() -> (Arc<Conn>, crate::hub::Outbox) {
-        let (conn, rx) = Conn::new(UserId::from("v"), 100);
+        let (conn, rx) = Conn::new(UserId::parse("v").unwrap(), 100);
         (Arc::new(conn), rx)
     }
 

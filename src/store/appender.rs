@@ -1,16 +1,22 @@
-//! Group commit of appends. Sends that arrive while a transaction is in
+//! The write path of messages: `Store::submit` queues an append, and group
+//! commit stores it. Sends that arrive while a transaction is in
 //! flight wait for it and then go together in the next one, so a busy node
 //! pays one commit (one fsync, one round trip per conversation) for many
 //! messages, while a quiet node commits each send at once.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
+use prometheus::HistogramTimer;
 use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::messages::{append_one, insert_batch, Appended, NewMessage};
+use super::Store;
+use crate::tasks::Tasks;
+use tokio_util::sync::CancellationToken;
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 256;
@@ -29,11 +35,11 @@ pub(super) struct Appender {
 impl Appender {
     /// Starts `writers` writer tasks on `db` (one for SQLite: it has one
     /// writer anyway).
-    pub fn start(db: &DatabaseConnection, writers: usize) -> Self {
+    pub fn start(db: &DatabaseConnection, writers: usize, tasks: &Tasks) -> Self {
         let writers = (0..writers.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(QUEUE);
-                tokio::spawn(write(db.clone(), rx));
+                tasks.spawn_graceful(write(db.clone(), rx, tasks.stop_signal()));
                 tx
             })
             .collect();
@@ -82,10 +88,22 @@ impl Future for PendingAppend {
 /// One writer: takes whatever is queued (up to `MAX_BATCH`) and commits it
 /// in one transaction. If that fails (a retried send racing its first copy,
 /// a conflict), each message is tried alone, so one bad message fails only
-/// its own send.
-async fn write(db: DatabaseConnection, mut queue: mpsc::Receiver<(NewMessage, Reply)>) {
+/// its own send. Once the node stops, it ends when the queue is empty.
+async fn write(
+    db: DatabaseConnection,
+    mut queue: mpsc::Receiver<(NewMessage, Reply)>,
+    stop: CancellationToken,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+    loop {
+        let taken = tokio::select! {
+            biased;
+            taken = queue.recv_many(&mut batch, MAX_BATCH) => taken,
+            _ = stop.cancelled() => 0,
+        };
+        if taken == 0 {
+            return;
+        }
         let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
         if news.len() > 1 {
             match insert_batch(&db, &news).await {
@@ -103,5 +121,50 @@ async fn write(db: DatabaseConnection, mut queue: mpsc::Receiver<(NewMessage, Re
         for (new, reply) in news.iter().zip(replies) {
             let _ = reply.send(append_one(&db, new).await);
         }
+    }
+}
+
+impl Store {
+    /// Stores a message at the conversation's next seq. None if the
+    /// conversation does not exist.
+    ///
+    /// Sends that arrive together are committed together (see `appender`
+    /// and `insert_batch`); seq stays unique and gap-free.
+    pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
+        self.submit(new).await.await
+    }
+
+    /// Queues a message for appending and returns what completes once it
+    /// is stored, so a caller can queue its next message meanwhile: messages
+    /// submitted one after another to one conversation get ascending seqs.
+    pub async fn submit(&self, new: NewMessage) -> Submitted {
+        let span = tracing::debug_span!("store.append", conversation_id = %new.conversation_id);
+        let timer = self.timer("append");
+        let append = self
+            .appender
+            .submit(&self.db, new)
+            .instrument(span.clone())
+            .await;
+        Submitted {
+            append,
+            until_stored: Some((timer, span)),
+        }
+    }
+}
+
+/// A submitted append. Its latency timer and `store.append` span run until
+/// it completes.
+pub struct Submitted {
+    append: PendingAppend,
+    until_stored: Option<(Option<HistogramTimer>, tracing::Span)>,
+}
+
+impl Future for Submitted {
+    type Output = Result<Option<Appended>, DbErr>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let stored = ready!(Pin::new(&mut self.append).poll(cx));
+        self.until_stored = None;
+        Poll::Ready(stored)
     }
 }

@@ -9,9 +9,8 @@ use sea_orm::{
     QueryFilter, QueryOrder, TransactionTrait,
 };
 
-use super::{now, Store};
-use crate::ids::{ConversationId, Seq, StreamId, UserId};
-use crate::protocol::Conversation;
+use super::{now, stored_user, Store};
+use crate::model::{Conversation, ConversationId, Role, Seq, StreamId, UserId};
 
 /// Most conversations returned by one listing.
 const MAX_LISTED: u64 = 500;
@@ -35,7 +34,7 @@ impl Store {
         chats::Entity::insert(chats::ActiveModel {
             id: Set(id.0),
             title: Set(title),
-            owner_id: Set(owner.0.clone()),
+            owner_id: Set(owner.as_str().to_owned()),
             assistant_id: Set(assistant_id),
             archived: Set(false),
             last_seq: Set(0),
@@ -46,12 +45,12 @@ impl Store {
         })
         .exec_without_returning(&txn)
         .await?;
-        let rows = std::iter::once((owner, "owner"))
-            .chain(members.iter().map(|u| (*u, "member")))
+        let rows = std::iter::once((owner, Role::Owner))
+            .chain(members.iter().map(|u| (*u, Role::Member)))
             .map(|(user, role)| parts::ActiveModel {
                 chat_id: Set(id.0),
-                user_id: Set(user.0.clone()),
-                role: Set(role.to_owned()),
+                user_id: Set(user.as_str().to_owned()),
+                role: Set(role),
                 last_read_seq: Set(0),
                 joined_at: Set(at),
             });
@@ -71,22 +70,22 @@ impl Store {
             return Ok(None);
         };
         let participants = self.participants(id).await?;
-        Ok(Some(to_conversation(chat, participants, None)))
+        to_conversation(chat, participants, None).map(Some)
     }
 
     /// The conversation's participants, oldest first.
     #[tracing::instrument(level = "debug", name = "store.participants", skip_all, fields(conversation_id = %id))]
     pub async fn participants(&self, id: ConversationId) -> Result<Vec<UserId>, DbErr> {
         let _timer = self.timer("participants");
-        Ok(parts::Entity::find()
+        parts::Entity::find()
             .filter(parts::Column::ChatId.eq(id.0))
             .order_by_asc(parts::Column::JoinedAt)
             .order_by_asc(parts::Column::UserId)
             .all(&self.db)
             .await?
             .into_iter()
-            .map(|p| UserId(p.user_id))
-            .collect())
+            .map(|p| stored_user(p.user_id))
+            .collect()
     }
 
     /// The user's conversations that are not archived, newest activity first.
@@ -94,7 +93,7 @@ impl Store {
     pub async fn list_chats(&self, user: &UserId) -> Result<Vec<Conversation>, DbErr> {
         let _timer = self.timer("list_chats");
         let mine = parts::Entity::find()
-            .filter(parts::Column::UserId.eq(user.0.clone()))
+            .filter(parts::Column::UserId.eq(user.as_str()))
             .all(&self.db)
             .await?;
         if mine.is_empty() {
@@ -119,16 +118,16 @@ impl Store {
             members
                 .entry(p.chat_id)
                 .or_default()
-                .push(UserId(p.user_id));
+                .push(stored_user(p.user_id)?);
         }
-        Ok(chats
+        chats
             .into_iter()
             .map(|c| {
                 let last_read = read.get(&c.id).copied().map(Seq);
                 let people = members.remove(&c.id).unwrap_or_default();
                 to_conversation(c, people, last_read)
             })
-            .collect())
+            .collect()
     }
 
     /// Adds a participant; false if they already were one.
@@ -136,8 +135,8 @@ impl Store {
     pub async fn add_participant(&self, id: ConversationId, user: &UserId) -> Result<bool, DbErr> {
         let res = parts::Entity::insert(parts::ActiveModel {
             chat_id: Set(id.0),
-            user_id: Set(user.0.clone()),
-            role: Set("member".into()),
+            user_id: Set(user.as_str().to_owned()),
+            role: Set(Role::Member),
             last_read_seq: Set(0),
             joined_at: Set(now()),
         })
@@ -163,7 +162,7 @@ impl Store {
     ) -> Result<bool, DbErr> {
         let res = parts::Entity::delete_many()
             .filter(parts::Column::ChatId.eq(id.0))
-            .filter(parts::Column::UserId.eq(user.0.clone()))
+            .filter(parts::Column::UserId.eq(user.as_str()))
             .exec(&self.db)
             .await?;
         if res.rows_affected > 0 {
@@ -186,9 +185,9 @@ impl Store {
 
     /// The role of `user` in the conversation, if a participant.
     #[tracing::instrument(level = "debug", name = "store.role", skip_all, fields(conversation_id = %id))]
-    pub async fn role(&self, id: ConversationId, user: &UserId) -> Result<Option<String>, DbErr> {
+    pub async fn role(&self, id: ConversationId, user: &UserId) -> Result<Option<Role>, DbErr> {
         let _timer = self.timer("role");
-        Ok(parts::Entity::find_by_id((id.0, user.0.clone()))
+        Ok(parts::Entity::find_by_id((id.0, user.as_str().to_owned()))
             .one(&self.db)
             .await?
             .map(|p| p.role))
@@ -216,7 +215,7 @@ impl Store {
         let res = parts::Entity::update_many()
             .col_expr(parts::Column::LastReadSeq, seq.0.into())
             .filter(parts::Column::ChatId.eq(id.0))
-            .filter(parts::Column::UserId.eq(user.0.clone()))
+            .filter(parts::Column::UserId.eq(user.as_str()))
             .filter(parts::Column::LastReadSeq.lt(seq.0))
             .exec(&self.db)
             .await?;
@@ -310,11 +309,11 @@ fn to_conversation(
     c: chats::Model,
     participants: Vec<UserId>,
     last_read: Option<Seq>,
-) -> Conversation {
-    Conversation {
+) -> Result<Conversation, DbErr> {
+    Ok(Conversation {
         id: ConversationId(c.id),
         title: c.title,
-        owner_id: UserId(c.owner_id),
+        owner_id: stored_user(c.owner_id)?,
         participants,
         assistant_id: c.assistant_id,
         archived: c.archived,
@@ -322,5 +321,5 @@ fn to_conversation(
         last_read_seq: last_read,
         created_at: c.created_at,
         updated_at: c.updated_at,
-    }
+    })
 }

@@ -12,17 +12,8 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
 };
 
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{ready, Context, Poll};
-
-use prometheus::HistogramTimer;
-use tracing::Instrument;
-
-use super::appender::PendingAppend;
-use super::{now, Store};
-use crate::ids::{ConversationId, MessageId, Seq, UserId};
-use crate::protocol::Message;
+use super::{now, stored_user, Store};
+use crate::model::{ClientMsgId, ConversationId, Message, MessageId, MessageType, Seq, UserId};
 
 /// A message to append.
 #[derive(Clone, Debug)]
@@ -31,9 +22,9 @@ pub struct NewMessage {
     pub id: Option<MessageId>,
     pub conversation_id: ConversationId,
     pub sender_id: UserId,
-    pub message_type: String,
+    pub message_type: MessageType,
     pub content: String,
-    pub client_msg_id: Option<String>,
+    pub client_msg_id: Option<ClientMsgId>,
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -42,51 +33,6 @@ pub struct NewMessage {
 pub struct Appended {
     pub message: Message,
     pub duplicate: bool,
-}
-
-impl Store {
-    /// Stores a message at the conversation's next seq. None if the
-    /// conversation does not exist.
-    ///
-    /// Sends that arrive together are committed together (see `appender`
-    /// and `insert_batch`); seq stays unique and gap-free.
-    pub async fn append(&self, new: NewMessage) -> Result<Option<Appended>, DbErr> {
-        self.submit(new).await.await
-    }
-
-    /// Queues a message for appending and returns what completes once it
-    /// is stored, so a caller can queue its next message meanwhile: messages
-    /// submitted one after another to one conversation get ascending seqs.
-    pub async fn submit(&self, new: NewMessage) -> Submitted {
-        let span = tracing::debug_span!("store.append", conversation_id = %new.conversation_id);
-        let timer = self.timer("append");
-        let append = self
-            .appender
-            .submit(&self.db, new)
-            .instrument(span.clone())
-            .await;
-        Submitted {
-            append,
-            until_stored: Some((timer, span)),
-        }
-    }
-}
-
-/// A submitted append. Its latency timer and `store.append` span run until
-/// it completes.
-pub struct Submitted {
-    append: PendingAppend,
-    until_stored: Option<(Option<HistogramTimer>, tracing::Span)>,
-}
-
-impl Future for Submitted {
-    type Output = Result<Option<Appended>, DbErr>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let stored = ready!(Pin::new(&mut self.append).poll(cx));
-        self.until_stored = None;
-        Poll::Ready(stored)
-    }
 }
 
 /// Appends one message on its own; a retry that raced another copy of
@@ -159,7 +105,7 @@ pub(super) async fn insert_batch(
             conversation_id: new.conversation_id,
             seq: Seq(*position),
             sender_id: new.sender_id.clone(),
-            message_type: new.message_type.clone(),
+            message_type: new.message_type,
             content: new.content.clone(),
             client_msg_id: new.client_msg_id.clone(),
             metadata: new.metadata.clone(),
@@ -248,7 +194,7 @@ async fn insert_postgres(
                 "id": m.id.0,
                 "chat_id": m.conversation_id.0,
                 "position": m.seq.0,
-                "sender_id": m.sender_id.0,
+                "sender_id": m.sender_id,
                 "message_type": m.message_type,
                 "content": m.content,
                 "client_msg_id": m.client_msg_id,
@@ -301,10 +247,10 @@ async fn insert_in_transaction(
                 id: Set(m.id.0),
                 chat_id: Set(m.conversation_id.0),
                 seq: Set(base + m.seq.0),
-                sender_id: Set(m.sender_id.0.clone()),
-                message_type: Set(m.message_type.clone()),
+                sender_id: Set(m.sender_id.as_str().to_owned()),
+                message_type: Set(m.message_type),
                 content: Set(m.content.clone()),
-                client_msg_id: Set(m.client_msg_id.clone()),
+                client_msg_id: Set(m.client_msg_id.as_ref().map(|c| c.as_str().to_owned())),
                 metadata: Set(m.metadata.clone()),
                 created_at: Set(created_at),
             })
@@ -321,7 +267,7 @@ async fn insert_in_transaction(
 
 /// A send as its retries name it: a client id is unique per sender and
 /// conversation.
-type RetryKey = (ConversationId, UserId, String);
+type RetryKey = (ConversationId, UserId, ClientMsgId);
 
 fn retry_key(new: &NewMessage) -> Option<RetryKey> {
     let cid = new.client_msg_id.clone()?;
@@ -343,14 +289,16 @@ async fn find_retries(
         any = any.add(
             Condition::all()
                 .add(msgs::Column::ChatId.eq(conv.0))
-                .add(msgs::Column::SenderId.eq(sender.0.clone()))
-                .add(msgs::Column::ClientMsgId.eq(cid.clone())),
+                .add(msgs::Column::SenderId.eq(sender.as_str()))
+                .add(msgs::Column::ClientMsgId.eq(cid.as_str())),
         );
     }
     let rows = msgs::Entity::find().filter(any).all(db).await?;
     Ok(rows
         .into_iter()
         .map(to_message)
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
         .filter_map(|m| {
             let key = (
                 m.conversation_id,
@@ -370,11 +318,12 @@ impl Store {
         id: ConversationId,
         message: MessageId,
     ) -> Result<Option<Message>, DbErr> {
-        Ok(msgs::Entity::find_by_id(message.0)
+        msgs::Entity::find_by_id(message.0)
             .filter(msgs::Column::ChatId.eq(id.0))
             .one(&self.db)
             .await?
-            .map(to_message))
+            .map(to_message)
+            .transpose()
     }
 
     /// The newest message of type `message_type`.
@@ -382,15 +331,16 @@ impl Store {
     pub async fn latest_of_type(
         &self,
         id: ConversationId,
-        message_type: &str,
+        message_type: MessageType,
     ) -> Result<Option<Message>, DbErr> {
-        Ok(msgs::Entity::find()
+        msgs::Entity::find()
             .filter(msgs::Column::ChatId.eq(id.0))
             .filter(msgs::Column::MessageType.eq(message_type))
             .order_by_desc(msgs::Column::Seq)
             .one(&self.db)
             .await?
-            .map(to_message))
+            .map(to_message)
+            .transpose()
     }
 
     /// Messages with seq > `after`, oldest first, at most `limit`; and
@@ -412,7 +362,10 @@ impl Store {
             .await?;
         let more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
-        Ok((rows.into_iter().map(to_message).collect(), more))
+        Ok((
+            rows.into_iter().map(to_message).collect::<Result<_, _>>()?,
+            more,
+        ))
     }
 
     /// The newest messages with seq < `before` (or the newest of all),
@@ -437,7 +390,10 @@ impl Store {
         let more = rows.len() as u64 > limit;
         rows.truncate(limit as usize);
         rows.reverse();
-        Ok((rows.into_iter().map(to_message).collect(), more))
+        Ok((
+            rows.into_iter().map(to_message).collect::<Result<_, _>>()?,
+            more,
+        ))
     }
 }
 
@@ -445,16 +401,20 @@ fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
-fn to_message(m: msgs::Model) -> Message {
-    Message {
+fn to_message(m: msgs::Model) -> Result<Message, DbErr> {
+    let client_msg_id = m
+        .client_msg_id
+        .map(|c| ClientMsgId::parse(c).map_err(|e| DbErr::Type(e.to_string())))
+        .transpose()?;
+    Ok(Message {
         id: MessageId(m.id),
         conversation_id: ConversationId(m.chat_id),
         seq: Seq(m.seq),
-        sender_id: UserId(m.sender_id),
+        sender_id: stored_user(m.sender_id)?,
         message_type: m.message_type,
         content: m.content,
-        client_msg_id: m.client_msg_id,
+        client_msg_id,
         metadata: m.metadata,
         created_at: m.created_at,
-    }
+    })
 }

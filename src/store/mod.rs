@@ -11,9 +11,13 @@ use chrono::{DateTime, Utc};
 use migration::{Migrator, MigratorTrait};
 use prometheus::{HistogramTimer, HistogramVec};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 
-pub use messages::{Appended, NewMessage, Submitted};
+pub use appender::Submitted;
+pub use messages::{Appended, NewMessage};
+
+use crate::model::UserId;
+use crate::tasks::Tasks;
 
 /// The node's handle on the database: a pooled connection, cheap to clone.
 #[derive(Clone)]
@@ -26,8 +30,9 @@ pub struct Store {
 
 impl Store {
     /// Connects to `url` (sqlite://... or postgres://...). A SQLite file and
-    /// its folder are created if missing; SQLite runs in WAL mode.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Self, DbErr> {
+    /// its folder are created if missing; SQLite runs in WAL mode. The
+    /// message writers run on `tasks` and commit what is queued when they stop.
+    pub async fn connect(url: &str, max_connections: u32, tasks: &Tasks) -> Result<Self, DbErr> {
         if let Some(path) = sqlite_path(url) {
             if let Some(dir) = std::path::Path::new(path).parent() {
                 if !dir.as_os_str().is_empty() {
@@ -54,8 +59,8 @@ impl Store {
         let mut attempt = 0;
         loop {
             match Database::connect(opts.clone()).await {
-                Ok(db) => return Ok(Self::from_connection(db)),
-                Err(e) if attempt < 20 && e.to_string().contains("database is locked") => {
+                Ok(db) => return Ok(Self::from_connection(db, tasks)),
+                Err(e) if attempt < 20 && is_busy(&e) => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
                 }
@@ -65,15 +70,15 @@ impl Store {
     }
 
     /// Wraps an existing connection (tests use this to pick a Postgres schema).
-    /// Starts the message writers, so it needs a tokio runtime.
-    pub fn from_connection(db: DatabaseConnection) -> Self {
+    /// Starts the message writers on `tasks`.
+    pub fn from_connection(db: DatabaseConnection, tasks: &Tasks) -> Self {
         // SQLite has one writer at a time; Postgres locks per conversation,
         // so writers for different conversations commit in parallel.
         let writers = match db.get_database_backend() {
             sea_orm::DbBackend::Sqlite => 1,
             _ => 4,
         };
-        let appender = appender::Appender::start(&db, writers);
+        let appender = appender::Appender::start(&db, writers, tasks);
         Self {
             db,
             appender,
@@ -139,6 +144,28 @@ fn sqlite_path(url: &str) -> Option<&str> {
         .or_else(|| url.strip_prefix("sqlite:"))?;
     let path = rest.split('?').next().unwrap_or(rest);
     (!path.is_empty() && !path.starts_with(":memory:")).then_some(path)
+}
+
+/// SQLite's "database is busy" or "locked" (result codes 5 and 6, or
+/// their extended codes), which a moment's wait resolves.
+fn is_busy(e: &DbErr) -> bool {
+    let (DbErr::Conn(RuntimeErr::SqlxError(err))
+    | DbErr::Exec(RuntimeErr::SqlxError(err))
+    | DbErr::Query(RuntimeErr::SqlxError(err))) = e
+    else {
+        return false;
+    };
+    let code = err
+        .as_database_error()
+        .and_then(|d| d.code())
+        .and_then(|c| c.parse::<u32>().ok());
+    // The primary result code is the extended code's low byte.
+    matches!(code.map(|c| c & 0xff), Some(5 | 6))
+}
+
+/// A user id read back from the database, where only valid ones are written.
+fn stored_user(id: String) -> Result<UserId, DbErr> {
+    UserId::parse(id).map_err(|e| DbErr::Type(e.to_string()))
 }
 
 /// Now, at the millisecond precision every backend stores exactly, so a

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::hub::CloseReason;
+use crate::model::CloseReason;
 
 /// Bytes read at once into the stack while no frame is under way.
 const SCRATCH: usize = 4096;

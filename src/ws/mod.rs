@@ -6,19 +6,48 @@ mod frame;
 mod session;
 mod writer;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::{handler, web::Data, Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_util::task::TaskTracker;
 
-use crate::node::Node;
+use crate::auth::Authenticator;
+use crate::chat::Chat;
+use crate::config::Settings;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::server::Admission;
+
+/// What a socket's session uses of its node: the use cases, the hub it
+/// registers with, the authenticator, and the settings.
+pub struct Context {
+    pub chat: Arc<Chat>,
+    pub hub: Arc<Hub>,
+    pub auth: Authenticator,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    /// This node's id, told to clients in `auth_success`.
+    pub node_id: String,
+    /// Set once the node drains: upgrades are refused.
+    pub draining: Arc<AtomicBool>,
+    /// Every socket's tasks (its reader and writer), so a drain can wait
+    /// for them to end.
+    pub sessions: TaskTracker,
+}
+
+impl Context {
+    fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+}
 
 /// `GET /api/v1/chat/ws`: upgrades to a WebSocket and runs its session.
 #[handler]
-pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
-    if node.is_draining() {
+pub async fn upgrade(req: &Request, Data(ctx): Data<&Arc<Context>>) -> Response {
+    if ctx.is_draining() {
         return Response::builder()
             .status(StatusCode::SERVICE_UNAVAILABLE)
             .body("node is draining; reconnect to another node");
@@ -52,14 +81,14 @@ pub async fn upgrade(req: &Request, Data(node): Data<&Arc<Node>>) -> Response {
             .status(StatusCode::INTERNAL_SERVER_ERROR)
             .body("connection was not admitted");
     };
-    let node = node.clone();
-    tokio::spawn(async move {
+    let ctx = ctx.clone();
+    ctx.sessions.clone().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
         let (read, sink) = tokio::io::split(upgraded);
-        let stream = frame::Reader::new(read, node.settings.limits.max_frame_bytes);
-        session::start(node, admission, sink, stream).await;
+        let stream = frame::Reader::new(read, ctx.settings.limits.max_frame_bytes);
+        session::start(ctx, admission, sink, stream).await;
     });
     Response::builder()
         .status(StatusCode::SWITCHING_PROTOCOLS)

@@ -17,12 +17,12 @@ use tracing::Instrument;
 
 use super::frame::{Incoming, ReadError, Reader};
 use super::writer;
+use super::Context;
 use crate::auth::Identity;
 use crate::chat::{Bucket, Outgoing, Page, PendingSend, Sent};
 use crate::error::ChatError;
-use crate::hub::{CloseReason, Conn};
-use crate::ids::ConversationId;
-use crate::node::Node;
+use crate::hub::Conn;
+use crate::model::{CloseReason, ConversationId};
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
 use crate::server::Admission;
 use crate::telemetry;
@@ -42,7 +42,7 @@ const LINGER: Duration = Duration::from_secs(2);
 /// frame: the opening steps' state, and the arguments they took, would
 /// otherwise stay part of every idle socket's memory.
 pub async fn start(
-    node: Arc<Node>,
+    ctx: Arc<Context>,
     admission: Arc<Admission>,
     sink: writer::Sink,
     mut stream: Stream,
@@ -50,61 +50,64 @@ pub async fn start(
     let span = tracing::info_span!(
         parent: None,
         "ws.socket",
-        node = %node.node_id,
+        node = %ctx.node_id,
         connection_id = tracing::field::Empty,
         user_id = tracing::field::Empty,
     );
-    let opened = open(node, admission, sink, &mut stream)
+    let opened = open(ctx, admission, sink, &mut stream)
         .instrument(span.clone())
         .await;
     if let Some((session, writer)) = opened {
-        tokio::spawn(session.live(stream, writer).instrument(span));
+        let sessions = session.ctx.sessions.clone();
+        sessions.spawn(session.live(stream, writer).instrument(span));
     }
 }
 
 /// Authenticates the socket, registers it with the hub, starts its writer
 /// and answers `auth_success`. None if the socket was turned away or left.
 async fn open(
-    node: Arc<Node>,
+    ctx: Arc<Context>,
     admission: Arc<Admission>,
     mut sink: writer::Sink,
     stream: &mut Stream,
 ) -> Option<(Session, JoinHandle<CloseReason>)> {
-    let identity = match authenticate(&node, &mut sink, stream).await {
+    let identity = match authenticate(&ctx, &mut sink, stream).await {
         Ok(identity) => identity,
         Err(Unauthenticated::Left) => return None,
         Err(Unauthenticated::Closed(reason)) => {
-            node.metrics.socket_closed(reason);
+            ctx.metrics.socket_closed(reason);
             writer::close(sink, reason).await;
             return None;
         }
         Err(Unauthenticated::Refused(err, reason)) => {
-            reject(&node, sink, stream, err, reason).await;
+            reject(&ctx, sink, stream, err, reason).await;
             return None;
         }
     };
     admission.authenticated();
-    let (conn, rx) = match node.hub.register(identity.user_id.clone()).await {
+    let (conn, rx) = match ctx.hub.register(identity.user_id.clone()).await {
         Ok(registered) => registered,
         Err(err) => {
             let reason = match err {
                 ChatError::Forbidden(_) => CloseReason::Policy,
                 _ => CloseReason::Restart,
             };
-            reject(&node, sink, stream, err, reason).await;
+            reject(&ctx, sink, stream, err, reason).await;
             return None;
         }
     };
     let span = tracing::Span::current();
     span.record("connection_id", tracing::field::display(conn.id));
     span.record("user_id", tracing::field::display(&identity.user_id));
-    let server = &node.settings.server;
+    let server = &ctx.settings.server;
     let ping_every = Duration::from_secs_f64(server.ping_interval_secs.max(1.0));
     let idle_timeout = Duration::from_secs_f64(server.idle_timeout_secs.max(1.0));
-    let writer = tokio::spawn(writer::run(sink, rx, conn.clone(), ping_every));
+    let writer = ctx
+        .sessions
+        .spawn(writer::run(sink, rx, conn.clone(), ping_every));
     let session = Session {
-        frames: Bucket::full(node.settings.limits.frame_burst),
-        node,
+        frames: Bucket::full(ctx.settings.limits.frame_burst),
+        ctx,
         conn,
         expires_at: deadline_of(&identity),
         typing: HashMap::new(),
@@ -117,7 +120,7 @@ async fn open(
             user_id: identity.user_id,
             connection_id: session.conn.id,
             expires_at: identity.expires_at,
-            node_id: session.node.node_id.clone(),
+            node_id: session.ctx.node_id.clone(),
             reply_to: None,
         })
         .await;
@@ -127,13 +130,13 @@ async fn open(
 /// Sends a socket that never got a queue its error and close frame, then
 /// lingers for the client's close.
 async fn reject(
-    node: &Node,
+    ctx: &Context,
     sink: writer::Sink,
     stream: &mut Stream,
     err: ChatError,
     reason: CloseReason,
 ) {
-    node.metrics.socket_closed(reason);
+    ctx.metrics.socket_closed(reason);
     let frame = ServerFrame::error(&err, None).encode();
     writer::reject(sink, frame.into(), reason).await;
     linger(stream, reason).await;
@@ -151,11 +154,11 @@ enum Unauthenticated {
 
 /// Waits for the auth frame, answering pings meanwhile.
 async fn authenticate(
-    node: &Node,
+    ctx: &Context,
     sink: &mut writer::Sink,
     stream: &mut Stream,
 ) -> Result<Identity, Unauthenticated> {
-    let timeout = node.settings.auth.timeout();
+    let timeout = ctx.settings.auth.timeout();
     let first = tokio::time::timeout(timeout, async {
         loop {
             match stream.next().await {
@@ -191,7 +194,7 @@ async fn authenticate(
         Ok(Some(Ok(_))) => return Err(auth_required("the first frame must be a text auth frame")),
     };
     match protocol::decode(&text) {
-        Ok((_, ClientFrame::Auth { token })) => node
+        Ok((_, ClientFrame::Auth { token })) => ctx
             .auth
             .verify(&token)
             .map_err(|e| Unauthenticated::Refused(e, CloseReason::AuthFailed)),
@@ -210,7 +213,7 @@ fn deadline_of(identity: &Identity) -> Instant {
 
 /// One authenticated socket's reader state.
 struct Session {
-    node: Arc<Node>,
+    ctx: Arc<Context>,
     conn: Arc<Conn>,
     expires_at: Instant,
     /// Conversations this socket's user is typing in, and when that lapses.
@@ -250,7 +253,7 @@ impl Session {
             let ending = self.read(&mut stream).await;
             Box::pin(self.finish()).await;
             let reason = writer.await.unwrap_or(CloseReason::Normal);
-            self.node.metrics.socket_closed(reason);
+            self.ctx.metrics.socket_closed(reason);
             if let Ending::NodeClosed(why) = ending {
                 Box::pin(linger(&mut stream, why)).await;
             }
@@ -356,7 +359,7 @@ impl Session {
         telemetry::set_root_linked(&span, &self.socket_span, || {
             vec![
                 KeyValue::new("connection_id", self.conn.id.to_string()),
-                KeyValue::new("user_id", self.conn.user.0.clone()),
+                KeyValue::new("user_id", self.conn.user.to_string()),
             ]
         });
         span
@@ -371,7 +374,7 @@ impl Session {
             }
         };
         tracing::Span::current().record("frame.type", frame.kind());
-        self.node
+        self.ctx
             .metrics
             .frames_in
             .with_label_values(&[frame.kind()])
@@ -382,12 +385,12 @@ impl Session {
             // before it stored, published and acknowledged (a stream request
             // answers the message just sent, a join replays it).
             self.finish_sends().await;
-            let limits = &self.node.settings.limits;
+            let limits = &self.ctx.settings.limits;
             if let Err(retry_after_ms) = self
                 .frames
                 .take(limits.frame_rate_per_sec, limits.frame_burst)
             {
-                self.node.metrics.rate_limited.inc();
+                self.ctx.metrics.rate_limited.inc();
                 let err = ChatError::RateLimited { retry_after_ms };
                 self.reply(ServerFrame::error(&err, id)).await;
                 return;
@@ -399,11 +402,11 @@ impl Session {
     }
 
     async fn dispatch(&mut self, id: Option<String>, frame: ClientFrame) -> Result<(), ChatError> {
-        let chat = self.node.chat.clone();
+        let chat = self.ctx.chat.clone();
         let user = self.conn.user.clone();
         match frame {
             ClientFrame::Auth { token } => {
-                let identity = self.node.auth.verify(&token)?;
+                let identity = self.ctx.auth.verify(&token)?;
                 if identity.user_id != user {
                     return Err(ChatError::AuthFailed(
                         "a renewed token must be for the same user".into(),
@@ -414,7 +417,7 @@ impl Session {
                     user_id: user,
                     connection_id: self.conn.id,
                     expires_at: identity.expires_at,
-                    node_id: self.node.node_id.clone(),
+                    node_id: self.ctx.node_id.clone(),
                     reply_to: id,
                 })
                 .await;
@@ -459,7 +462,7 @@ impl Session {
                     if !self.typing.contains_key(&conv) {
                         chat.typing(&self.conn, conv, true).await?;
                     }
-                    let ttl = self.node.settings.limits.typing_ttl();
+                    let ttl = self.ctx.settings.limits.typing_ttl();
                     self.typing.insert(conv, Instant::now() + ttl);
                 } else if self.typing.contains_key(&conv) {
                     chat.typing(&self.conn, conv, false).await?;
@@ -477,7 +480,7 @@ impl Session {
                 // The largest page counts against the socket's budget before
                 // it is read: a client that does not read its replies is
                 // closed (4009) instead of making the node hold pages.
-                let largest = self.node.settings.limits.history_page_max_bytes;
+                let largest = self.ctx.settings.limits.history_page_max_bytes;
                 let Some(reserved) = self.conn.reserve(largest) else {
                     return Ok(());
                 };
@@ -531,7 +534,7 @@ impl Session {
         let (sent, done) = *finished;
         let InFlight { id, conv, span, .. } = sent;
         async {
-            match self.node.chat.publish_sent(done).await {
+            match self.ctx.chat.publish_sent(done).await {
                 Ok(appended) => {
                     // A sent message ends the sender's typing in that conversation.
                     self.stop_typing(conv).await;
@@ -574,10 +577,7 @@ impl Session {
 
     async fn stop_typing(&mut self, conv: ConversationId) {
         if self.typing.remove(&conv).is_some() {
-            self.node
-                .chat
-                .publish_typing(self.conn.id, &self.conn.user, conv, false)
-                .await;
+            self.ctx.chat.stop_typing(&self.conn, conv).await;
         }
     }
 
@@ -603,7 +603,7 @@ impl Session {
         for conv in convs {
             self.stop_typing(conv).await;
         }
-        self.node.hub.unregister(&self.conn).await;
+        self.ctx.hub.unregister(&self.conn).await;
     }
 }
 

@@ -11,7 +11,8 @@ use tokio::io::{AsyncWriteExt, WriteHalf};
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use super::frame::{self, OpCode};
-use crate::hub::{CloseReason, Conn, Outbound, Outbox};
+use crate::hub::{Conn, Outbound, Outbox};
+use crate::model::CloseReason;
 
 /// The writing half of a socket.
 pub type Sink = WriteHalf<Upgraded>;

@@ -1,0 +1,316 @@
+//! The one path of events out of a node. A durable change (a message) is
+//! stored, its event built once and published on its conversation's topic;
+//! conversation changes and ephemeral events (typing, read receipts, stream
+//! tokens, cancels) are built and published here too. Every frame a bus
+//! event carries is made in this module, so is the frame the hub replays
+//! from the store (`StoredHistory`): a live entry and a replayed one are the
+//! same bytes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
+
+use crate::bus::{Bus, Event, EventKind, Topic};
+use crate::error::ChatError;
+use crate::hub::{Entry, History, HistoryError, Hub, Page};
+use crate::metrics::Metrics;
+use crate::model::{
+    ConnectionId, Conversation, ConversationId, Message, Seq, StreamId, UpdateReason, UserId,
+};
+use crate::protocol::ServerFrame;
+use crate::store::{Appended, NewMessage, Store, Submitted};
+
+/// Publishes what happens in conversations, on every node.
+pub struct Events {
+    store: Store,
+    bus: Arc<dyn Bus>,
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+/// The `message_received` frame of a stored message: what every connection
+/// joined to its conversation receives, live or replayed.
+pub fn message_frame(message: Message) -> Utf8Bytes {
+    ServerFrame::MessageReceived { message }.encode().into()
+}
+
+impl Events {
+    pub fn new(store: Store, bus: Arc<dyn Bus>, hub: Arc<Hub>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            store,
+            bus,
+            hub,
+            metrics,
+        }
+    }
+
+    // ------------------------------------------------------------ durable
+
+    /// Stores a message and publishes it: the way of every message (a
+    /// REST send, an assistant's answer). A retry of a stored send (same
+    /// `client_msg_id`) stores and publishes nothing.
+    pub async fn append(&self, new: NewMessage) -> Result<Appended, ChatError> {
+        let stored = self.submit(new).await;
+        self.publish_stored(stored.await).await
+    }
+
+    /// The first half of `append`, for a sender that queues its next
+    /// message before this one is stored (see `Store::submit`).
+    pub async fn submit(&self, new: NewMessage) -> Submitted {
+        self.store.submit(new).await
+    }
+
+    /// The second half of `append`: publishes a newly stored message.
+    pub async fn publish_stored(
+        &self,
+        stored: Result<Option<Appended>, sea_orm::DbErr>,
+    ) -> Result<Appended, ChatError> {
+        let appended = stored?.ok_or(ChatError::NotFound("conversation"))?;
+        if !appended.duplicate {
+            self.metrics.messages_stored.inc();
+            let message = &appended.message;
+            self.publish(
+                Topic::Conversation(message.conversation_id),
+                EventKind::Message { seq: message.seq },
+                message_frame(message.clone()).into(),
+            )
+            .await;
+        }
+        Ok(appended)
+    }
+
+    /// A stored change of a conversation (created, participants, archived):
+    /// every node forgets its cached access (and detaches `removed`, who
+    /// gets `left`), and every tab of every participant, and of `removed`,
+    /// gets `conversation_updated`.
+    pub async fn conversation_changed(
+        &self,
+        conv: &Conversation,
+        reason: UpdateReason,
+        removed: Option<&UserId>,
+    ) {
+        if reason != UpdateReason::Created {
+            let left = match removed {
+                Some(_) => encode(&ServerFrame::Left {
+                    conversation_id: conv.id,
+                    reply_to: None,
+                }),
+                None => Bytes::new(),
+            };
+            let kind = EventKind::Membership {
+                removed: removed.cloned(),
+            };
+            self.publish(Topic::Conversation(conv.id), kind, left).await;
+        }
+        let updated = encode(&ServerFrame::ConversationUpdated {
+            conversation: conv.clone(),
+            reason,
+        });
+        for user in conv.participants.iter().chain(removed) {
+            let kind = EventKind::Notice { skip_joined: None };
+            self.publish(Topic::User(user.clone()), kind, updated.clone())
+                .await;
+        }
+    }
+
+    // ------------------------------------------------------------ ephemeral
+
+    /// `user` is (not) typing, from connection `from` (which is not told).
+    pub async fn typing(
+        &self,
+        from: ConnectionId,
+        user: &UserId,
+        conv: ConversationId,
+        is_typing: bool,
+    ) {
+        let frame = encode(&ServerFrame::TypingIndicator {
+            conversation_id: conv,
+            user_id: user.clone(),
+            is_typing,
+        });
+        let kind = EventKind::Ephemeral { except: Some(from) };
+        self.publish(Topic::Conversation(conv), kind, frame).await;
+    }
+
+    /// `user` has read `conv` up to `seq`: the conversation and the user's
+    /// tabs not joined to it are told.
+    pub async fn read(&self, user: &UserId, conv: ConversationId, seq: Seq) {
+        let frame = encode(&ServerFrame::ReadReceipt {
+            conversation_id: conv,
+            user_id: user.clone(),
+            seq,
+        });
+        let kind = EventKind::Ephemeral { except: None };
+        self.publish(Topic::Conversation(conv), kind, frame.clone())
+            .await;
+        let kind = EventKind::Notice {
+            skip_joined: Some(conv),
+        };
+        self.publish(Topic::User(user.clone()), kind, frame).await;
+    }
+
+    /// An assistant stream's frame (None: a heartbeat, which only says it
+    /// is alive); `end` for its last.
+    pub async fn stream(
+        &self,
+        conv: ConversationId,
+        stream_id: StreamId,
+        end: bool,
+        frame: Option<&ServerFrame>,
+    ) {
+        let payload = frame.map(encode).unwrap_or_default();
+        let kind = EventKind::Stream { stream_id, end };
+        self.publish(Topic::Conversation(conv), kind, payload).await;
+    }
+
+    /// Asks every node to stop `stream` (the one running it will).
+    pub async fn cancel_stream(&self, stream_id: StreamId, by: &UserId) {
+        let kind = EventKind::Cancel {
+            stream_id,
+            by: by.clone(),
+        };
+        self.publish(Topic::Streams, kind, Bytes::new()).await;
+    }
+
+    /// Publishes an event. A failure is logged, not returned: a message is
+    /// stored, and this node's room catches up from the store at once;
+    /// other nodes do when their bus reconnects (see docs/operations.md).
+    async fn publish(&self, topic: Topic, kind: EventKind, payload: Bytes) {
+        let stored_in = match (&topic, &kind) {
+            (Topic::Conversation(conv), EventKind::Message { .. }) => Some(*conv),
+            _ => None,
+        };
+        let event = Event::new(topic, kind, payload);
+        if let Err(e) = self.bus.publish(event).await {
+            self.metrics.bus_publish_errors.inc();
+            if let Some(conv) = stored_in {
+                self.hub.publish_failed(conv);
+            }
+            tracing::warn!(error = %e, "publish failed; nodes will catch up from the store");
+        }
+    }
+}
+
+fn encode(frame: &ServerFrame) -> Bytes {
+    Bytes::from(frame.encode())
+}
+
+/// The store's messages as the hub replays them.
+pub struct StoredHistory(pub Store);
+
+fn unavailable(e: sea_orm::DbErr) -> HistoryError {
+    HistoryError(e.to_string())
+}
+
+fn entries((messages, more): (Vec<Message>, bool)) -> Page {
+    let entries = messages
+        .into_iter()
+        .map(|m| Entry {
+            seq: m.seq,
+            frame: message_frame(m),
+        })
+        .collect();
+    (entries, more)
+}
+
+#[async_trait]
+impl History for StoredHistory {
+    async fn last_seq(&self, conv: ConversationId) -> Result<Option<Seq>, HistoryError> {
+        self.0.last_seq(conv).await.map_err(unavailable)
+    }
+
+    async fn after(
+        &self,
+        conv: ConversationId,
+        after: Seq,
+        limit: u64,
+    ) -> Result<Page, HistoryError> {
+        let page = self.0.messages_after(conv, after, limit).await;
+        page.map(entries).map_err(unavailable)
+    }
+
+    async fn before(
+        &self,
+        conv: ConversationId,
+        before: Seq,
+        limit: u64,
+    ) -> Result<Page, HistoryError> {
+        let page = self.0.messages_before(conv, Some(before), limit).await;
+        page.map(entries).map_err(unavailable)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::bus::LocalBus;
+    use crate::hub::{HubSettings, NodeBudget};
+    use crate::model::{ClientMsgId, MessageType};
+    use crate::tasks::Tasks;
+
+    #[tokio::test]
+    async fn a_message_is_stored_once_and_its_live_frame_is_its_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = Tasks::new();
+        let url = format!("sqlite://{}/t.db?mode=rwc", dir.path().display());
+        let store = Store::connect(&url, 2, &tasks).await.unwrap();
+        store.migrate().await.unwrap();
+        let bus = Arc::new(LocalBus::new());
+        let metrics = Arc::new(Metrics::new("test"));
+        let hub = Hub::new(
+            Arc::new(StoredHistory(store.clone())),
+            bus.clone(),
+            metrics.clone(),
+            HubSettings {
+                gap_wait: Duration::from_millis(20),
+                outbound_queue: 100,
+                outbound_bytes: 1 << 20,
+                outbound_budget: NodeBudget::unlimited(),
+                recent_messages: 10,
+                max_connections_per_user: 1,
+            },
+            tasks.clone(),
+        );
+        let events = Events::new(store.clone(), bus, hub.clone(), metrics);
+        let ann = UserId::parse("ann").unwrap();
+        let conv = store.create_chat(&ann, None, &[], None).await.unwrap();
+        let (conn, rx) = hub.register(ann.clone()).await.unwrap();
+        hub.join(&conn, conv.id, None, |seq| format!("joined {seq}").into())
+            .await
+            .unwrap();
+        let next = || match rx.try_recv() {
+            Ok(frame) => frame.to_string(),
+            Err(_) => String::new(),
+        };
+        assert_eq!(next(), "joined 0");
+        let new = NewMessage {
+            id: None,
+            conversation_id: conv.id,
+            sender_id: ann,
+            message_type: MessageType::User,
+            content: "hello".into(),
+            client_msg_id: Some(ClientMsgId::parse("c1").unwrap()),
+            metadata: None,
+        };
+        let first = events.append(new.clone()).await.unwrap();
+        assert!(!first.duplicate);
+        // The local bus delivers as it publishes: the frame is queued already.
+        let live = next();
+        let again = events.append(new).await.unwrap();
+        assert!(again.duplicate, "a retry stores nothing");
+        assert_eq!(again.message, first.message);
+        assert_eq!(next(), "", "and publishes nothing");
+        let (page, more) = StoredHistory(store)
+            .after(conv.id, Seq(0), 10)
+            .await
+            .unwrap();
+        assert!(!more);
+        assert_eq!(page.len(), 1);
+        assert_eq!(page[0].seq, Seq(1));
+        assert_eq!(page[0].frame.as_str(), live);
+    }
+}

@@ -1,0 +1,92 @@
+//! The domain types every layer shares: ids, messages, conversations, and
+//! the closed sets (message types, roles, close reasons) as enums. A leaf:
+//! it imports nothing of the crate, and `store`, `chat`, `hub` and
+//! `protocol` all speak it. Their JSON is the wire's, so `protocol` puts
+//! them in frames as they are.
+
+mod close;
+mod ids;
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use poem_openapi::Object;
+use serde::{Deserialize, Serialize};
+
+pub use close::CloseReason;
+pub use entity::{MessageType, Role};
+pub use ids::{
+    ClientMsgId, ConnectionId, ConversationId, InvalidId, MessageId, Seq, StreamId, UserId,
+    MAX_CLIENT_MSG_ID_CHARS, MAX_USER_ID_BYTES,
+};
+
+/// A stored message as every client sees it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Message {
+    pub id: MessageId,
+    pub conversation_id: ConversationId,
+    pub seq: Seq,
+    pub sender_id: UserId,
+    pub message_type: MessageType,
+    pub content: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub client_msg_id: Option<ClientMsgId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub metadata: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A conversation as a sidebar shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
+pub struct Conversation {
+    pub id: ConversationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub title: Option<String>,
+    pub owner_id: UserId,
+    pub participants: Vec<UserId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub assistant_id: Option<String>,
+    pub archived: bool,
+    pub last_seq: Seq,
+    /// How far the requesting user has read (only in answers to that user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub last_read_seq: Option<Seq>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a conversation changed (the `reason` of `conversation_updated`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpdateReason {
+    Created,
+    ParticipantAdded,
+    ParticipantRemoved,
+    Renamed,
+    Archived,
+}
+
+/// Token counts of an assistant answer, as the provider reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+}
+
+/// Who may use a conversation: what every request checks. `chat` loads
+/// it and owns the rules; the hub keeps the loaded value with the room
+/// while this node is subscribed to the conversation, since only then do
+/// membership events reach it to invalidate it.
+#[derive(Debug)]
+pub struct Access {
+    pub members: HashSet<UserId>,
+    pub archived: bool,
+    /// The assistant that answers every user message, if the chat has one.
+    pub assistant_id: Option<String>,
+}
