@@ -609,6 +609,10 @@ impl StreamEvents for Streams {
         }
     }
 
+    fn forget(&self, conv: ConversationId) {
+        self.watched.lock().retain(|_, (c, _)| *c != conv);
+    }
+
     fn cancel(&self, stream: StreamId, by: UserId) {
         let Some(active) = self
             .active

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 pub use assistants::{Assistants, StartStream};
-pub use events::{message_frame, Events, StoredHistory};
+pub use events::{Events, StoredHistory};
 pub use limits::{Bucket, UserRateLimiter};
 
 use access::not_a_participant;

@@ -215,6 +215,9 @@ impl Hub {
             st.closed = true;
         }
         self.rooms.remove(&conv);
+        if let Some(streams) = self.stream_events() {
+            streams.forget(conv);
+        }
         if let Err(e) = self.bus.unsubscribe(&topic).await {
             tracing::warn!(error = %e, %conv, "unsubscribe from conversation failed");
         }

@@ -20,10 +20,13 @@ pub trait StreamEvents: Send + Sync {
     fn heard(&self, conv: ConversationId, stream: StreamId, end: bool);
     /// A participant asks to stop `stream`.
     fn cancel(&self, stream: StreamId, by: UserId);
+    /// This node no longer follows `conv`: what was heard of its streams
+    /// is stale (their end would not be heard).
+    fn forget(&self, conv: ConversationId);
 }
 
 impl Hub {
-    fn stream_events(&self) -> Option<Arc<dyn StreamEvents>> {
+    pub(super) fn stream_events(&self) -> Option<Arc<dyn StreamEvents>> {
         self.streams.get().and_then(Weak::upgrade)
     }
 
