@@ -7,7 +7,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::procs::{self, wait_until};
+use common::procs::{self, wait_until, NodeProcess};
 use common::{start_node, Client, TestNode, WAIT};
 use confab::ids::UserId;
 use futures_util::SinkExt;
@@ -330,37 +330,32 @@ async fn connections_not_yet_authenticated_are_limited_per_address_and_in_all() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_node_backs_off_and_serves_its_open_sockets() {
     let dir = tempfile::tempdir().unwrap();
-    let port = procs::free_port();
     // A node process with few descriptors and no capacity limit of its own,
     // so idle connections exhaust its descriptors and `accept` fails.
-    let mut child = std::process::Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg(env!("CARGO_BIN_EXE_confab"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("CONFAB_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CONFAB_SERVER__MAX_CONNECTIONS", "100000")
-        .env("CONFAB_SERVER__HEADER_TIMEOUT_SECS", "600")
-        .env("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS", "100000")
-        .env("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP", "0")
+    let settings = [
+        ("CONFAB_SERVER__MAX_CONNECTIONS", "100000"),
+        ("CONFAB_SERVER__HEADER_TIMEOUT_SECS", "600"),
+        ("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS", "100000"),
+        ("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP", "0"),
         // One database connection, opened at start: no new descriptor is
         // needed for the canary's sends while there are none to be had.
-        .env("CONFAB_DATABASE__MAX_CONNECTIONS", "1")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux) runs the node");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the node to be ready", Duration::from_secs(30), || {
-        let url = format!("{base}/ready");
-        async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
-    })
+        ("CONFAB_DATABASE__MAX_CONNECTIONS", "1"),
+        ("RUST_LOG", "error"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let node = NodeProcess::start_under(
+        &["prlimit", "--nofile=256:256"],
+        "starved",
+        dir.path(),
+        &settings,
+    )
     .await;
+    let base = node.url("");
     let conv = procs::create_chat(&base, "alice", &[]).await;
-    let url = format!("ws://127.0.0.1:{port}/api/v1/chat/ws");
+    let url = node.ws_url();
     let mut canary = Client::connect(&url, &procs::token("alice"), "alice").await;
     canary.join(&conv, None).await;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = node.addr();
 
     // More idle connections than the node has descriptors.
     let mut idle = Vec::new();
@@ -392,6 +387,4 @@ async fn out_of_descriptors_the_node_backs_off_and_serves_its_open_sockets() {
         errors < 1000.0,
         "accept backs off instead of spinning: {errors} errors"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -128,6 +128,8 @@ pub struct NodeProcess {
     pub port: u16,
     pub node_id: String,
     child: Option<Child>,
+    /// A command the node runs under (e.g. `prlimit --nofile=256:256`).
+    wrapper: Vec<String>,
     env: Vec<(String, String)>,
     workdir: PathBuf,
     /// Holds the port file.
@@ -137,10 +139,22 @@ pub struct NodeProcess {
 impl NodeProcess {
     /// Starts a node with `CONFAB_*` settings and waits for `/ready`.
     pub async fn start(node_id: &str, workdir: &Path, env: &[(String, String)]) -> NodeProcess {
+        Self::start_under(&[], node_id, workdir, env).await
+    }
+
+    /// As `start`, with the node run by `wrapper`, a command that runs the
+    /// rest of its arguments (e.g. `["prlimit", "--nofile=256:256"]`).
+    pub async fn start_under(
+        wrapper: &[&str],
+        node_id: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+    ) -> NodeProcess {
         let mut n = NodeProcess {
             port: 0,
             node_id: node_id.to_owned(),
             child: None,
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
             env: env.to_vec(),
             workdir: workdir.to_owned(),
             run_dir: tempfile::tempdir().unwrap(),
@@ -166,7 +180,15 @@ impl NodeProcess {
         let port_file = self.run_dir.path().join("port");
         // A file left by an earlier run names an address no one listens on.
         let _ = std::fs::remove_file(&port_file);
-        let child = Command::new(env!("CARGO_BIN_EXE_confab"))
+        let (program, wrapper_args) = match self.wrapper.split_first() {
+            Some((program, args)) => (program.as_str(), args),
+            None => (env!("CARGO_BIN_EXE_confab"), &[][..]),
+        };
+        let mut cmd = Command::new(program);
+        if !self.wrapper.is_empty() {
+            cmd.args(wrapper_args).arg(env!("CARGO_BIN_EXE_confab"));
+        }
+        let child = cmd
             .arg("serve")
             .arg("--port-file")
             .arg(&port_file)
@@ -178,7 +200,7 @@ impl NodeProcess {
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
         self.child = Some(child);
         let child = self.child.as_mut().unwrap();
         wait_until("the node's port file", Duration::from_secs(30), || {
