@@ -4,6 +4,7 @@
 
 pub mod fake_llm;
 pub mod procs;
+pub mod raw;
 pub mod relay;
 
 use std::net::SocketAddr;
