@@ -7,6 +7,7 @@
 #
 #   bash bench/hostile.sh                       # this build
 #   BIN=/path/to/other/confab bash bench/hostile.sh   # another build, to compare
+#                                                     # (one that knows `serve --port-file`)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p confab --bin confab
@@ -18,20 +19,23 @@ WORK=$(mktemp -d /tmp/confab-hostile.XXXXXX)
 PID=
 stop_node() { if [ -n "$PID" ]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; PID=; fi; }
 trap 'stop_node; rm -rf "$WORK"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
+# The node listens on a port the system picks and writes the address it
+# bound to a port file: no port is guessed free and then taken by someone else.
 start_node() { # name [prlimit args...]
   local name=$1; shift
-  local port; port=$(free_port)
-  rm -f "$WORK"/db*
-  CONFAB_SERVER__LISTEN=127.0.0.1:$port CONFAB_DATABASE__URL="sqlite://$WORK/db.sqlite?mode=rwc" \
+  local port_file="$WORK/$name.port"
+  rm -f "$WORK"/db* "$port_file"
+  CONFAB_SERVER__LISTEN=127.0.0.1:0 CONFAB_DATABASE__URL="sqlite://$WORK/db.sqlite?mode=rwc" \
   CONFAB_LIMITS__SEND_RATE_PER_SEC=1000000 CONFAB_LIMITS__SEND_BURST=1000000 \
   CONFAB_LIMITS__FRAME_RATE_PER_SEC=1000000 CONFAB_LIMITS__FRAME_BURST=1000000 \
-  RUST_LOG=error "$@" "$BIN" serve >"$WORK/$name.log" 2>&1 &
+  RUST_LOG=error "$@" "$BIN" serve --port-file "$port_file" >"$WORK/$name.log" 2>&1 &
   PID=$!
-  URL=http://127.0.0.1:$port
   for _ in $(seq 1 200); do
-    curl -sf "$URL/ready" >/dev/null 2>&1 && return 0
+    if [ -s "$port_file" ]; then
+      URL=http://$(cat "$port_file")
+      curl -sf "$URL/ready" >/dev/null 2>&1 && return 0
+    fi
+    kill -0 "$PID" 2>/dev/null || break
     sleep 0.05
   done
   echo "node did not become ready" >&2; cat "$WORK/$name.log" >&2; exit 1

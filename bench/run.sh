@@ -12,7 +12,8 @@ scale() { python3 -c "print(max(1, int($1 * $SCALE)))"; }
 
 cargo build --release -q -p confab --bin confab
 cargo build --release -q -p confab-bench
-# BIN=path runs another build of the node (for before/after comparisons).
+# BIN=path runs another build of the node (for before/after comparisons);
+# it must know `serve --port-file`.
 BIN=${BIN:-target/release/confab}
 BENCH=target/release/confab-bench
 ulimit -n 1048576 2>/dev/null || ulimit -n "$(ulimit -Hn)"
@@ -33,9 +34,12 @@ PIDS+=($!)
 DB_URL=${CONFAB_BENCH_POSTGRES_URL:-"sqlite://$WORK/bench.db?mode=rwc"}
 
 declare -A NODE_PID NODE_URL
+# A node listens on a port the system picks and writes the address it bound
+# to its port file: no port is guessed free and then taken by someone else.
 start_node() { # name
-  local port; port=$(free_port)
-  CONFAB_SERVER__LISTEN=127.0.0.1:$port CONFAB_SERVER__NODE_ID=$1 \
+  local port_file="$WORK/$1.port"
+  rm -f "$port_file"
+  CONFAB_SERVER__LISTEN=127.0.0.1:0 CONFAB_SERVER__NODE_ID=$1 \
   CONFAB_SERVER__DRAIN_SECS=2 \
   CONFAB_DATABASE__URL="$DB_URL" CONFAB_BUS__REDIS_URL=redis://127.0.0.1:$REDIS_PORT \
   CONFAB_LIMITS__MAX_CONNECTIONS_PER_USER=1000000 \
@@ -44,12 +48,15 @@ start_node() { # name
   CONFAB_LIMITS__MAX_MESSAGE_CHARS=20000 \
   CONFAB_LIMITS__MAX_PENDING_CONNECTIONS=1000000 CONFAB_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP=0 \
   CONFAB_ASSISTANTS__DEFAULT__ECHO_DELAY_MS=1 RUST_LOG=warn \
-    "$BIN" serve >"$WORK/$1.log" 2>&1 &
+    "$BIN" serve --port-file "$port_file" >"$WORK/$1.log" 2>&1 &
   NODE_PID[$1]=$!
   PIDS+=($!)
-  NODE_URL[$1]=http://127.0.0.1:$port
   for _ in $(seq 1 200); do
-    curl -sf "${NODE_URL[$1]}/ready" >/dev/null 2>&1 && return 0
+    if [ -s "$port_file" ]; then
+      NODE_URL[$1]=http://$(cat "$port_file")
+      curl -sf "${NODE_URL[$1]}/ready" >/dev/null 2>&1 && return 0
+    fi
+    kill -0 "${NODE_PID[$1]}" 2>/dev/null || break
     sleep 0.05
   done
   echo "node $1 did not become ready" >&2; cat "$WORK/$1.log" >&2; exit 1

@@ -1,5 +1,7 @@
 //! The confab command line: `serve` (the default), `migrate`, `token`.
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -17,7 +19,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (the default).
-    Serve,
+    Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
     /// Print a JWT for a user, signed with the configured secret (for development).
@@ -34,6 +36,21 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Default)]
+struct ServeArgs {
+    /// Once listening, write the address the node bound (`IP:PORT`) to
+    /// PATH.
+    ///
+    /// With `listen = 127.0.0.1:0` the system picks the port, and this file
+    /// is how tests and scripts learn it. Picking a free port beforehand and
+    /// passing it in is a race: another process may take the port before
+    /// the node binds it, and whoever then answers on it looks like the
+    /// node. The file is written whole (PATH.tmp, then renamed to PATH), so
+    /// a reader that sees PATH never reads half an address.
+    #[arg(long, value_name = "PATH")]
+    port_file: Option<PathBuf>,
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,8 +61,8 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(settings).await,
+    let result = match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Serve(args) => serve(settings, args).await,
         Command::Migrate => migrate(settings).await,
         Command::Token { user, name, ttl } => Authenticator::new(&settings.auth)
             .map_err(|e| e.to_string())
@@ -61,20 +78,20 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(mut settings: Settings) -> Result<(), String> {
+async fn serve(mut settings: Settings, args: ServeArgs) -> Result<(), String> {
     if settings.server.node_id.is_empty() {
         // Named here rather than by the node, so its traces carry the same name.
         let suffix = uuid::Uuid::now_v7().simple().to_string();
         settings.server.node_id = format!("node-{}", &suffix[20..]);
     }
     let telemetry = telemetry::init(&settings.telemetry, &settings.server.node_id);
-    let result = run(settings).await;
+    let result = run(settings, args.port_file.as_deref()).await;
     telemetry.shutdown().await;
     result
 }
 
 /// Runs a node until a shutdown signal, then drains it.
-async fn run(settings: Settings) -> Result<(), String> {
+async fn run(settings: Settings, port_file: Option<&Path>) -> Result<(), String> {
     if settings.uses_dev_secret() {
         tracing::warn!("USING THE DEVELOPMENT JWT SECRET: anyone can mint tokens. Set CONFAB_AUTH__JWT_SECRET for any real use.");
     }
@@ -85,9 +102,21 @@ async fn run(settings: Settings) -> Result<(), String> {
     let (listener, addr) = server::bind(listen)
         .await
         .map_err(|e| format!("listen on {listen}: {e}"))?;
+    if let Some(path) = port_file {
+        write_port_file(path, addr).map_err(|e| format!("port file {}: {e}", path.display()))?;
+    }
     tracing::info!(%addr, node = %node.node_id, db = node.store.backend_name(), "confab listening");
     node::serve(node, listener, shutdown_signal()).await;
     Ok(())
+}
+
+/// Writes `addr` to `path` atomically: to `PATH.tmp`, then renamed over
+/// `path`, so a reader polling for the file sees all of it or nothing.
+fn write_port_file(path: &Path, addr: SocketAddr) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, format!("{addr}\n"))?;
+    std::fs::rename(&tmp, path)
 }
 
 async fn migrate(settings: Settings) -> Result<(), String> {

@@ -7,12 +7,13 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use common::procs::{self, wait_until};
+use common::procs::{self, wait_until, NodeProcess};
+use common::raw::RawConn;
 use common::{start_node, Client, TestNode, WAIT};
 use confab::model::UserId;
 use futures_util::SinkExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
@@ -44,23 +45,10 @@ fn sockets_of(node: &TestNode, user: &str) -> usize {
 }
 
 /// A TCP connection from `source` (any 127/8 address is this machine).
-async fn tcp_from(source: IpAddr, to: SocketAddr) -> TcpStream {
+async fn tcp_from(source: IpAddr, to: SocketAddr) -> RawConn {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(source, 0)).unwrap();
-    socket.connect(to).await.unwrap()
-}
-
-/// True once the peer ended the connection (EOF or reset), reading and
-/// dropping whatever comes first.
-async fn ended(stream: &mut TcpStream) -> bool {
-    let mut buf = [0u8; 4096];
-    loop {
-        match tokio::time::timeout(WAIT, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
+    RawConn::new(socket.connect(to).await.unwrap())
 }
 
 /// No rate limit gets in the way of a client that floods on purpose.
@@ -221,16 +209,15 @@ async fn slowloris_and_idle_connections_are_closed_by_the_header_timeout() {
         .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
-    let mut silent = TcpStream::connect(node.addr).await.unwrap();
+    let mut silent = RawConn::connect(node.addr).await.unwrap();
     // A keep-alive connection that goes quiet after one request.
-    let mut keep_alive = TcpStream::connect(node.addr).await.unwrap();
+    let mut keep_alive = RawConn::connect(node.addr).await.unwrap();
     keep_alive
-        .write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        .send(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         .await
         .unwrap();
-    let mut first = [0u8; 12];
-    keep_alive.read_exact(&mut first).await.unwrap();
-    assert_eq!(&first, b"HTTP/1.1 200");
+    let first = keep_alive.head().await.unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
 
     let dribbling = async {
         for _ in 0..(WAIT.as_millis() / 100) {
@@ -242,9 +229,9 @@ async fn slowloris_and_idle_connections_are_closed_by_the_header_timeout() {
         false
     };
     assert!(dribbling.await, "the dribbling client is cut off");
-    assert!(ended(&mut silent).await, "a silent connection is closed");
+    assert!(silent.ended().await, "a silent connection is closed");
     assert!(
-        ended(&mut keep_alive).await,
+        keep_alive.ended().await,
         "an idle keep-alive connection is closed"
     );
 
@@ -264,27 +251,23 @@ async fn request_bodies_are_bounded_in_size_and_time() {
         )
     };
     // A body of 2^63 bytes announced: refused at once, nothing read.
-    let mut huge = TcpStream::connect(node.addr).await.unwrap();
-    huge.write_all(head("9223372036854775808").as_bytes())
+    let mut huge = RawConn::connect(node.addr).await.unwrap();
+    huge.send(head("9223372036854775808").as_bytes())
         .await
         .unwrap();
-    let mut status = [0u8; 12];
-    tokio::time::timeout(WAIT, huge.read_exact(&mut status))
-        .await
-        .expect("an answer without the body")
-        .unwrap();
-    assert_eq!(&status, b"HTTP/1.1 413");
+    let status = huge.head().await.expect("an answer without the body");
+    assert!(status.starts_with("HTTP/1.1 413"), "{status}");
 
     // A body that stops arriving: 408.
-    let mut slow = TcpStream::connect(node.addr).await.unwrap();
-    slow.write_all(format!("{}{{\"title\":", head("100")).as_bytes())
+    let mut slow = RawConn::connect(node.addr).await.unwrap();
+    slow.send(format!("{}{{\"title\":", head("100")).as_bytes())
         .await
         .unwrap();
-    tokio::time::timeout(WAIT, slow.read_exact(&mut status))
+    let status = slow
+        .head()
         .await
-        .expect("an answer once the body timeout passes")
-        .unwrap();
-    assert_eq!(&status, b"HTTP/1.1 408");
+        .expect("an answer once the body timeout passes");
+    assert!(status.starts_with("HTTP/1.1 408"), "{status}");
     let (_, chats) = node.rest("alice", "GET", "/api/v1/chat/chats", None).await;
     assert_eq!(chats, json!([]), "nothing was created");
 }
@@ -307,7 +290,7 @@ async fn connections_not_yet_authenticated_are_limited_per_address_and_in_all() 
     let _b = tcp_from(one, node.addr).await;
     let mut refused = tcp_from(one, node.addr).await;
     assert!(
-        ended(&mut refused).await,
+        refused.ended().await,
         "a third pending connection from one address is closed"
     );
 
@@ -315,7 +298,7 @@ async fn connections_not_yet_authenticated_are_limited_per_address_and_in_all() 
     let _d = tcp_from(two, node.addr).await;
     let mut over = tcp_from(three, node.addr).await;
     assert!(
-        ended(&mut over).await,
+        over.ended().await,
         "a fifth pending connection on the node is closed"
     );
 
@@ -330,37 +313,32 @@ async fn connections_not_yet_authenticated_are_limited_per_address_and_in_all() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_descriptors_the_node_backs_off_and_serves_its_open_sockets() {
     let dir = tempfile::tempdir().unwrap();
-    let port = procs::free_port();
     // A node process with few descriptors and no capacity limit of its own,
     // so idle connections exhaust its descriptors and `accept` fails.
-    let mut child = std::process::Command::new("prlimit")
-        .arg("--nofile=256:256")
-        .arg(env!("CARGO_BIN_EXE_confab"))
-        .arg("serve")
-        .current_dir(dir.path())
-        .env("CONFAB_SERVER__LISTEN", format!("127.0.0.1:{port}"))
-        .env("CONFAB_SERVER__MAX_CONNECTIONS", "100000")
-        .env("CONFAB_SERVER__HEADER_TIMEOUT_SECS", "600")
-        .env("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS", "100000")
-        .env("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP", "0")
+    let settings = [
+        ("CONFAB_SERVER__MAX_CONNECTIONS", "100000"),
+        ("CONFAB_SERVER__HEADER_TIMEOUT_SECS", "600"),
+        ("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS", "100000"),
+        ("CONFAB_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP", "0"),
         // One database connection, opened at start: no new descriptor is
         // needed for the canary's sends while there are none to be had.
-        .env("CONFAB_DATABASE__MAX_CONNECTIONS", "1")
-        .env("RUST_LOG", "error")
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .expect("prlimit (util-linux) runs the node");
-    let base = format!("http://127.0.0.1:{port}");
-    wait_until("the node to be ready", Duration::from_secs(30), || {
-        let url = format!("{base}/ready");
-        async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
-    })
+        ("CONFAB_DATABASE__MAX_CONNECTIONS", "1"),
+        ("RUST_LOG", "error"),
+    ]
+    .map(|(k, v)| (k.to_owned(), v.to_owned()));
+    let node = NodeProcess::start_under(
+        &["prlimit", "--nofile=256:256"],
+        "starved",
+        dir.path(),
+        &settings,
+    )
     .await;
+    let base = node.url("");
     let conv = procs::create_chat(&base, "alice", &[]).await;
-    let url = format!("ws://127.0.0.1:{port}/api/v1/chat/ws");
+    let url = node.ws_url();
     let mut canary = Client::connect(&url, &procs::token("alice"), "alice").await;
     canary.join(&conv, None).await;
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr = node.addr();
 
     // More idle connections than the node has descriptors.
     let mut idle = Vec::new();
@@ -392,6 +370,4 @@ async fn out_of_descriptors_the_node_backs_off_and_serves_its_open_sockets() {
         errors < 1000.0,
         "accept backs off instead of spinning: {errors} errors"
     );
-    let _ = child.kill();
-    let _ = child.wait();
 }

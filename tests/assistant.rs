@@ -201,7 +201,7 @@ async fn tabs_on_three_nodes_watch_the_same_answer_being_written() {
     // The next message comes after the answer in the one order.
     let next = tabs[2].say(&conv, "thanks").await;
     assert_eq!(next["data"]["seq"], 3);
-    assert!(llm.requests.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(llm.requests() >= 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -328,8 +328,7 @@ async fn upstream_failures_give_their_documented_events() {
 
     assert!(!frames_text.contains(KEY), "the key never reaches a frame");
     assert!(llm
-        .auth_headers
-        .lock()
+        .auth_headers()
         .iter()
         .all(|h| h == &format!("Bearer {KEY}")));
 }

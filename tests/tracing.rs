@@ -6,19 +6,17 @@
 mod common;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::procs::{create_chat, free_port, token, wait_until, NodeProcess, ProcCluster};
+use common::upstream::Upstream;
 use common::Client;
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
-use parking_lot::Mutex;
-use poem::listener::{Acceptor, TcpAcceptor};
-use poem::{handler, post, web::Data, EndpointExt, Response, Route, Server};
+use poem::{handler, post, Response, Route};
 use prost::Message as _;
 
 /// How long exported spans may take to arrive.
@@ -45,41 +43,32 @@ impl Span {
     }
 }
 
-type Spans = Arc<Mutex<Vec<Span>>>;
-
 /// A minimal OTLP/HTTP receiver: `POST /v1/traces` with a protobuf body.
 struct Receiver {
-    port: u16,
-    spans: Spans,
-    server: tokio::task::JoinHandle<()>,
+    upstream: Upstream,
 }
 
 impl Receiver {
     async fn start() -> Receiver {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let acceptor = TcpAcceptor::from_tokio(listener).unwrap();
-        assert!(!acceptor.local_addr().is_empty());
-        let spans = Spans::default();
-        let app = Route::new()
-            .at("/v1/traces", post(export))
-            .data(spans.clone());
-        let server = tokio::spawn(async move {
-            let _ = Server::new_with_acceptor(acceptor).run(app).await;
-        });
+        let app = Route::new().at("/v1/traces", post(export));
         Receiver {
-            port,
-            spans,
-            server,
+            upstream: Upstream::start(app).await,
         }
     }
 
     fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
+        self.upstream.url("")
     }
 
+    /// The spans of every export received so far, in arrival order.
     fn spans(&self) -> Vec<Span> {
-        self.spans.lock().clone()
+        self.upstream
+            .requests()
+            .iter()
+            .filter(|r| r.path == "/v1/traces")
+            .filter_map(|r| ExportTraceServiceRequest::decode(&r.body[..]).ok())
+            .flat_map(spans_of)
+            .collect()
     }
 
     /// Polls until `found` returns Some for the spans received so far.
@@ -93,22 +82,22 @@ impl Receiver {
     }
 }
 
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        self.server.abort();
+/// Answers an export as a collector does: 400 for a body that is not an
+/// export request. (The spans are read off the recorded requests.)
+#[handler]
+fn export(body: Vec<u8>) -> Response {
+    match ExportTraceServiceRequest::decode(&body[..]) {
+        Ok(_) => Response::builder()
+            .content_type("application/x-protobuf")
+            .body(ExportTraceServiceResponse::default().encode_to_vec()),
+        Err(e) => Response::builder()
+            .status(poem::http::StatusCode::BAD_REQUEST)
+            .body(e.to_string()),
     }
 }
 
-#[handler]
-fn export(body: Vec<u8>, spans: Data<&Spans>) -> Response {
-    let request = match ExportTraceServiceRequest::decode(&body[..]) {
-        Ok(r) => r,
-        Err(e) => {
-            return Response::builder()
-                .status(poem::http::StatusCode::BAD_REQUEST)
-                .body(e.to_string())
-        }
-    };
+/// The spans of one export request, flattened.
+fn spans_of(request: ExportTraceServiceRequest) -> Vec<Span> {
     let mut received = Vec::new();
     for rs in request.resource_spans {
         let resource = rs
@@ -139,10 +128,7 @@ fn export(body: Vec<u8>, spans: Data<&Spans>) -> Response {
             }
         }
     }
-    spans.lock().extend(received);
-    Response::builder()
-        .content_type("application/x-protobuf")
-        .body(ExportTraceServiceResponse::default().encode_to_vec())
+    received
 }
 
 /// String, integer and boolean attributes, as text.

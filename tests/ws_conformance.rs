@@ -14,64 +14,19 @@ mod common;
 use std::future::Future;
 use std::pin::Pin;
 
-use common::{start_node, TestNode, WAIT};
+use common::raw::{
+    frame, frame_with, Frame, RawConn, BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT,
+};
+use common::{start_node, TestNode};
 use futures_util::future::join_all;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// `limits.max_frame_bytes` of the node under test: small, so that a
 /// message over it is cheap to send.
 const MAX_FRAME: usize = 4096;
 
-const CONTINUATION: u8 = 0x0;
-const TEXT: u8 = 0x1;
-const BINARY: u8 = 0x2;
-const CLOSE: u8 = 0x8;
-const PING: u8 = 0x9;
-const PONG: u8 = 0xA;
-
 /// A case's outcome: Err says what went wrong.
 type Outcome = Result<(), String>;
-
-/// A frame the node sent.
-#[derive(Debug)]
-struct Frame {
-    fin: bool,
-    opcode: u8,
-    payload: Vec<u8>,
-}
-
-impl Frame {
-    fn text(&self) -> Result<Value, String> {
-        serde_json::from_slice(&self.payload)
-            .map_err(|e| format!("a text frame that is not JSON ({e}): {self:?}"))
-    }
-}
-
-/// A masked client frame with the given first byte (FIN, RSV and opcode).
-fn frame_with(first: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [0xA1, 0x5B, 0x3C, 0x07];
-    let mut out = vec![first];
-    let len = payload.len();
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    out
-}
-
-/// A masked client frame.
-fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-    frame_with(if fin { 0x80 } else { 0 } | opcode, payload)
-}
 
 /// A close frame's payload: the code, then the reason's bytes.
 fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
@@ -97,18 +52,12 @@ fn ping_request(id: &str, text: &str) -> (String, Value) {
 }
 
 /// A WebSocket spoken by hand over TCP.
-struct Raw {
-    tcp: TcpStream,
-    /// Bytes read but not yet taken as frames.
-    buf: Vec<u8>,
-}
+struct Raw(RawConn);
 
 impl Raw {
     /// Connects and upgrades; not authenticated.
     async fn open(node: &TestNode) -> Result<Raw, String> {
-        let mut tcp = TcpStream::connect(node.addr)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
+        let mut conn = RawConn::connect(node.addr).await?;
         // The key and accept value of RFC 6455's own example (1.3).
         let request = format!(
             "GET /api/v1/chat/ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\n\
@@ -116,29 +65,20 @@ impl Raw {
              Sec-WebSocket-Version: 13\r\n\r\n",
             node.addr
         );
-        tcp.write_all(request.as_bytes())
+        conn.send(request.as_bytes())
             .await
             .map_err(|e| format!("upgrade request: {e}"))?;
-        let mut raw = Raw {
-            tcp,
-            buf: Vec::new(),
-        };
-        let end = loop {
-            if let Some(at) = raw.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            if raw.read_more().await? == 0 {
-                return Err("the node closed during the upgrade".into());
-            }
-        };
-        let head = String::from_utf8_lossy(&raw.buf[..end]).to_lowercase();
-        raw.buf.drain(..end);
+        let head = conn
+            .head()
+            .await
+            .map_err(|e| format!("during the upgrade: {e}"))?
+            .to_lowercase();
         if !head.starts_with("http/1.1 101")
             || !head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo=")
         {
             return Err(format!("not upgraded: {head}"));
         }
-        Ok(raw)
+        Ok(Raw(conn))
     }
 
     /// Connects, upgrades and authenticates as `user`.
@@ -154,68 +94,11 @@ impl Raw {
     }
 
     async fn send(&mut self, bytes: &[u8]) -> Outcome {
-        self.tcp
-            .write_all(bytes)
-            .await
-            .map_err(|e| format!("write: {e}"))
+        self.0.send(bytes).await
     }
 
-    /// Reads what the socket has into `buf`, within `WAIT`; 0 at EOF.
-    async fn read_more(&mut self) -> Result<usize, String> {
-        let mut chunk = [0u8; 8192];
-        let n = tokio::time::timeout(WAIT, self.tcp.read(&mut chunk))
-            .await
-            .map_err(|_| format!("nothing from the node within {WAIT:?}"))?
-            .map_err(|e| format!("read: {e}"))?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    /// The node's next frame. Server frames are never masked.
     async fn next_frame(&mut self) -> Result<Frame, String> {
-        loop {
-            if let Some(frame) = self.take_frame()? {
-                return Ok(frame);
-            }
-            if self.read_more().await? == 0 {
-                return Err("the node ended the connection without a close frame".into());
-            }
-        }
-    }
-
-    /// A whole frame off `buf`, if it holds one.
-    fn take_frame(&mut self) -> Result<Option<Frame>, String> {
-        let [b0, b1, ..] = self.buf[..] else {
-            return Ok(None);
-        };
-        if b1 & 0x80 != 0 {
-            return Err("the node sent a masked frame".into());
-        }
-        if b0 & 0x70 != 0 {
-            return Err("the node set reserved bits".into());
-        }
-        let (len, header) = match b1 & 0x7F {
-            126 if self.buf.len() >= 4 => {
-                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
-            }
-            127 if self.buf.len() >= 10 => {
-                let mut bytes = [0u8; 8];
-                bytes.copy_from_slice(&self.buf[2..10]);
-                (u64::from_be_bytes(bytes) as usize, 10)
-            }
-            126 | 127 => return Ok(None),
-            n => (n as usize, 2),
-        };
-        if self.buf.len() < header + len {
-            return Ok(None);
-        }
-        let payload = self.buf[header..header + len].to_vec();
-        self.buf.drain(..header + len);
-        Ok(Some(Frame {
-            fin: b0 & 0x80 != 0,
-            opcode: b0 & 0x0F,
-            payload,
-        }))
+        self.0.next_frame().await
     }
 
     /// The node's next text frame as JSON, skipping its pings.
@@ -245,9 +128,12 @@ impl Raw {
 
     /// After the close frames crossed: the node ends the connection, cleanly.
     async fn expect_eof(&mut self) -> Outcome {
-        match self.read_more().await {
-            Ok(0) if self.buf.is_empty() => Ok(()),
-            Ok(_) => Err(format!("bytes after the close frame: {:?}", self.buf)),
+        match self.0.read_more().await {
+            Ok(0) if self.0.buffered().is_empty() => Ok(()),
+            Ok(_) => Err(format!(
+                "bytes after the close frame: {:?}",
+                self.0.buffered()
+            )),
             Err(e) => Err(format!("no clean EOF after the closing handshake: {e}")),
         }
     }

@@ -1,4 +1,4 @@
-//! The bench's WebSocket client: tokens minted from the shared secret,
+//! The bench's WebSocket client: tokens minted by confab's authenticator,
 //! connections from several loopback source addresses, auth and join.
 
 use std::net::{IpAddr, SocketAddr};
@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
-use jsonwebtoken::{encode, EncodingKey, Header};
 use serde_json::{json, Value};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -15,30 +14,28 @@ use tokio_tungstenite::WebSocketStream;
 
 pub type Ws = WebSocketStream<TcpStream>;
 
-/// Mints HS256 tokens with the nodes' shared secret.
+/// Mints tokens the nodes accept: confab's own authenticator, on the
+/// embedded auth settings (the development secret unless `secret` is given).
 pub struct Tokens {
-    key: EncodingKey,
+    auth: confab::auth::Authenticator,
 }
 
 impl Tokens {
-    pub fn new(secret: &str) -> Self {
+    pub fn new(secret: Option<&str>) -> Self {
+        let mut settings = confab::config::Settings::embedded().auth;
+        if let Some(secret) = secret {
+            settings.jwt_secret = secret.to_owned();
+        }
         Self {
-            key: EncodingKey::from_secret(secret.as_bytes()),
+            auth: confab::auth::Authenticator::new(&settings)
+                .expect("the auth settings are usable"),
         }
     }
 
     pub fn mint(&self, user: &str) -> String {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 24 * 3600;
-        encode(
-            &Header::default(),
-            &json!({"sub": user, "exp": exp}),
-            &self.key,
-        )
-        .unwrap()
+        self.auth
+            .mint(user, None, Duration::from_secs(24 * 3600))
+            .expect("an HS256 token")
     }
 }
 

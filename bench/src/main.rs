@@ -23,9 +23,10 @@ pub struct Cli {
     /// PIDs of the node processes, in the same order (for CPU and RSS).
     #[arg(long = "node-pid")]
     pids: Vec<u32>,
-    /// The nodes' JWT secret (HS256).
-    #[arg(long, default_value = "confab-dev-secret-do-not-use-in-production")]
-    secret: String,
+    /// The nodes' JWT secret (HS256); by default confab's embedded
+    /// development secret.
+    #[arg(long)]
+    secret: Option<String>,
     /// Loopback source addresses to spread sockets over (127.0.0.1..).
     #[arg(long, default_value_t = 4)]
     sources: usize,

@@ -20,7 +20,7 @@ use crate::{Cli, Report, Scenario};
 const CONNECT_CONCURRENCY: usize = 256;
 
 pub async fn run(cli: &Cli) -> Option<Report> {
-    let tokens = Arc::new(Tokens::new(&cli.secret));
+    let tokens = Arc::new(Tokens::new(cli.secret.as_deref()));
     let sources = Arc::new(Sources::new(cli.sources));
     Some(match cli.scenario.clone() {
         Scenario::Idle { sockets, procs } => idle(cli, &tokens, &sources, sockets, procs).await,
@@ -234,9 +234,10 @@ async fn open_in_helpers(cli: &Cli, n: usize, procs: usize, conv: &str) -> (Open
         for node in &cli.nodes {
             cmd.arg("--node").arg(node);
         }
-        cmd.arg("--secret")
-            .arg(&cli.secret)
-            .arg("--sources")
+        if let Some(secret) = &cli.secret {
+            cmd.arg("--secret").arg(secret);
+        }
+        cmd.arg("--sources")
             .arg(cli.sources.to_string())
             .args([
                 "hold",

@@ -4,7 +4,9 @@
 
 pub mod fake_llm;
 pub mod procs;
+pub mod raw;
 pub mod relay;
+pub mod upstream;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,5 +1,6 @@
 //! Real processes for cluster tests: `redis-server` on free ports (killable
-//! and restartable on the same port), and `confab` node processes.
+//! and restartable on the same port), and `confab` node processes on ports
+//! they pick and report.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -8,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A free TCP port on 127.0.0.1.
+/// A TCP port on 127.0.0.1 that was free a moment ago, for servers that
+/// must be told their port before they start (redis-server, nginx). Node
+/// processes need none: they bind port 0 and report the port they got.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -113,60 +116,126 @@ impl Drop for Redis {
     }
 }
 
-/// A `confab serve` child process.
+/// A `confab serve` child process, on a port the system picked for it.
+///
+/// Every node process of the tests starts here: the node listens on
+/// `127.0.0.1:0` and writes the address it bound to a port file
+/// (`confab serve --port-file`), which the test reads before it asks that
+/// address for `/ready`. So no port is guessed free beforehand, and the
+/// answer to `/ready` comes from this node, not from whatever else might
+/// hold a guessed port.
 pub struct NodeProcess {
     pub port: u16,
     pub node_id: String,
     child: Option<Child>,
+    /// A command the node runs under (e.g. `prlimit --nofile=256:256`).
+    wrapper: Vec<String>,
     env: Vec<(String, String)>,
     workdir: PathBuf,
+    /// Holds the port file.
+    run_dir: tempfile::TempDir,
 }
 
 impl NodeProcess {
     /// Starts a node with `CONFAB_*` settings and waits for `/ready`.
     pub async fn start(node_id: &str, workdir: &Path, env: &[(String, String)]) -> NodeProcess {
+        Self::start_under(&[], node_id, workdir, env).await
+    }
+
+    /// As `start`, with the node run by `wrapper`, a command that runs the
+    /// rest of its arguments (e.g. `["prlimit", "--nofile=256:256"]`).
+    pub async fn start_under(
+        wrapper: &[&str],
+        node_id: &str,
+        workdir: &Path,
+        env: &[(String, String)],
+    ) -> NodeProcess {
         let mut n = NodeProcess {
-            port: free_port(),
+            port: 0,
             node_id: node_id.to_owned(),
             child: None,
-            env: env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.clone()))
-                .collect(),
+            wrapper: wrapper.iter().map(|w| w.to_string()).collect(),
+            env: env.to_vec(),
             workdir: workdir.to_owned(),
+            run_dir: tempfile::tempdir().unwrap(),
         };
-        n.restart().await;
+        n.port = n.spawn(0).await;
         n
     }
 
+    /// Starts the node again, on the port it had: a balancer's upstream
+    /// list names that address. The port was freed by the node's own exit
+    /// moments ago; that another process takes it in between is the
+    /// accepted residual case (the node then fails to bind, and this
+    /// panics, rather than a stranger being taken for the node).
     pub async fn restart(&mut self) {
+        let port = self.spawn(self.port).await;
+        assert_eq!(port, self.port, "restarted on the port it had");
+    }
+
+    /// Runs the node listening on `port` (0: any), waits for its port file
+    /// and then for `/ready` on the address it names; returns its port.
+    async fn spawn(&mut self, port: u16) -> u16 {
         assert!(self.child.is_none(), "already running");
-        let child = Command::new(env!("CARGO_BIN_EXE_confab"))
+        let port_file = self.run_dir.path().join("port");
+        // A file left by an earlier run names an address no one listens on.
+        let _ = std::fs::remove_file(&port_file);
+        let (program, wrapper_args) = match self.wrapper.split_first() {
+            Some((program, args)) => (program.as_str(), args),
+            None => (env!("CARGO_BIN_EXE_confab"), &[][..]),
+        };
+        let mut cmd = Command::new(program);
+        if !self.wrapper.is_empty() {
+            cmd.args(wrapper_args).arg(env!("CARGO_BIN_EXE_confab"));
+        }
+        let child = cmd
             .arg("serve")
+            .arg("--port-file")
+            .arg(&port_file)
             .current_dir(&self.workdir)
-            .env("CONFAB_SERVER__LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("CONFAB_SERVER__LISTEN", format!("127.0.0.1:{port}"))
             .env("CONFAB_SERVER__NODE_ID", &self.node_id)
             .env("RUST_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
-            .unwrap();
+            .unwrap_or_else(|e| panic!("starting {program}: {e}"));
         self.child = Some(child);
-        let url = self.url("/ready");
+        let child = self.child.as_mut().unwrap();
+        wait_until("the node's port file", Duration::from_secs(30), || {
+            // A node that exits (it could not bind, say) never writes it.
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!("the node exited before listening: {status}");
+            }
+            let written = port_file.exists();
+            async move { written }
+        })
+        .await;
+        let addr: std::net::SocketAddr = std::fs::read_to_string(&port_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .expect("the port file holds IP:PORT");
+        let url = format!("http://{addr}/ready");
         wait_until("node to be ready", Duration::from_secs(30), || {
             let url = url.clone();
             async move { matches!(reqwest::get(&url).await, Ok(r) if r.status() == 200) }
         })
         .await;
+        addr.port()
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{}", self.port, path)
+        format!("http://{}{}", self.addr(), path)
     }
 
     pub fn ws_url(&self) -> String {
-        format!("ws://127.0.0.1:{}/api/v1/chat/ws", self.port)
+        format!("ws://{}/api/v1/chat/ws", self.addr())
     }
 
     pub fn pid(&self) -> Option<u32> {
