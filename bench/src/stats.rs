@@ -33,9 +33,21 @@ impl Latencies {
     }
 }
 
-/// CPU seconds (user + system) a process has used.
+/// CPU seconds (user + system) a process has used, all its threads.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds this process (the generator) has used, all its threads.
+pub fn own_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| stat_cpu_secs(&stat))
+        .unwrap_or(0.0)
+}
+
+/// utime + stime from the text of a `/proc/PID/stat`.
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
