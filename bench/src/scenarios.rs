@@ -652,7 +652,7 @@ async fn fanout(
         );
         // The nodes and every other process the server needs (Redis, a
         // database of its own), per delivery.
-        r.add("server CPU (s, nodes + other server processes)", server_cpu);
+        r.add("server CPU (s, nodes + others)", server_cpu);
         r.add(
             "server CPU per delivery (µs)",
             server_cpu * 1e6 / delivered.max(1) as f64,
