@@ -65,10 +65,13 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Prints the last lines of each server log of the current run (or all
-# when asked), naming the ones that are no longer running.
+# Prints the last lines of the current run's server logs: those of the
+# servers that are no longer running, or all when every one still runs.
 show_logs() {
-  for p in "${RUN_PIDS[@]}"; do
+  local dead=() p
+  for p in "${RUN_PIDS[@]}"; do kill -0 "$p" 2>/dev/null || dead+=("$p"); done
+  [ "${#dead[@]}" -gt 0 ] || dead=("${RUN_PIDS[@]}")
+  for p in "${dead[@]}"; do
     local state=running
     kill -0 "$p" 2>/dev/null || state="NOT RUNNING"
     echo "---- ${LOG_OF[$p]} (pid $p, $state), last lines:" >&2
@@ -394,7 +397,7 @@ for key, title in zip(keys, titles):
         a, b = median(confab, k), median(peer, k)
         sa = "-" if a is None else fmt.format(a)
         sb = "-" if b is None else fmt.format(b)
-        ratio = f"{a / b:.2f}" if a is not None and b else "-"
+        ratio = f"{a / b:.2f}" if a and b else "-"
         print(f"{label:<{w}}  {sa:>12}  {sb:>12}  {ratio:>11}")
     print()
 EOF

@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, now_us, Sources, Tokens, Ws};
 use crate::proto::{Incoming, Proto};
-use crate::stats::{cpu_secs, own_cpu_secs, per_sec, rss_kib, total_cpu, Latencies, Stages};
+use crate::stats::{
+    cpu_secs, own_cpu_secs, per_sec, rss_kib, total_cpu, CpuWatch, Latencies, Stages,
+};
 use crate::{Cli, Report, Scenario};
 
 /// Sockets being set up at once.
@@ -208,7 +210,10 @@ async fn idle(
         rooms.push(proto.create_room(base, &owner, &members).await);
     }
     let before: Vec<Option<u64>> = cli.pids.iter().map(|p| rss_kib(*p)).collect();
-    let (nodes0, others0) = (total_cpu(&cli.pids), total_cpu(&cli.server_pids));
+    let (nodes_cpu, others_cpu) = (
+        CpuWatch::start(&cli.pids),
+        CpuWatch::start(&cli.server_pids),
+    );
     let (opened, held) = if procs == 0 {
         let (opened, keepers) = open_idle(cli, tokens, sources, 0, n, &rooms, per_room).await;
         (opened, Held::Here(keepers))
@@ -217,7 +222,7 @@ async fn idle(
     };
     // Let allocations settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let server_cpu = total_cpu(&cli.pids) - nodes0 + total_cpu(&cli.server_pids) - others0;
+    let server_cpu = nodes_cpu.used() + others_cpu.used();
     let generator_cpu = own_cpu_secs() - generator0 + held.helpers_cpu_secs();
     let total: usize = opened.per_node.iter().sum();
     let mut r = Report::new("idle");
@@ -524,7 +529,10 @@ async fn fanout(
     } else {
         Stages::default()
     };
-    let (nodes0, others0) = (total_cpu(&cli.pids), total_cpu(&cli.server_pids));
+    let (nodes_cpu, others_cpu) = (
+        CpuWatch::start(&cli.pids),
+        CpuWatch::start(&cli.server_pids),
+    );
     let generator0 = own_cpu_secs();
     let start = Instant::now();
     let mut sent = 0u64;
@@ -585,8 +593,8 @@ async fn fanout(
         }
     }
     let took = start.elapsed();
-    let node_cpu = total_cpu(&cli.pids) - nodes0;
-    let server_cpu = node_cpu + total_cpu(&cli.server_pids) - others0;
+    let node_cpu = nodes_cpu.used();
+    let server_cpu = node_cpu + others_cpu.used();
     let generator_cpu = own_cpu_secs() - generator0;
     let node_rss_kib: u64 = cli.pids.iter().filter_map(|p| rss_kib(*p)).sum();
     let [append, bus] = if confab {
