@@ -77,16 +77,7 @@ pub async fn connect(
     sources: &Sources,
 ) -> std::io::Result<(Ws, Duration)> {
     let start = Instant::now();
-    let target = addr_of(base);
-    let socket = TcpSocket::new_v4()?;
-    defer_port_choice(&socket)?;
-    socket.bind(SocketAddr::new(sources.pick(), 0))?;
-    let stream = socket.connect(target).await?;
-    stream.set_nodelay(true)?;
-    let url = format!("ws://{target}/api/v1/chat/ws");
-    let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config()))
-        .await
-        .map_err(std::io::Error::other)?;
+    let mut ws = open(base, "/api/v1/chat/ws", sources).await?;
     ws.send(Message::text(
         json!({"type": "auth", "token": token}).to_string(),
     ))
@@ -99,6 +90,22 @@ pub async fn connect(
         return Err(std::io::Error::other(format!("auth failed: {ok}")));
     }
     Ok((ws, start.elapsed()))
+}
+
+/// Opens a WebSocket to `path_and_query` on the node at `base`, from a
+/// chosen source address, without speaking any protocol over it yet.
+pub async fn open(base: &str, path_and_query: &str, sources: &Sources) -> std::io::Result<Ws> {
+    let target = addr_of(base);
+    let socket = TcpSocket::new_v4()?;
+    defer_port_choice(&socket)?;
+    socket.bind(SocketAddr::new(sources.pick(), 0))?;
+    let stream = socket.connect(target).await?;
+    stream.set_nodelay(true)?;
+    let url = format!("ws://{target}{path_and_query}");
+    let (ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config()))
+        .await
+        .map_err(std::io::Error::other)?;
+    Ok(ws)
 }
 
 /// A small read buffer. tungstenite's default is 128 KiB, and it zeroes

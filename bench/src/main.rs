@@ -7,7 +7,9 @@
 mod client;
 mod floor;
 mod hostile;
+mod proto;
 mod scenarios;
+mod socketio;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +25,14 @@ pub struct Cli {
     /// PIDs of the node processes, in the same order (for CPU and RSS).
     #[arg(long = "node-pid")]
     pids: Vec<u32>,
+    /// PIDs of other processes whose CPU counts as the server's, not
+    /// nodes: Redis, and the database's processes when it has its own.
+    #[arg(long = "server-pid")]
+    server_pids: Vec<u32>,
+    /// The protocol to speak: confab's, or Socket.IO's against the peer in
+    /// bench/peer (idle and fanout only).
+    #[arg(long, value_enum, default_value_t = proto::Proto::Confab)]
+    proto: proto::Proto,
     /// The nodes' JWT secret (HS256); by default confab's embedded
     /// development secret.
     #[arg(long)]
@@ -39,7 +49,9 @@ pub struct Cli {
 
 #[derive(Subcommand, Clone)]
 pub enum Scenario {
-    /// Open N sockets (auth + join), hold them, report memory per socket.
+    /// Open N sockets (auth + join), one user each, hold them, report
+    /// memory per socket. confab: conversations of 100 participants;
+    /// Socket.IO: one room.
     Idle {
         #[arg(long, default_value_t = 1000)]
         sockets: usize,
@@ -48,14 +60,20 @@ pub enum Scenario {
         #[arg(long, default_value_t = 0)]
         procs: usize,
     },
-    /// An idle helper: opens N sockets joined to a conversation, prints what
-    /// it opened as one JSON line, and holds them until its stdin closes.
+    /// An idle helper: opens sockets FIRST.. FIRST+N-1 of an idle run (user
+    /// `idle{i}` in room i / PER_ROOM of ROOMS), prints what it opened as
+    /// one JSON line, and holds them until its stdin closes.
     #[command(hide = true)]
     Hold {
         #[arg(long)]
-        sockets: usize,
+        first: usize,
         #[arg(long)]
-        conversation: String,
+        sockets: usize,
+        /// The run's rooms, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        rooms: Vec<String>,
+        #[arg(long)]
+        per_room: usize,
     },
     /// C receivers in one conversation, one sender at R messages/s.
     Fanout {

@@ -1,34 +1,52 @@
 //! The scenarios. Each returns a `Report`; none asserts a timing.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
+use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, now_us, Sources, Tokens, Ws};
-use crate::stats::{per_sec, rss_kib, total_cpu, Latencies, Stages};
+use crate::proto::{Incoming, Proto};
+use crate::stats::{
+    cpu_secs, own_cpu_secs, per_sec, rss_kib, total_cpu, CpuWatch, Latencies, Stages,
+};
 use crate::{Cli, Report, Scenario};
 
 /// Sockets being set up at once.
 const CONNECT_CONCURRENCY: usize = 256;
 
 pub async fn run(cli: &Cli) -> Option<Report> {
+    if cli.proto != Proto::Confab
+        && !matches!(
+            cli.scenario,
+            Scenario::Idle { .. } | Scenario::Hold { .. } | Scenario::Fanout { .. }
+        )
+    {
+        eprintln!(
+            "confab-bench: --proto {} runs only the idle and fanout scenarios; \
+             the others use confab's own features (history, resumes, streams)",
+            cli.proto.name()
+        );
+        std::process::exit(2);
+    }
     let tokens = Arc::new(Tokens::new(cli.secret.as_deref()));
     let sources = Arc::new(Sources::new(cli.sources));
     Some(match cli.scenario.clone() {
         Scenario::Idle { sockets, procs } => idle(cli, &tokens, &sources, sockets, procs).await,
         Scenario::Hold {
+            first,
             sockets,
-            conversation,
+            rooms,
+            per_room,
         } => {
-            hold(cli, &tokens, &sources, sockets, conversation).await;
+            hold(cli, &tokens, &sources, first, sockets, rooms, per_room).await;
             return None;
         }
         Scenario::Fanout {
@@ -63,7 +81,8 @@ pub async fn run(cli: &Cli) -> Option<Report> {
 }
 
 /// Opens `n` sockets of `user(i)` spread over the nodes, each joined to
-/// `conv(i)`. Returns (node index, socket) pairs and the auth times.
+/// `conv(i)`, in the protocol the run speaks. Returns (node index, socket)
+/// pairs and the auth times.
 async fn open_many(
     cli: &Cli,
     tokens: &Arc<Tokens>,
@@ -73,6 +92,7 @@ async fn open_many(
     conv: impl Fn(usize) -> String,
     node_of: impl Fn(usize) -> usize,
 ) -> (Vec<(usize, Ws)>, Vec<u64>, Duration) {
+    let proto = cli.proto;
     let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(n);
@@ -83,8 +103,8 @@ async fn open_many(
         let (gate, sources) = (gate.clone(), sources.clone());
         tasks.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.ok()?;
-            let (mut ws, took) = client::connect(&base, &token, &sources).await.ok()?;
-            client::join(&mut ws, &conv, None).await?;
+            let (mut ws, took) = proto.connect(&base, &token, &sources).await.ok()?;
+            proto.join(&mut ws, &conv).await?;
             Some((node, ws, took.as_micros() as u64))
         }));
     }
@@ -112,17 +132,29 @@ struct Opened {
 
 /// The idle sockets, held open until released.
 enum Held {
-    Here(Vec<(usize, Ws)>),
+    /// Held by this process, one task each (see `keep`).
+    Here(Vec<JoinHandle<()>>),
     /// Helper processes; each closes its sockets and exits once its stdin
     /// closes (and is killed if dropped before that).
     Helpers(Vec<tokio::process::Child>),
 }
 
 impl Held {
+    /// CPU seconds the helper processes have used so far (0 for `Here`).
+    fn helpers_cpu_secs(&self) -> f64 {
+        match self {
+            Held::Here(_) => 0.0,
+            Held::Helpers(helpers) => helpers
+                .iter()
+                .filter_map(|h| h.id().and_then(cpu_secs))
+                .sum(),
+        }
+    }
+
     /// Closes the sockets; waits for helpers to exit.
     async fn release(self) {
         match self {
-            Held::Here(socks) => drop(socks),
+            Held::Here(keepers) => keepers.iter().for_each(JoinHandle::abort),
             Held::Helpers(helpers) => {
                 for mut helper in helpers {
                     drop(helper.stdin.take());
@@ -133,6 +165,24 @@ impl Held {
     }
 }
 
+/// Holds an idle socket: reads whatever comes, and answers the server's
+/// heartbeats (a Socket.IO server closes a socket that misses its pings;
+/// confab's WebSocket pings are answered by the read itself).
+async fn keep(proto: Proto, mut ws: Ws) {
+    while let Some(Ok(frame)) = ws.next().await {
+        if let Message::Text(text) = frame {
+            if matches!(proto.parse(&text), Incoming::Ping) && ws.send(proto.pong()).await.is_err()
+            {
+                break;
+            }
+        }
+    }
+}
+
+/// Participants of each of confab's idle conversations: an owner and 99
+/// members.
+const IDLE_PER_CONVERSATION: usize = 100;
+
 async fn idle(
     cli: &Cli,
     tokens: &Arc<Tokens>,
@@ -140,21 +190,46 @@ async fn idle(
     n: usize,
     procs: usize,
 ) -> Report {
-    let owner = tokens.mint("idle");
-    let conv = client::create_chat(&cli.nodes[0], &owner, &[]).await;
+    let proto = cli.proto;
+    let generator0 = own_cpu_secs();
+    // One user per socket: socket i is user `idle{i}`. For confab, in
+    // conversation i / 100 (created before any socket opens, so no socket
+    // hears of it); for Socket.IO, all in one room, which is just a name.
+    let per_room = match proto {
+        Proto::Confab => IDLE_PER_CONVERSATION,
+        Proto::Socketio => n.max(1),
+    };
+    let mut rooms = Vec::with_capacity(n.div_ceil(per_room));
+    for k in 0..n.div_ceil(per_room) {
+        let first = k * per_room;
+        let owner = tokens.mint(&format!("idle{first}"));
+        let members: Vec<String> = (first + 1..n.min(first + per_room))
+            .map(|i| format!("idle{i}"))
+            .collect();
+        let base = &cli.nodes[k % cli.nodes.len()];
+        rooms.push(proto.create_room(base, &owner, &members).await);
+    }
     let before: Vec<Option<u64>> = cli.pids.iter().map(|p| rss_kib(*p)).collect();
+    let (nodes_cpu, others_cpu) = (
+        CpuWatch::start(&cli.pids),
+        CpuWatch::start(&cli.server_pids),
+    );
     let (opened, held) = if procs == 0 {
-        let (opened, socks) = open_idle(cli, tokens, sources, n, &conv).await;
-        (opened, Held::Here(socks))
+        let (opened, keepers) = open_idle(cli, tokens, sources, 0, n, &rooms, per_room).await;
+        (opened, Held::Here(keepers))
     } else {
-        open_in_helpers(cli, n, procs, &conv).await
+        open_in_helpers(cli, n, procs, &rooms, per_room).await
     };
     // Let allocations settle before reading memory.
     tokio::time::sleep(Duration::from_secs(1)).await;
+    let server_cpu = nodes_cpu.used() + others_cpu.used();
+    let generator_cpu = own_cpu_secs() - generator0 + held.helpers_cpu_secs();
     let total: usize = opened.per_node.iter().sum();
     let mut r = Report::new("idle");
+    r.add("protocol", proto.name());
     r.add("sockets requested", n);
     r.add("sockets open (auth + joined)", total);
+    r.add("rooms (one user per socket)", rooms.len());
     if procs > 0 {
         r.add("held by helper processes", procs);
     }
@@ -168,8 +243,9 @@ async fn idle(
     r.add("time to auth_success p50 (ms)", p50);
     r.add("time to auth_success p99 (ms)", p99);
     r.add("time to auth_success max (ms)", max);
+    let (mut grown_kib, mut after_kib, mut measured) = (0.0, 0.0, 0usize);
     for (i, pid) in cli.pids.iter().enumerate() {
-        let held = opened.per_node.get(i).copied().unwrap_or(0).max(1) as f64;
+        let held = opened.per_node.get(i).copied().unwrap_or(0);
         match (before.get(i).copied().flatten(), rss_kib(*pid)) {
             (Some(b), Some(a)) => {
                 r.add(&format!("node {i} sockets"), held);
@@ -177,8 +253,11 @@ async fn idle(
                 r.add(&format!("node {i} RSS after (MiB)"), a as f64 / 1024.0);
                 r.add(
                     &format!("node {i} RSS per socket (KiB)"),
-                    (a as f64 - b as f64) / held,
+                    (a as f64 - b as f64) / held.max(1) as f64,
                 );
+                grown_kib += a as f64 - b as f64;
+                after_kib += a as f64;
+                measured += held;
             }
             _ => r.add(
                 &format!("node {i} RSS"),
@@ -186,27 +265,46 @@ async fn idle(
             ),
         }
     }
+    if measured > 0 {
+        r.add(
+            "RSS per socket (KiB, all nodes)",
+            grown_kib / measured as f64,
+        );
+        r.add("node RSS after (MiB, all nodes)", after_kib / 1024.0);
+    }
+    if !cli.pids.is_empty() {
+        r.add("server CPU (s, while opening)", server_cpu);
+        r.add(
+            "server CPU per socket opened (µs)",
+            server_cpu * 1e6 / total.max(1) as f64,
+        );
+    }
+    r.add("generator CPU (s, helpers included)", generator_cpu);
     held.release().await;
     r
 }
 
-/// Opens `n` idle sockets in this process, spread over the nodes.
+/// Opens sockets `first..first + n` of an idle run in this process,
+/// spread over the nodes (socket i: user `idle{i}`, in `rooms[i /
+/// per_room]`), each held by a `keep` task.
 async fn open_idle(
     cli: &Cli,
     tokens: &Arc<Tokens>,
     sources: &Arc<Sources>,
+    first: usize,
     n: usize,
-    conv: &str,
-) -> (Opened, Vec<(usize, Ws)>) {
+    rooms: &[String],
+    per_room: usize,
+) -> (Opened, Vec<JoinHandle<()>>) {
     let nodes = cli.nodes.len();
     let (socks, auth_us, took) = open_many(
         cli,
         tokens,
         sources,
         n,
-        |_| "idle".into(),
-        |_| conv.to_owned(),
-        |i| i % nodes,
+        |i| format!("idle{}", first + i),
+        |i| rooms[((first + i) / per_room).min(rooms.len() - 1)].clone(),
+        |i| (first + i) % nodes,
     )
     .await;
     let mut per_node = vec![0; nodes];
@@ -218,16 +316,28 @@ async fn open_idle(
         auth_us,
         took_s: took.as_secs_f64(),
     };
-    (opened, socks)
+    let proto = cli.proto;
+    let keepers = socks
+        .into_iter()
+        .map(|(_, ws)| tokio::spawn(keep(proto, ws)))
+        .collect();
+    (opened, keepers)
 }
 
 /// Splits `n` sockets over `procs` helper processes (copies of this
 /// binary running `hold`), all opening at once, and adds up what they
 /// opened. The connect time is the slowest helper's.
-async fn open_in_helpers(cli: &Cli, n: usize, procs: usize, conv: &str) -> (Opened, Held) {
+async fn open_in_helpers(
+    cli: &Cli,
+    n: usize,
+    procs: usize,
+    rooms: &[String],
+    per_room: usize,
+) -> (Opened, Held) {
     use tokio::io::AsyncBufReadExt;
     let exe = std::env::current_exe().expect("the bench's own path");
     let mut helpers = Vec::with_capacity(procs);
+    let mut first = 0;
     for k in 0..procs {
         let share = n / procs + usize::from(k < n % procs);
         let mut cmd = tokio::process::Command::new(&exe);
@@ -239,17 +349,24 @@ async fn open_in_helpers(cli: &Cli, n: usize, procs: usize, conv: &str) -> (Open
         }
         cmd.arg("--sources")
             .arg(cli.sources.to_string())
+            .arg("--proto")
+            .arg(cli.proto.name())
             .args([
                 "hold",
+                "--first",
+                &first.to_string(),
                 "--sockets",
                 &share.to_string(),
-                "--conversation",
-                conv,
+                "--rooms",
+                &rooms.join(","),
+                "--per-room",
+                &per_room.to_string(),
             ])
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .kill_on_drop(true);
         helpers.push(cmd.spawn().expect("a helper process starts"));
+        first += share;
     }
     let mut total = Opened {
         per_node: vec![0; cli.nodes.len()],
@@ -274,15 +391,24 @@ async fn open_in_helpers(cli: &Cli, n: usize, procs: usize, conv: &str) -> (Open
     (total, Held::Helpers(helpers))
 }
 
-/// The helper's side of `idle --procs`: opens `n` sockets joined to `conv`,
-/// prints what it opened, and holds them until stdin closes.
-async fn hold(cli: &Cli, tokens: &Arc<Tokens>, sources: &Arc<Sources>, n: usize, conv: String) {
+/// The helper's side of `idle --procs`: opens its sockets, prints what it
+/// opened, and holds them until stdin closes.
+async fn hold(
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    first: usize,
+    n: usize,
+    rooms: Vec<String>,
+    per_room: usize,
+) {
     use tokio::io::AsyncReadExt;
-    let (opened, socks) = open_idle(cli, tokens, sources, n, &conv).await;
+    let (opened, keepers) =
+        open_idle(cli, tokens, sources, first, n, &rooms, per_room.max(1)).await;
     let line = serde_json::to_string(&opened).expect("plain numbers serialize");
     println!("{line}");
     let _ = tokio::io::stdin().read_to_end(&mut Vec::new()).await;
-    drop(socks);
+    Held::Here(keepers).release().await;
 }
 
 /// A receiver's tally: latencies, seqs seen, and duplicates.
@@ -293,30 +419,17 @@ struct Tally {
     dups: u64,
 }
 
-/// The part of a `message_received` frame a receiver reads; parsed in
-/// place, so the generator's cost per delivery stays small next to the
-/// nodes' on the same cores.
-#[derive(Deserialize)]
-struct Delivered<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: Cow<'a, str>,
-    data: Option<DeliveredData<'a>>,
-}
-
-#[derive(Deserialize)]
-struct DeliveredData<'a> {
-    #[serde(borrow)]
-    message: Option<DeliveredMessage<'a>>,
-}
-
-#[derive(Deserialize)]
-struct DeliveredMessage<'a> {
-    seq: i64,
-    #[serde(borrow)]
-    content: Cow<'a, str>,
-}
-
-async fn receive(mut ws: Ws, local: bool, expect: Arc<AtomicU64>, done: Arc<AtomicU64>) -> Tally {
+/// One receiver: tallies every delivery until it has `expect` of them
+/// (once the sender has set it), or after ten seconds of silence.
+/// Deliveries are parsed in place (`Proto::parse`), so the generator's
+/// cost per delivery stays small next to the nodes' on the same cores.
+async fn receive(
+    proto: Proto,
+    mut ws: Ws,
+    local: bool,
+    expect: Arc<AtomicU64>,
+    done: Arc<AtomicU64>,
+) -> Tally {
     let mut t = Tally {
         local,
         latencies: Vec::new(),
@@ -349,25 +462,22 @@ async fn receive(mut ws: Ws, local: bool, expect: Arc<AtomicU64>, done: Arc<Atom
             }
         };
         heard = true;
-        let Ok(Delivered {
-            kind,
-            data: Some(DeliveredData { message: Some(m) }),
-        }) = serde_json::from_str::<Delivered>(&text)
-        else {
-            continue;
-        };
-        if kind != "message_received" {
-            continue;
-        }
-        if let Some(sent) = m
-            .content
-            .strip_prefix("t=")
-            .and_then(|s| s.parse::<u64>().ok())
-        {
-            t.latencies.push(now_us().saturating_sub(sent));
-        }
-        if !t.seqs.insert(m.seq) {
-            t.dups += 1;
+        match proto.parse(&text) {
+            Incoming::Delivery { seq, content } => {
+                if let Some(sent) = content
+                    .strip_prefix("t=")
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    t.latencies.push(now_us().saturating_sub(sent));
+                }
+                if !t.seqs.insert(seq) {
+                    t.dups += 1;
+                }
+            }
+            Incoming::Ping => {
+                let _ = ws.send(proto.pong()).await;
+            }
+            Incoming::Other => {}
         }
     }
     done.fetch_add(1, Ordering::AcqRel);
@@ -382,9 +492,12 @@ async fn fanout(
     rate: u64,
     seconds: u64,
 ) -> Report {
+    let proto = cli.proto;
     let users: Vec<String> = (0..c).map(|i| format!("fan{i}")).collect();
     let sender_token = tokens.mint("fan-sender");
-    let conv = client::create_chat(&cli.nodes[0], &sender_token, &users).await;
+    let conv = proto
+        .create_room(&cli.nodes[0], &sender_token, &users)
+        .await;
     let nodes = cli.nodes.len();
     let (socks, _, _) = open_many(
         cli,
@@ -400,14 +513,27 @@ async fn fanout(
     let done = Arc::new(AtomicU64::new(0));
     let receivers: Vec<_> = socks
         .into_iter()
-        .map(|(node, ws)| tokio::spawn(receive(ws, node == 0, expect.clone(), done.clone())))
+        .map(|(node, ws)| tokio::spawn(receive(proto, ws, node == 0, expect.clone(), done.clone())))
         .collect();
 
-    let (mut sender, _) = client::connect(&cli.nodes[0], &sender_token, sources)
+    // The sender is on the first node and not in the room. (The peer
+    // numbers a room's messages on the node that sends them, so one
+    // sending node keeps its seqs unique.)
+    let (mut sender, _) = proto
+        .connect(&cli.nodes[0], &sender_token, sources)
         .await
         .expect("sender connects");
-    let stages0 = Stages::scrape(&cli.nodes).await;
-    let cpu0 = total_cpu(&cli.pids);
+    let confab = proto == Proto::Confab;
+    let stages0 = if confab {
+        Stages::scrape(&cli.nodes).await
+    } else {
+        Stages::default()
+    };
+    let (nodes_cpu, others_cpu) = (
+        CpuWatch::start(&cli.pids),
+        CpuWatch::start(&cli.server_pids),
+    );
+    let generator0 = own_cpu_secs();
     let start = Instant::now();
     let mut sent = 0u64;
     match 1_000_000u64.checked_div(rate) {
@@ -415,20 +541,43 @@ async fn fanout(
             let mut tick = tokio::time::interval(Duration::from_micros(period_us));
             let total = rate * seconds;
             while sent < total {
-                tick.tick().await;
-                let frame = json!({"type": "send_message", "data": {"conversation_id": conv, "content": format!("t={}", now_us())}});
-                client::send(&mut sender, frame).await;
-                sent += 1;
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let frame = proto.send_frame(&conv, &format!("t={}", now_us()), None);
+                        let _ = sender.send(frame).await;
+                        sent += 1;
+                    }
+                    // Nothing comes to the sender but the server's heartbeats.
+                    frame = sender.next() => match frame {
+                        Some(Ok(Message::Text(text))) => {
+                            if matches!(proto.parse(&text), Incoming::Ping) {
+                                let _ = sender.send(proto.pong()).await;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break,
+                    },
+                }
             }
         }
         None => {
             // As fast as acks allow: one send in flight.
-            while start.elapsed() < Duration::from_secs(seconds) {
-                let frame = json!({"type": "send_message", "id": "s", "data": {"conversation_id": conv, "content": format!("t={}", now_us())}});
-                client::send(&mut sender, frame).await;
-                while let Some(f) = client::next(&mut sender).await {
-                    if f["data"]["ref"] == "s" {
-                        break;
+            'sending: while start.elapsed() < Duration::from_secs(seconds) {
+                let ack = sent + 1;
+                let frame = proto.send_frame(&conv, &format!("t={}", now_us()), Some(ack));
+                let _ = sender.send(frame).await;
+                loop {
+                    match sender.next().await {
+                        Some(Ok(Message::Text(text))) => {
+                            if proto.is_ack(&text, ack) {
+                                break;
+                            }
+                            if matches!(proto.parse(&text), Incoming::Ping) {
+                                let _ = sender.send(proto.pong()).await;
+                            }
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(_)) | None => break 'sending,
                     }
                 }
                 sent += 1;
@@ -444,13 +593,25 @@ async fn fanout(
         }
     }
     let took = start.elapsed();
-    let cpu = total_cpu(&cli.pids) - cpu0;
-    let [append, bus] = stages0.means_until(&Stages::scrape(&cli.nodes).await);
+    let node_cpu = nodes_cpu.used();
+    let server_cpu = node_cpu + others_cpu.used();
+    let generator_cpu = own_cpu_secs() - generator0;
+    let node_rss_kib: u64 = cli.pids.iter().filter_map(|p| rss_kib(*p)).sum();
+    let [append, bus] = if confab {
+        stages0.means_until(&Stages::scrape(&cli.nodes).await)
+    } else {
+        [None, None]
+    };
     let delivered: u64 = tallies.iter().map(|t| t.seqs.len() as u64).sum();
     let dups: u64 = tallies.iter().map(|t| t.dups).sum();
     let expected = sent * tallies.len() as u64;
-    let (mut local, mut cross) = (Latencies::default(), Latencies::default());
+    let (mut local, mut cross, mut all) = (
+        Latencies::default(),
+        Latencies::default(),
+        Latencies::default(),
+    );
     for t in tallies {
+        all.extend(t.latencies.clone());
         if t.local {
             local.extend(t.latencies)
         } else {
@@ -458,22 +619,28 @@ async fn fanout(
         }
     }
     let mut r = Report::new("fanout");
+    r.add("protocol", proto.name());
     r.add("receivers", c);
     r.add("messages sent", sent);
     r.add("send rate (msgs/s)", per_sec(sent, send_time));
+    r.add("deliveries/s offered", (rate * c as u64) as f64);
     r.add("deliveries/s while sending", per_sec(delivered, send_time));
     // Until the last delivery arrived (within the receivers' 100 ms poll):
     // what the nodes sustained, whatever was offered.
     r.add("deliveries/s sustained", per_sec(delivered, took));
     r.add("lost deliveries", expected.saturating_sub(delivered));
     r.add("duplicate deliveries", dups);
-    for (name, lat) in [("local", &mut local), ("cross-node", &mut cross)] {
+    for (name, lat) in [
+        ("", &mut all),
+        ("local ", &mut local),
+        ("cross-node ", &mut cross),
+    ] {
         if lat.len() > 0 {
             let [p50, p99, p999, max] = lat.summary();
-            r.add(&format!("{name} latency p50 (ms)"), p50);
-            r.add(&format!("{name} latency p99 (ms)"), p99);
-            r.add(&format!("{name} latency p999 (ms)"), p999);
-            r.add(&format!("{name} latency max (ms)"), max);
+            r.add(&format!("{name}latency p50 (ms)"), p50);
+            r.add(&format!("{name}latency p99 (ms)"), p99);
+            r.add(&format!("{name}latency p999 (ms)"), p999);
+            r.add(&format!("{name}latency max (ms)"), max);
         }
     }
     // Where a message's time goes inside the nodes before its frames are
@@ -486,12 +653,32 @@ async fn fanout(
         r.add("node: publish to hub mean (ms)", ms);
     }
     if !cli.pids.is_empty() {
-        r.add("node CPU (s, all nodes)", cpu);
+        r.add("node CPU (s, all nodes)", node_cpu);
         r.add(
             "node CPU per delivery (µs)",
-            cpu * 1e6 / delivered.max(1) as f64,
+            node_cpu * 1e6 / delivered.max(1) as f64,
+        );
+        // The nodes and every other process the server needs (Redis, a
+        // database of its own), per delivery.
+        r.add("server CPU (s, nodes + others)", server_cpu);
+        r.add(
+            "server CPU per delivery (µs)",
+            server_cpu * 1e6 / delivered.max(1) as f64,
+        );
+        r.add(
+            "node RSS after (MiB, all nodes)",
+            node_rss_kib as f64 / 1024.0,
         );
     }
+    r.add("generator CPU (s)", generator_cpu);
+    r.add(
+        "generator CPU (% of a core)",
+        generator_cpu * 100.0 / took.as_secs_f64().max(1e-9),
+    );
+    r.add(
+        "generator CPU per delivery (µs)",
+        generator_cpu * 1e6 / delivered.max(1) as f64,
+    );
     r.add("run time (s)", took.as_secs_f64());
     r
 }

@@ -1,5 +1,6 @@
 //! Percentiles, and what the node processes cost (from /proc).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Sorted latency samples, in microseconds.
@@ -33,9 +34,21 @@ impl Latencies {
     }
 }
 
-/// CPU seconds (user + system) a process has used.
+/// CPU seconds (user + system) a process has used, all its threads.
 pub fn cpu_secs(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_cpu_secs(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// CPU seconds this process (the generator) has used, all its threads.
+pub fn own_cpu_secs() -> f64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| stat_cpu_secs(&stat))
+        .unwrap_or(0.0)
+}
+
+/// utime + stime from the text of a `/proc/PID/stat`.
+fn stat_cpu_secs(stat: &str) -> Option<f64> {
     let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
     let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
     Some(ticks / 100.0)
@@ -56,6 +69,63 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
 /// Sum of CPU seconds of several processes.
 pub fn total_cpu(pids: &[u32]) -> f64 {
     pids.iter().filter_map(|p| cpu_secs(*p)).sum()
+}
+
+/// CPU used by a set of processes since `start`, one of which may die
+/// meanwhile (a node that falls over under load): each is read every
+/// 100 ms, and one that is gone counts with its last reading.
+pub struct CpuWatch {
+    start: Vec<Option<f64>>,
+    last: Arc<Mutex<Vec<Option<f64>>>>,
+    pids: Vec<u32>,
+    sampler: tokio::task::JoinHandle<()>,
+}
+
+impl CpuWatch {
+    pub fn start(pids: &[u32]) -> Self {
+        let start: Vec<Option<f64>> = pids.iter().map(|p| cpu_secs(*p)).collect();
+        let last = Arc::new(Mutex::new(start.clone()));
+        let (watched, seen) = (pids.to_vec(), last.clone());
+        let sampler = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                tick.tick().await;
+                Self::sample(&watched, &seen);
+            }
+        });
+        Self {
+            start,
+            last,
+            pids: pids.to_vec(),
+            sampler,
+        }
+    }
+
+    fn sample(pids: &[u32], seen: &Mutex<Vec<Option<f64>>>) {
+        let mut seen = seen.lock().expect("not poisoned");
+        for (pid, last) in pids.iter().zip(seen.iter_mut()) {
+            if let Some(now) = cpu_secs(*pid) {
+                *last = Some(now);
+            }
+        }
+    }
+
+    /// CPU seconds used since `start`, all the processes together.
+    pub fn used(&self) -> f64 {
+        Self::sample(&self.pids, &self.last);
+        let last = self.last.lock().expect("not poisoned");
+        self.start
+            .iter()
+            .zip(last.iter())
+            .filter_map(|(a, b)| Some(b.as_ref()? - a.as_ref()?))
+            .sum()
+    }
+}
+
+impl Drop for CpuWatch {
+    fn drop(&mut self) {
+        self.sampler.abort();
+    }
 }
 
 pub fn per_sec(count: u64, took: Duration) -> f64 {
