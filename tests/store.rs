@@ -40,10 +40,10 @@ async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile:
                 opts.max_connections(4)
                     .set_schema_search_path(schema.clone())
                     .sqlx_logging(false);
-                out.push(Store::from_connection(
-                    Database::connect(opts).await.unwrap(),
-                    &Tasks::new(),
-                ));
+                out.push(
+                    Store::from_connection(Database::connect(opts).await.unwrap(), &Tasks::new())
+                        .unwrap(),
+                );
             }
             out[0].migrate().await.unwrap();
             Some((out, None))

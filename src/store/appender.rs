@@ -13,28 +13,26 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
-use super::messages::{append_one, insert_batch, Appended, NewMessage};
-use super::Store;
+use super::messages::{append_one, insert_batch, Appended, Job, NewMessage, MAX_BATCH};
+use super::{sqlite, Store};
 use crate::tasks::Tasks;
 use tokio_util::sync::CancellationToken;
 
-/// Most messages in one transaction.
-const MAX_BATCH: usize = 256;
 /// Appends queued per writer before callers wait (a bound on memory).
 const QUEUE: usize = 4096;
-
-type Reply = oneshot::Sender<Result<Option<Appended>, DbErr>>;
 
 /// Hands appends to writer tasks; a conversation always goes to the same
 /// writer, so its sends are stored in the order they were made.
 #[derive(Clone)]
 pub(super) struct Appender {
-    writers: Vec<mpsc::Sender<(NewMessage, Reply)>>,
+    writers: Vec<mpsc::Sender<Job>>,
+    /// Whether a send that finds no writer (the node is stopping) may be
+    /// written by its caller: not on SQLite, whose writer is its own thread.
+    inline: bool,
 }
 
 impl Appender {
-    /// Starts `writers` writer tasks on `db` (one for SQLite: it has one
-    /// writer anyway).
+    /// Starts `writers` writer tasks on `db` (Postgres).
     pub fn start(db: &DatabaseConnection, writers: usize, tasks: &Tasks) -> Self {
         let writers = (0..writers.max(1))
             .map(|_| {
@@ -43,7 +41,21 @@ impl Appender {
                 tx
             })
             .collect();
-        Self { writers }
+        Self {
+            writers,
+            inline: true,
+        }
+    }
+
+    /// Starts the SQLite writer on its own connection to `path`; it stops
+    /// once the store is dropped, after what is queued.
+    pub fn start_sqlite(path: &std::path::Path) -> Result<Self, DbErr> {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        sqlite::Writer::open(path)?.spawn(path.to_owned(), rx)?;
+        Ok(Self {
+            writers: vec![tx],
+            inline: false,
+        })
     }
 
     /// Queues `new` for its conversation's writer (waiting only for room in
@@ -55,9 +67,12 @@ impl Appender {
         match self.writers[shard].send((new, reply)).await {
             Ok(()) => PendingAppend::Queued(answer),
             // No writer (the runtime is shutting down): write it here.
-            Err(mpsc::error::SendError((new, _))) => {
+            Err(mpsc::error::SendError((new, _))) if self.inline => {
                 PendingAppend::Done(Some(append_one(db, &new).await))
             }
+            Err(_) => PendingAppend::Done(Some(Err(DbErr::Custom(
+                "the message writer stopped".into(),
+            )))),
         }
     }
 }
@@ -89,11 +104,7 @@ impl Future for PendingAppend {
 /// in one transaction. If that fails (a retried send racing its first copy,
 /// a conflict), each message is tried alone, so one bad message fails only
 /// its own send. Once the node stops, it ends when the queue is empty.
-async fn write(
-    db: DatabaseConnection,
-    mut queue: mpsc::Receiver<(NewMessage, Reply)>,
-    stop: CancellationToken,
-) {
+async fn write(db: DatabaseConnection, mut queue: mpsc::Receiver<Job>, stop: CancellationToken) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     loop {
         let taken = tokio::select! {

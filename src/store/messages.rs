@@ -1,15 +1,13 @@
 //! Messages: appending with gap-free seq allocation, idempotent by
 //! `client_msg_id`, and reading history pages.
 
-use entity::{chat_messages as msgs, chats};
+use entity::chat_messages as msgs;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
-    sea_query::{Expr, ExprTrait},
-    ActiveValue::Set,
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
 use super::{now, stored_user, Store};
@@ -27,6 +25,15 @@ pub struct NewMessage {
     pub client_msg_id: Option<ClientMsgId>,
     pub metadata: Option<serde_json::Value>,
 }
+
+/// Most messages in one transaction.
+pub(super) const MAX_BATCH: usize = 256;
+
+/// An append, and where its outcome goes.
+pub(super) type Job = (
+    NewMessage,
+    tokio::sync::oneshot::Sender<Result<Option<Appended>, DbErr>>,
+);
 
 /// The stored message, and whether it had been stored before (a retry).
 #[derive(Clone, Debug)]
@@ -73,87 +80,116 @@ enum Slot {
 /// is inserted, so seq is unique and gap-free: a failed insert rolls the
 /// bump back. Returns None for messages whose conversation does not exist.
 /// Retries of stored sends, and twin copies within the batch, store nothing
-/// and come back marked duplicate.
+/// and come back marked duplicate. Postgres only: SQLite appends run on a
+/// connection of their own (`sqlite`).
 pub(super) async fn insert_batch(
     db: &DatabaseConnection,
     batch: &[NewMessage],
 ) -> Result<Vec<Option<Appended>>, DbErr> {
-    let stored = find_retries(db, batch).await?;
-    let created_at = now();
-    // Conversations in ascending id order: every writer on every node locks
-    // chat rows in the same order, so two batches cannot deadlock.
-    let mut counts: BTreeMap<ConversationId, i64> = BTreeMap::new();
-    let mut first_copy: HashMap<RetryKey, usize> = HashMap::new();
-    let mut slots = Vec::with_capacity(batch.len());
-    for (i, new) in batch.iter().enumerate() {
-        let key = retry_key(new);
-        if let Some(key) = key {
-            if let Some(message) = stored.get(&key).cloned() {
-                slots.push(Slot::Stored(message));
-                continue;
-            }
-            if let Some(&first) = first_copy.get(&key) {
-                slots.push(Slot::Twin(first));
-                continue;
-            }
-            first_copy.insert(key, i);
-        }
-        let position = counts.entry(new.conversation_id).or_default();
-        *position += 1;
-        slots.push(Slot::New(Message {
-            id: new.id.unwrap_or_default(),
-            conversation_id: new.conversation_id,
-            seq: Seq(*position),
-            sender_id: new.sender_id.clone(),
-            message_type: new.message_type,
-            content: new.content.clone(),
-            client_msg_id: new.client_msg_id.clone(),
-            metadata: new.metadata.clone(),
-            created_at,
-        }));
-    }
-    let fresh: Vec<&Message> = slots
-        .iter()
-        .filter_map(|slot| match slot {
-            Slot::New(message) => Some(message),
-            _ => None,
-        })
-        .collect();
+    let plan = Plan::new(batch, find_retries(db, batch).await?);
+    let fresh = plan.fresh();
     let bases = if fresh.is_empty() {
-        HashMap::new()
-    } else if db.get_database_backend() == DbBackend::Postgres {
-        insert_postgres(db, &counts, &fresh, created_at).await?
+        Bases::new()
     } else {
-        insert_in_transaction(db, &counts, &fresh, created_at).await?
+        insert_postgres(db, &plan.counts, &fresh, plan.created_at).await?
     };
-    let mut out: Vec<Option<Appended>> = Vec::with_capacity(slots.len());
-    for slot in slots {
-        let appended = match slot {
-            Slot::Stored(message) => Some(Appended {
-                message,
-                duplicate: true,
-            }),
-            Slot::Twin(first) => out[first].clone().map(|a| Appended {
-                duplicate: true,
-                ..a
-            }),
-            Slot::New(mut message) => bases.get(&message.conversation_id).map(|base| {
-                message.seq = Seq(base + message.seq.0);
-                Appended {
-                    message,
-                    duplicate: false,
+    Ok(plan.finish(&bases))
+}
+
+/// What a batch of sends turns into before the database assigns seqs: the
+/// part of the append both backends share.
+pub(super) struct Plan {
+    slots: Vec<Slot>,
+    /// New messages per conversation, in ascending id order: every writer
+    /// on every node locks chat rows in the same order, so two batches
+    /// cannot deadlock.
+    pub counts: BTreeMap<ConversationId, i64>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Plan {
+    /// Sorts `batch` into new messages, retries of `stored` ones and twins.
+    pub fn new(batch: &[NewMessage], stored: HashMap<RetryKey, Message>) -> Self {
+        let created_at = now();
+        let mut counts: BTreeMap<ConversationId, i64> = BTreeMap::new();
+        let mut first_copy: HashMap<RetryKey, usize> = HashMap::new();
+        let mut slots = Vec::with_capacity(batch.len());
+        for (i, new) in batch.iter().enumerate() {
+            if let Some(key) = retry_key(new) {
+                if let Some(message) = stored.get(&key).cloned() {
+                    slots.push(Slot::Stored(message));
+                    continue;
                 }
-            }),
-        };
-        out.push(appended);
+                if let Some(&first) = first_copy.get(&key) {
+                    slots.push(Slot::Twin(first));
+                    continue;
+                }
+                first_copy.insert(key, i);
+            }
+            let position = counts.entry(new.conversation_id).or_default();
+            *position += 1;
+            slots.push(Slot::New(Message {
+                id: new.id.unwrap_or_default(),
+                conversation_id: new.conversation_id,
+                seq: Seq(*position),
+                sender_id: new.sender_id.clone(),
+                message_type: new.message_type,
+                content: new.content.clone(),
+                client_msg_id: new.client_msg_id.clone(),
+                metadata: new.metadata.clone(),
+                created_at,
+            }));
+        }
+        Plan {
+            slots,
+            counts,
+            created_at,
+        }
     }
-    Ok(out)
+
+    /// The messages to insert; each carries its position among the batch's
+    /// new messages to its conversation as seq.
+    pub fn fresh(&self) -> Vec<&Message> {
+        self.slots
+            .iter()
+            .filter_map(|slot| match slot {
+                Slot::New(message) => Some(message),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Each send's outcome, once the conversations' `bases` are known.
+    pub fn finish(self, bases: &Bases) -> Vec<Option<Appended>> {
+        let mut out: Vec<Option<Appended>> = Vec::with_capacity(self.slots.len());
+        for slot in self.slots {
+            let appended = match slot {
+                Slot::Stored(message) => Some(Appended {
+                    message,
+                    duplicate: true,
+                }),
+                Slot::Twin(first) => out[first].clone().map(|a| Appended {
+                    duplicate: true,
+                    ..a
+                }),
+                Slot::New(mut message) => bases.get(&message.conversation_id).map(|base| {
+                    message.seq = Seq(base + message.seq.0);
+                    Appended {
+                        message,
+                        duplicate: false,
+                    }
+                }),
+            };
+            out.push(appended);
+        }
+        out
+    }
 }
 
 /// Each conversation's last seq before the batch, keyed by conversation;
 /// a conversation that does not exist is absent. `fresh` messages carry
 /// their position in the batch as seq.
-type Bases = HashMap<ConversationId, i64>;
+pub(super) type Bases = HashMap<ConversationId, i64>;
 
 /// Postgres: one statement, so one round trip and an implicit transaction.
 /// It locks the batch's chat rows in id order, bumps each `last_seq` by
@@ -215,61 +251,11 @@ async fn insert_postgres(
     Ok(bases)
 }
 
-/// Any other database (SQLite): a transaction that bumps each conversation
-/// in id order, then inserts every row in one statement.
-async fn insert_in_transaction(
-    db: &DatabaseConnection,
-    counts: &BTreeMap<ConversationId, i64>,
-    fresh: &[&Message],
-    created_at: DateTime<Utc>,
-) -> Result<Bases, DbErr> {
-    let txn = db.begin().await?;
-    let mut bases = Bases::new();
-    for (&id, &count) in counts {
-        let bumped = chats::Entity::update_many()
-            .col_expr(
-                chats::Column::LastSeq,
-                Expr::col(chats::Column::LastSeq).add(count),
-            )
-            .col_expr(chats::Column::UpdatedAt, created_at.into())
-            .filter(chats::Column::Id.eq(id.0))
-            .exec_with_returning(&txn)
-            .await?;
-        if let Some(chat) = bumped.into_iter().next() {
-            bases.insert(id, chat.last_seq - count);
-        }
-    }
-    let rows: Vec<msgs::ActiveModel> = fresh
-        .iter()
-        .filter_map(|m| {
-            let base = bases.get(&m.conversation_id)?;
-            Some(msgs::ActiveModel {
-                id: Set(m.id.0),
-                chat_id: Set(m.conversation_id.0),
-                seq: Set(base + m.seq.0),
-                sender_id: Set(m.sender_id.as_str().to_owned()),
-                message_type: Set(m.message_type),
-                content: Set(m.content.clone()),
-                client_msg_id: Set(m.client_msg_id.as_ref().map(|c| c.as_str().to_owned())),
-                metadata: Set(m.metadata.clone()),
-                created_at: Set(created_at),
-            })
-        })
-        .collect();
-    if !rows.is_empty() {
-        msgs::Entity::insert_many(rows)
-            .exec_without_returning(&txn)
-            .await?;
-    }
-    txn.commit().await?;
-    Ok(bases)
-}
-
 /// A send as its retries name it: a client id is unique per sender and
 /// conversation.
-type RetryKey = (ConversationId, UserId, ClientMsgId);
+pub(super) type RetryKey = (ConversationId, UserId, ClientMsgId);
 
-fn retry_key(new: &NewMessage) -> Option<RetryKey> {
+pub(super) fn retry_key(new: &NewMessage) -> Option<RetryKey> {
     let cid = new.client_msg_id.clone()?;
     Some((new.conversation_id, new.sender_id.clone(), cid))
 }

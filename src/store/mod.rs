@@ -4,6 +4,7 @@
 mod appender;
 mod chats;
 mod messages;
+mod sqlite;
 
 use std::time::Duration;
 
@@ -59,7 +60,7 @@ impl Store {
         let mut attempt = 0;
         loop {
             match Database::connect(opts.clone()).await {
-                Ok(db) => return Ok(Self::from_connection(db, tasks)),
+                Ok(db) => return Self::from_connection(db, tasks),
                 Err(e) if attempt < 20 && is_busy(&e) => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
@@ -70,20 +71,30 @@ impl Store {
     }
 
     /// Wraps an existing connection (tests use this to pick a Postgres schema).
-    /// Starts the message writers on `tasks`.
-    pub fn from_connection(db: DatabaseConnection, tasks: &Tasks) -> Self {
-        // SQLite has one writer at a time; Postgres locks per conversation,
-        // so writers for different conversations commit in parallel.
-        let writers = match db.get_database_backend() {
-            sea_orm::DbBackend::Sqlite => 1,
-            _ => 4,
+    /// Starts the message writers: on Postgres, tasks on `tasks`, which lock
+    /// per conversation, so writers for different conversations commit in
+    /// parallel; on SQLite, which has one writer at a time, one thread with
+    /// a connection of its own to the same file (see `sqlite`).
+    pub fn from_connection(db: DatabaseConnection, tasks: &Tasks) -> Result<Self, DbErr> {
+        let appender = match db.get_database_backend() {
+            sea_orm::DbBackend::Sqlite => {
+                let options = db.get_sqlite_connection_pool().connect_options();
+                let path = options.get_filename();
+                if path.as_os_str().is_empty() || path.starts_with(":memory:") {
+                    return Err(DbErr::Custom(
+                        "SQLite needs a database file (sqlite://PATH), not an in-memory database"
+                            .into(),
+                    ));
+                }
+                appender::Appender::start_sqlite(path)?
+            }
+            _ => appender::Appender::start(&db, 4, tasks),
         };
-        let appender = appender::Appender::start(&db, writers, tasks);
-        Self {
+        Ok(Self {
             db,
             appender,
             latency: None,
-        }
+        })
     }
 
     /// Records the latency of the main calls into `histogram`, labelled
