@@ -345,8 +345,13 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
         // Told when the first request reaches the service.
         let started = Arc::new(Notify::new());
         let first_request = started.clone();
-        let service = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
             first_request.notify_one();
+            // Kept from poem, whose upgraded stream hides the socket.
+            let upgrade = req
+                .extensions_mut()
+                .remove::<hyper::upgrade::OnUpgrade>()
+                .map(PendingUpgrade::new);
             let mut req: poem::Request = (
                 req,
                 LocalAddr(local.into()),
@@ -355,6 +360,9 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
             )
                 .into();
             req.extensions_mut().insert(admission.clone());
+            if let Some(upgrade) = upgrade {
+                req.extensions_mut().insert(upgrade);
+            }
             let app = app.clone();
             async move {
                 let resp: hyper::Response<BoxBody<Bytes, io::Error>> =
@@ -390,6 +398,44 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
                 let _ = conn.await;
             }
         }
+    }
+}
+
+/// A request's upgrade, taken from hyper before poem sees the request, so
+/// that the upgraded connection can be handed over whole (`Handover`).
+#[derive(Clone)]
+pub struct PendingUpgrade(Arc<parking_lot::Mutex<Option<hyper::upgrade::OnUpgrade>>>);
+
+/// A connection upgraded to another protocol, handed over to it: the TCP
+/// stream, the bytes the HTTP parser had read past the request, and the
+/// time a client may take no bytes before writes to it fail.
+pub struct Handover {
+    pub stream: TcpStream,
+    pub read_buf: Bytes,
+    pub write_timeout: Duration,
+}
+
+impl PendingUpgrade {
+    fn new(upgrade: hyper::upgrade::OnUpgrade) -> Self {
+        Self(Arc::new(parking_lot::Mutex::new(Some(upgrade))))
+    }
+
+    /// The request's upgrade, once: completes with the connection after
+    /// the response (101) is sent. None if the request has none, or it was
+    /// taken.
+    pub fn take(req: &poem::Request) -> Option<impl Future<Output = io::Result<Handover>>> {
+        let upgrade = req.extensions().get::<PendingUpgrade>()?.0.lock().take()?;
+        Some(async move {
+            let upgraded = upgrade.await.map_err(io::Error::other)?;
+            let parts = auto::upgrade::downcast::<TokioIo<Guarded>>(upgraded)
+                .map_err(|_| io::Error::other("an upgraded connection of another type"))?;
+            let guarded = parts.io.into_inner();
+            Ok(Handover {
+                write_timeout: guarded.admission.gate.options.write_timeout,
+                stream: guarded.io,
+                read_buf: parts.read_buf,
+            })
+        })
     }
 }
 

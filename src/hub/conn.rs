@@ -91,6 +91,12 @@ impl Conn {
         }
     }
 
+    /// Lets frames go out at once through `immediate` when nothing is
+    /// queued before them (see `outbox`). Call once the first reply is queued.
+    pub fn set_immediate(&self, immediate: Arc<dyn outbox::Immediate>) {
+        self.tx.set_immediate(immediate);
+    }
+
     /// Asks the writer to answer the client's ping.
     pub fn pong(&self, payload: Bytes) {
         self.tx.pong(payload);

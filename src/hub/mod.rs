@@ -37,7 +37,9 @@ use dashmap::DashMap;
 
 pub use conn::Conn;
 pub use history::{Entry, History, HistoryError, Page};
-pub use outbox::{NodeBudget, Outbound, Receiver as Outbox, Reservation};
+pub use outbox::{
+    Immediate, NodeBudget, Outbound, Receiver as Outbox, Reservation, Written, COALESCE,
+};
 use room::Room;
 pub use router::StreamEvents;
 

@@ -384,18 +384,28 @@ fn unmask(data: &mut [u8], mask: [u8; 4]) {
 
 /// Appends one unfragmented, unmasked server frame to `out`.
 pub fn encode(out: &mut Vec<u8>, opcode: OpCode, payload: &[u8]) {
-    out.push(0x80 | opcode as u8);
-    let len = payload.len();
-    if len < 126 {
-        out.push(len as u8);
-    } else if let Ok(len) = u16::try_from(len) {
-        out.push(126);
-        out.extend_from_slice(&len.to_be_bytes());
-    } else {
-        out.push(127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
+    let (head, n) = header(opcode, payload.len());
+    out.extend_from_slice(&head[..n]);
     out.extend_from_slice(payload);
+}
+
+/// The header of an unfragmented, unmasked server frame of `len` bytes:
+/// the bytes, and how many of them it takes.
+pub fn header(opcode: OpCode, len: usize) -> ([u8; 10], usize) {
+    let mut head = [0u8; 10];
+    head[0] = 0x80 | opcode as u8;
+    if len < 126 {
+        head[1] = len as u8;
+        (head, 2)
+    } else if let Ok(len) = u16::try_from(len) {
+        head[1] = 126;
+        head[2..4].copy_from_slice(&len.to_be_bytes());
+        (head, 4)
+    } else {
+        head[1] = 127;
+        head[2..10].copy_from_slice(&(len as u64).to_be_bytes());
+        (head, 10)
+    }
 }
 
 /// A close frame's payload: the code, then the reason.

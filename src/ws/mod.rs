@@ -4,6 +4,7 @@
 
 mod frame;
 mod session;
+mod socket;
 mod writer;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,6 +12,7 @@ use std::sync::Arc;
 
 use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::{handler, web::Data, Request, Response};
+use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::TaskTracker;
 
@@ -19,7 +21,7 @@ use crate::chat::Chat;
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::server::Admission;
+use crate::server::{Admission, PendingUpgrade};
 
 /// What a socket's session uses of its node: the use cases, the hub it
 /// registers with, the authenticator, and the settings.
@@ -70,7 +72,7 @@ pub async fn upgrade(req: &Request, Data(ctx): Data<&Arc<Context>>) -> Response 
             .status(StatusCode::BAD_REQUEST)
             .body("expected a WebSocket upgrade (version 13)");
     };
-    let Ok(on_upgrade) = req.take_upgrade() else {
+    let Some(on_upgrade) = PendingUpgrade::take(req) else {
         return Response::builder()
             .status(StatusCode::BAD_REQUEST)
             .body("connection cannot be upgraded");
@@ -83,11 +85,13 @@ pub async fn upgrade(req: &Request, Data(ctx): Data<&Arc<Context>>) -> Response 
     };
     let ctx = ctx.clone();
     ctx.sessions.clone().spawn(async move {
-        let Ok(upgraded) = on_upgrade.await else {
+        let Ok(handover) = on_upgrade.await else {
             return;
         };
-        let (read, sink) = tokio::io::split(upgraded);
+        let (read, write) = handover.stream.into_split();
+        let read = std::io::Cursor::new(handover.read_buf).chain(read);
         let stream = frame::Reader::new(read, ctx.settings.limits.max_frame_bytes);
+        let sink = Arc::new(socket::WriteSide::new(write, handover.write_timeout));
         session::start(ctx, admission, sink, stream).await;
     });
     Response::builder()

@@ -9,13 +9,12 @@ use std::time::Duration;
 use chrono::Utc;
 use opentelemetry::trace::SpanContext;
 use opentelemetry::KeyValue;
-use poem::Upgraded;
-use tokio::io::ReadHalf;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::frame::{Incoming, ReadError, Reader};
+use super::socket::{ReadSide, WriteSide};
 use super::writer;
 use super::Context;
 use crate::auth::Identity;
@@ -28,7 +27,7 @@ use crate::server::Admission;
 use crate::telemetry;
 
 /// The reading half of a socket, as frames.
-pub type Stream = Reader<ReadHalf<Upgraded>>;
+pub type Stream = Reader<ReadSide>;
 
 /// Most sends of one socket queued for storing at once; beyond it, the
 /// socket's next frame waits for the oldest.
@@ -68,19 +67,19 @@ pub async fn start(
 async fn open(
     ctx: Arc<Context>,
     admission: Arc<Admission>,
-    mut sink: writer::Sink,
+    sink: writer::Sink,
     stream: &mut Stream,
 ) -> Option<(Session, JoinHandle<CloseReason>)> {
-    let identity = match authenticate(&ctx, &mut sink, stream).await {
+    let identity = match authenticate(&ctx, &sink, stream).await {
         Ok(identity) => identity,
         Err(Unauthenticated::Left) => return None,
         Err(Unauthenticated::Closed(reason)) => {
             ctx.metrics.socket_closed(reason);
-            writer::close(sink, reason).await;
+            writer::close(&sink, reason).await;
             return None;
         }
         Err(Unauthenticated::Refused(err, reason)) => {
-            reject(&ctx, sink, stream, err, reason).await;
+            reject(&ctx, &sink, stream, err, reason).await;
             return None;
         }
     };
@@ -92,7 +91,7 @@ async fn open(
                 ChatError::Forbidden(_) => CloseReason::Policy,
                 _ => CloseReason::Restart,
             };
-            reject(&ctx, sink, stream, err, reason).await;
+            reject(&ctx, &sink, stream, err, reason).await;
             return None;
         }
     };
@@ -104,7 +103,7 @@ async fn open(
     let idle_timeout = Duration::from_secs_f64(server.idle_timeout_secs.max(1.0));
     let writer = ctx
         .sessions
-        .spawn(writer::run(sink, rx, conn.clone(), ping_every));
+        .spawn(writer::run(sink.clone(), rx, conn.clone(), ping_every));
     let session = Session {
         frames: Bucket::full(ctx.settings.limits.frame_burst),
         ctx,
@@ -124,6 +123,8 @@ async fn open(
             reply_to: None,
         })
         .await;
+    // From here on, a frame for a socket with nothing queued goes out at once.
+    session.conn.set_immediate(sink);
     Some((session, writer))
 }
 
@@ -131,7 +132,7 @@ async fn open(
 /// lingers for the client's close.
 async fn reject(
     ctx: &Context,
-    sink: writer::Sink,
+    sink: &WriteSide,
     stream: &mut Stream,
     err: ChatError,
     reason: CloseReason,
@@ -155,7 +156,7 @@ enum Unauthenticated {
 /// Waits for the auth frame, answering pings meanwhile.
 async fn authenticate(
     ctx: &Context,
-    sink: &mut writer::Sink,
+    sink: &WriteSide,
     stream: &mut Stream,
 ) -> Result<Identity, Unauthenticated> {
     let timeout = ctx.settings.auth.timeout();
