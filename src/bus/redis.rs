@@ -92,10 +92,14 @@ impl RedisBus {
             .with_performance_config(|p| {
                 p.default_command_timeout = COMMAND_TIMEOUT;
                 // Each of fred's event channels preallocates this many
-                // slots. A receiver that lags resyncs from the store.
-                p.broadcast_channel_capacity = 1 << 12;
+                // slots (about 100 KiB each): the publishers receive
+                // nothing, so a few do.
+                p.broadcast_channel_capacity = 16;
             });
         let publisher = builder.build_pool(2).map_err(unavailable)?;
+        // The subscriber's messages arrive on one of those channels; a
+        // receiver that lags resyncs from the store.
+        builder.with_performance_config(|p| p.broadcast_channel_capacity = 1 << 12);
         let subscriber = builder.build_subscriber_client().map_err(unavailable)?;
         publisher.init().await.map_err(unavailable)?;
         subscriber.init().await.map_err(unavailable)?;

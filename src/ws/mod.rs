@@ -12,7 +12,6 @@ use std::sync::Arc;
 
 use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::{handler, web::Data, Request, Response};
-use tokio::io::AsyncReadExt;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_util::task::TaskTracker;
 
@@ -89,7 +88,8 @@ pub async fn upgrade(req: &Request, Data(ctx): Data<&Arc<Context>>) -> Response 
             return;
         };
         let (read, write) = handover.stream.into_split();
-        let read = std::io::Cursor::new(handover.read_buf).chain(read);
+        let read = socket::ReadSide::new(&handover.read_buf, read);
+        drop(handover.read_buf);
         let stream = frame::Reader::new(read, ctx.settings.limits.max_frame_bytes);
         let sink = Arc::new(socket::WriteSide::new(write, handover.write_timeout));
         session::start(ctx, admission, sink, stream).await;

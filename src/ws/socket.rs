@@ -5,16 +5,53 @@
 //! lock, since the socket's queue decides who writes when.
 
 use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::frame::{self, OpCode};
 use crate::hub::{Immediate, Written};
 
-/// What the socket's reader reads: the bytes read past the upgrade, then the stream.
-pub type ReadSide = tokio::io::Chain<std::io::Cursor<Bytes>, OwnedReadHalf>;
+/// What the socket's reader reads: the bytes the HTTP parser read past the
+/// upgrade (the client's first frames, sent without waiting for the 101),
+/// then the stream.
+pub struct ReadSide {
+    /// Copied out of the parser's buffer, which would otherwise stay
+    /// allocated (kilobytes) for the socket's life; dropped once read.
+    early: Option<Bytes>,
+    half: OwnedReadHalf,
+}
+
+impl ReadSide {
+    pub fn new(early: &[u8], half: OwnedReadHalf) -> Self {
+        Self {
+            early: (!early.is_empty()).then(|| Bytes::copy_from_slice(early)),
+            half,
+        }
+    }
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if let Some(early) = &mut self.early {
+            let n = early.len().min(buf.remaining());
+            buf.put_slice(&early.split_to(n));
+            if early.is_empty() {
+                self.early = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.half).poll_read(cx, buf)
+    }
+}
 
 /// A socket's write half, with the time a client may take no bytes before
 /// its writes fail.
