@@ -103,6 +103,8 @@ pub struct Chat {
     limits: LimitSettings,
     sends: UserRateLimiter,
     assistants: Arc<dyn Assistants>,
+    /// Access rules being loaded, shared by everyone who asks meanwhile.
+    loading: access::Loading,
 }
 
 impl Chat {
@@ -123,6 +125,7 @@ impl Chat {
             limits,
             sends,
             assistants,
+            loading: access::Loading::default(),
         }
     }
 
