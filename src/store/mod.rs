@@ -29,6 +29,13 @@ pub struct Store {
     latency: Option<HistogramVec>,
 }
 
+/// At most this many pooled SQLite connections. Appends have their own
+/// connection; the pool serves reads, which are short and local, and the
+/// few other writes, which SQLite runs one at a time anyway. Each
+/// connection costs its own schema, statements, caches and thread: 16 of
+/// them held several MiB more than 4 for nothing (bench/run.sh, idle).
+const SQLITE_MAX_READERS: u32 = 4;
+
 /// The page cache of each SQLite connection, in KiB (negative: SQLite's
 /// way of saying KiB rather than pages).
 const SQLITE_CACHE_KIB: &str = "-256";
@@ -47,6 +54,11 @@ impl Store {
                 }
             }
         }
+        let max_connections = if sqlite_path(url).is_some() {
+            max_connections.min(SQLITE_MAX_READERS)
+        } else {
+            max_connections
+        };
         let mut opts = ConnectOptions::new(url.to_owned());
         opts.max_connections(max_connections)
             .min_connections(1)
