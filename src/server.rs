@@ -401,6 +401,15 @@ impl<E: Endpoint<Output = Response> + 'static> Connection<E> {
     }
 }
 
+/// The error of a write to a client that took no bytes for the write
+/// timeout, over HTTP or an upgraded connection alike.
+pub fn write_stalled() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "the client took no bytes within the write timeout",
+    )
+}
+
 /// A request's upgrade, taken from hyper before poem sees the request, so
 /// that the upgraded connection can be handed over whole (`Handover`).
 #[derive(Clone)]
@@ -439,10 +448,11 @@ impl PendingUpgrade {
     }
 }
 
-/// A connection's socket, holding its admission for as long as it lives (an
-/// upgraded WebSocket included), whose writes fail once the client has
-/// taken no bytes for `write_timeout`: a client that stops reading cannot
-/// hold a writer, or the memory behind it, for longer.
+/// A connection's socket while it speaks HTTP, holding its admission,
+/// whose writes fail once the client has taken no bytes for
+/// `write_timeout`: a client that stops reading cannot hold a writer, or
+/// the memory behind it, for longer. An upgrade hands the stream over
+/// (`Handover`), and the WebSocket's writes keep the same timeout.
 struct Guarded {
     io: TcpStream,
     /// Armed when a write finds the socket full; dropped by the next write
@@ -469,10 +479,7 @@ impl Guarded {
             .stalled
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
         match stalled.as_mut().poll(cx) {
-            Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "the client took no bytes within the write timeout",
-            ))),
+            Poll::Ready(()) => Poll::Ready(Err(write_stalled())),
             Poll::Pending => Poll::Pending,
         }
     }

@@ -16,6 +16,9 @@
 //! delivery above the kernel's). The writer and the immediate path never
 //! write at once: the writer claims the socket under the queue's lock, and
 //! the immediate path writes under that lock only while it is unclaimed.
+//! An immediate write never waits (a full socket takes nothing and the
+//! frame is queued), so it is safe under a room's lock, where deliveries
+//! are made.
 
 use std::collections::VecDeque;
 use std::sync::Arc;

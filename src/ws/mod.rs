@@ -89,7 +89,6 @@ pub async fn upgrade(req: &Request, Data(ctx): Data<&Arc<Context>>) -> Response 
         };
         let (read, write) = handover.stream.into_split();
         let read = socket::ReadSide::new(&handover.read_buf, read);
-        drop(handover.read_buf);
         let stream = frame::Reader::new(read, ctx.settings.limits.max_frame_bytes);
         let sink = Arc::new(socket::WriteSide::new(write, handover.write_timeout));
         session::start(ctx, admission, sink, stream).await;

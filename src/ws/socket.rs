@@ -15,6 +15,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::frame::{self, OpCode};
 use crate::hub::{Immediate, Written};
+use crate::server::write_stalled;
 
 /// What the socket's reader reads: the bytes the HTTP parser read past the
 /// upgrade (the client's first frames, sent without waiting for the 101),
@@ -80,12 +81,7 @@ impl WriteSide {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     tokio::time::timeout(self.write_timeout, self.half.writable())
                         .await
-                        .map_err(|_| {
-                            io::Error::new(
-                                io::ErrorKind::TimedOut,
-                                "the client took no bytes within the write timeout",
-                            )
-                        })??;
+                        .map_err(|_| write_stalled())??;
                 }
                 Err(e) => return Err(e),
             }
@@ -118,5 +114,31 @@ impl Immediate for WriteSide {
                 Written::Part(Bytes::from(rest))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn the_bytes_read_past_the_upgrade_come_first() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (read, _write) = server.into_split();
+        let mut side = ReadSide::new(b"early ", read);
+        client.write_all(b"later").await.unwrap();
+        drop(client);
+        let mut all = String::new();
+        side.read_to_string(&mut all).await.unwrap();
+        assert_eq!(all, "early later");
+        assert!(
+            side.early.is_none(),
+            "the early bytes are dropped once read"
+        );
     }
 }
