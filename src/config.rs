@@ -112,6 +112,7 @@ pub struct AuthSettings {
 #[derive(Clone, Debug, Deserialize)]
 pub struct LimitSettings {
     pub max_message_chars: usize,
+    pub max_reactions_per_message: usize,
     pub max_frame_bytes: usize,
     pub max_connections_per_user: usize,
     pub send_rate_per_sec: f64,

@@ -139,6 +139,19 @@ impl From<sea_orm::DbErr> for ChatError {
     }
 }
 
+/// The log's rules refusing a change.
+impl From<crate::model::Refusal> for ChatError {
+    fn from(refusal: crate::model::Refusal) -> Self {
+        use crate::model::Refusal;
+        match refusal {
+            Refusal::NotFound(what) => ChatError::NotFound(what),
+            Refusal::Forbidden(why) => ChatError::Forbidden(why.into()),
+            Refusal::Archived => ChatError::Forbidden(refusal.to_string()),
+            Refusal::TooManyReactions { .. } => ChatError::InvalidFrame(refusal.to_string()),
+        }
+    }
+}
+
 impl From<crate::bus::BusError> for ChatError {
     fn from(err: crate::bus::BusError) -> Self {
         tracing::warn!(error = %err, "bus error");

@@ -21,6 +21,7 @@ pub struct Metrics {
     pub events_delivered: IntCounter,
     pub delivery_latency: Histogram,
     pub messages_stored: IntCounter,
+    pub changes_stored: IntCounter,
     pub store_latency: HistogramVec,
     pub bus_resyncs: IntCounter,
     pub bus_publish_errors: IntCounter,
@@ -110,6 +111,10 @@ impl Metrics {
             events_delivered: counter("events_delivered_total", "Frames queued to local sockets"),
             delivery_latency,
             messages_stored: counter("messages_stored_total", "Messages stored by this node"),
+            changes_stored: counter(
+                "message_changes_stored_total",
+                "Edits, deletions and reactions stored by this node",
+            ),
             store_latency,
             bus_resyncs: counter(
                 "bus_resyncs_total",

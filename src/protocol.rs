@@ -8,8 +8,8 @@ use serde_json::value::RawValue;
 
 use crate::error::{ChatError, ErrorCode};
 use crate::model::{
-    ClientMsgId, ConnectionId, Conversation, ConversationId, Message, MessageId, MessageType, Seq,
-    StreamId, UpdateReason, Usage, UserId,
+    Change, ClientMsgId, ConnectionId, Conversation, ConversationId, Emoji, Message, MessageId,
+    MessageType, Seq, StreamId, UpdateReason, Usage, UserId,
 };
 
 /// A JSON object: the `data` of a `ping`, echoed in its `pong`.
@@ -36,6 +36,10 @@ enum FrameType {
     Ping,
     StreamResponse,
     CancelStream,
+    EditMessage,
+    DeleteMessage,
+    AddReaction,
+    RemoveReaction,
     #[serde(other)]
     Unknown,
 }
@@ -79,6 +83,33 @@ pub struct SendMessage {
     pub message_type: Option<MessageType>,
     #[serde(default)]
     pub client_msg_id: Option<ClientMsgId>,
+    #[serde(default)]
+    pub reply_to: Option<MessageId>,
+    #[serde(default)]
+    pub attachment_ids: Vec<String>,
+}
+
+/// `edit_message`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct EditMessage {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+    pub content: String,
+}
+
+/// `delete_message`: names a message.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct MessageRef {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+}
+
+/// `add_reaction` / `remove_reaction`.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct React {
+    pub conversation_id: ConversationId,
+    pub message_id: MessageId,
+    pub emoji: Emoji,
 }
 
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -134,6 +165,10 @@ pub enum ClientFrame {
     Ping(Option<JsonObject>),
     StreamResponse(StreamResponse),
     CancelStream(CancelStream),
+    Edit(EditMessage),
+    Delete(MessageRef),
+    /// `add_reaction` (`add`) or `remove_reaction`.
+    React(React, bool),
 }
 
 impl ClientFrame {
@@ -150,6 +185,10 @@ impl ClientFrame {
             ClientFrame::Ping(_) => "ping",
             ClientFrame::StreamResponse(_) => "stream_response",
             ClientFrame::CancelStream(_) => "cancel_stream",
+            ClientFrame::Edit(_) => "edit_message",
+            ClientFrame::Delete(_) => "delete_message",
+            ClientFrame::React(_, true) => "add_reaction",
+            ClientFrame::React(_, false) => "remove_reaction",
         }
     }
 }
@@ -224,6 +263,20 @@ pub fn decode(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> 
         FrameType::CancelStream => {
             ClientFrame::CancelStream(parse(data("cancel_stream")?, "cancel_stream").map_err(fail)?)
         }
+        FrameType::EditMessage => {
+            ClientFrame::Edit(parse(data("edit_message")?, "edit_message").map_err(fail)?)
+        }
+        FrameType::DeleteMessage => {
+            ClientFrame::Delete(parse(data("delete_message")?, "delete_message").map_err(fail)?)
+        }
+        FrameType::AddReaction => ClientFrame::React(
+            parse(data("add_reaction")?, "add_reaction").map_err(fail)?,
+            true,
+        ),
+        FrameType::RemoveReaction => ClientFrame::React(
+            parse(data("remove_reaction")?, "remove_reaction").map_err(fail)?,
+            false,
+        ),
         FrameType::Ping => ClientFrame::Ping(match env.data {
             // Only an object: the `ref` of the answer goes inside it, so
             // the `pong` is never nested deeper than the `ping` was.
@@ -274,6 +327,14 @@ pub enum ServerFrame {
         reply_to: Option<String>,
     },
     MessageReceived {
+        message: Message,
+    },
+    /// A change of a message: its own log `seq`, what happened, and the
+    /// message's state after it.
+    MessageUpdated {
+        conversation_id: ConversationId,
+        seq: Seq,
+        change: Change,
         message: Message,
     },
     Messages {

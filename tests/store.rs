@@ -5,8 +5,11 @@
 
 use std::collections::BTreeSet;
 
-use confab::model::{ClientMsgId, ConversationId, MessageType, Seq, UserId};
-use confab::store::{NewMessage, Store};
+use confab::model::{
+    ChangeRequest, ClientMsgId, Conversation, ConversationId, Emoji, LogEntry, Message,
+    MessageType, Refusal, Seq, UserId,
+};
+use confab::store::{ChangeOrder, Changed, NewMessage, Store};
 use confab::tasks::Tasks;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 
@@ -64,6 +67,7 @@ fn msg(conv: ConversationId, sender: &str, content: &str, cid: Option<&str>) -> 
         content: content.into(),
         client_msg_id: cid.map(|c| ClientMsgId::parse(c).unwrap()),
         metadata: None,
+        reply_to: None,
     }
 }
 
@@ -131,17 +135,24 @@ async fn appends_in_order_and_idempotently(backend: &str) {
         .unwrap()
         .is_none());
 
-    // Read marks only move forward.
+    // A sender's own send moves their read mark; others' messages count
+    // as unread until read; read marks only move forward.
+    let unread = |listed: &[Conversation]| (listed[0].last_read_seq, listed[0].unread_count);
+    let listed = store.list_chats(&alice, 50, None).await.unwrap().chats;
+    assert_eq!(unread(&listed), (Some(Seq(3)), Some(0)));
+    let bob_id = user("bob");
+    let listed = store.list_chats(&bob_id, 50, None).await.unwrap().chats;
+    assert_eq!(unread(&listed), (Some(Seq(2)), Some(1)));
     assert_eq!(
-        store.mark_read(conv.id, &alice, Seq(2)).await.unwrap(),
-        Some(Seq(2))
+        store.mark_read(conv.id, &bob_id, Seq(3)).await.unwrap(),
+        Some(Seq(3))
     );
     assert_eq!(
-        store.mark_read(conv.id, &alice, Seq(1)).await.unwrap(),
+        store.mark_read(conv.id, &bob_id, Seq(1)).await.unwrap(),
         None
     );
-    let listed = store.list_chats(&alice).await.unwrap();
-    assert_eq!(listed[0].last_read_seq, Some(Seq(2)));
+    let listed = store.list_chats(&bob_id, 50, None).await.unwrap().chats;
+    assert_eq!(unread(&listed), (Some(Seq(3)), Some(0)));
 
     // Participants and archive.
     assert!(store
@@ -161,7 +172,12 @@ async fn appends_in_order_and_idempotently(backend: &str) {
         .await
         .unwrap());
     store.archive(conv.id).await.unwrap();
-    assert!(store.list_chats(&alice).await.unwrap().is_empty());
+    assert!(store
+        .list_chats(&alice, 50, None)
+        .await
+        .unwrap()
+        .chats
+        .is_empty());
     assert!(store.chat(conv.id).await.unwrap().unwrap().archived);
 
     // Metadata and content survive the round trip as given.
@@ -330,4 +346,242 @@ async fn postgres_appends_in_order_and_idempotently() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_concurrent_writers_keep_seq_gap_free() {
     concurrent_writers_keep_seq_gap_free("postgres", 4, 4, 50).await;
+}
+
+/// Every change takes the next seq and folds into the message's state;
+/// the log reads back messages and changes in seq order, each with its
+/// message's current state; the rules refuse what they must.
+async fn changes_take_seqs_and_fold_into_state(backend: &str) {
+    let Some((stores, _dir)) = stores(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let (alice, bob) = (user("alice"), user("bob"));
+    let conv = store
+        .create_chat(&alice, None, std::slice::from_ref(&bob), None)
+        .await
+        .unwrap();
+    let m1 = store
+        .append(msg(conv.id, "alice", "one", None))
+        .await
+        .unwrap()
+        .unwrap()
+        .message;
+    let mut reply = msg(conv.id, "bob", "two", None);
+    reply.reply_to = Some(m1.id);
+    let m2 = store.append(reply).await.unwrap().unwrap().message;
+    assert_eq!(m2.reply_to, Some(m1.id));
+
+    let change = |actor: &UserId, message: &Message, request: ChangeRequest| ChangeOrder {
+        conversation_id: conv.id,
+        message_id: message.id,
+        actor: actor.clone(),
+        request,
+        max_reactions: 2,
+    };
+    let edit = |text: &str| ChangeRequest::Edit {
+        content: text.into(),
+    };
+    let react = |e: &str, add: bool| ChangeRequest::React {
+        emoji: Emoji::parse(e).unwrap(),
+        add,
+    };
+    let seq_of = |c: Result<Changed, Refusal>| c.expect("allowed").seq();
+    let run = |order: ChangeOrder| async move { store.change(&order).await.unwrap() };
+
+    assert_eq!(
+        seq_of(run(change(&alice, &m1, edit("one!"))).await),
+        Some(Seq(3))
+    );
+    assert_eq!(
+        seq_of(run(change(&alice, &m1, edit("one!"))).await),
+        None,
+        "same text"
+    );
+    assert!(matches!(
+        run(change(&bob, &m1, edit("mine"))).await,
+        Err(Refusal::Forbidden(_))
+    ));
+    assert_eq!(
+        seq_of(run(change(&bob, &m1, react("👍", true))).await),
+        Some(Seq(4))
+    );
+    assert_eq!(
+        seq_of(run(change(&bob, &m1, react("👍", true))).await),
+        None,
+        "twice"
+    );
+    assert_eq!(
+        seq_of(run(change(&alice, &m1, react("👍", true))).await),
+        Some(Seq(5))
+    );
+    assert_eq!(
+        seq_of(run(change(&alice, &m1, react("🎉", true))).await),
+        Some(Seq(6))
+    );
+    assert_eq!(
+        run(change(&bob, &m1, react("❤", true))).await.unwrap_err(),
+        Refusal::TooManyReactions { max: 2 }
+    );
+    let removed = run(change(&bob, &m1, react("👍", false))).await.unwrap();
+    assert_eq!(removed.seq(), Some(Seq(7)));
+    let shown: Vec<(String, u64, Vec<String>)> = removed
+        .message()
+        .reactions
+        .iter()
+        .map(|r| {
+            let users = r.user_ids.iter().map(|u| u.as_str().to_owned()).collect();
+            (r.emoji.as_str().to_owned(), r.count, users)
+        })
+        .collect();
+    assert_eq!(
+        shown,
+        vec![
+            ("👍".to_string(), 1, vec!["alice".to_string()]),
+            ("🎉".to_string(), 1, vec!["alice".to_string()])
+        ]
+    );
+    assert_eq!(
+        seq_of(run(change(&bob, &m1, react("👍", false))).await),
+        None,
+        "not there"
+    );
+    // The owner deletes another's message; a deleted message is gone.
+    let deleted = run(change(&alice, &m2, ChangeRequest::Delete))
+        .await
+        .unwrap();
+    assert_eq!(deleted.seq(), Some(Seq(8)));
+    assert!(deleted.message().deleted && deleted.message().content.is_empty());
+    for request in [ChangeRequest::Delete, edit("x"), react("👍", true)] {
+        assert_eq!(
+            run(change(&bob, &m2, request)).await.unwrap_err(),
+            Refusal::NotFound("message")
+        );
+    }
+    let other = store.create_chat(&bob, None, &[], None).await.unwrap();
+    let mut elsewhere = change(&bob, &m1, react("👍", true));
+    elsewhere.conversation_id = other.id;
+    assert_eq!(
+        run(elsewhere).await.unwrap_err(),
+        Refusal::NotFound("message")
+    );
+    assert_eq!(store.last_seq(conv.id).await.unwrap(), Some(Seq(8)));
+
+    // The log: every entry once, in order, each with the current state.
+    let (log, more) = store.log_after(conv.id, Seq(0), 100).await.unwrap();
+    assert!(!more);
+    assert_eq!(
+        log.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        (1..=8).collect::<Vec<_>>()
+    );
+    for entry in &log {
+        let message = match entry {
+            LogEntry::Message(m) | LogEntry::Change { message: m, .. } => m,
+        };
+        if message.id == m2.id {
+            assert!(message.deleted && message.content.is_empty(), "{entry:?}");
+        } else {
+            assert_eq!(message.content, "one!");
+            assert_eq!(message.reactions.len(), 2);
+        }
+    }
+    let (page, more) = store.log_after(conv.id, Seq(2), 3).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        vec![3, 4, 5]
+    );
+    assert!(more);
+    let (page, more) = store.log_before(conv.id, Seq(8), 3).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        vec![5, 6, 7]
+    );
+    assert!(more);
+    let (page, more) = store.log_before(conv.id, Seq(3), 5).await.unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.seq().0).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(!more);
+    // History pages hold messages only, in their current state.
+    let (messages, _) = store.messages_after(conv.id, Seq(0), 10).await.unwrap();
+    assert_eq!(messages.len(), 2);
+    assert!(messages[0].edited_at.is_some() && messages[1].deleted);
+
+    // Unread: not one's own, not deleted, above the read mark.
+    let unread = |u: UserId| async move {
+        store.list_chats(&u, 10, None).await.unwrap().chats[0].unread_count
+    };
+    assert_eq!(
+        unread(alice.clone()).await,
+        Some(0),
+        "bob's message was deleted"
+    );
+    store
+        .append(msg(conv.id, "bob", "three", None))
+        .await
+        .unwrap();
+    assert_eq!(unread(alice.clone()).await, Some(1));
+
+    store.archive(conv.id).await.unwrap();
+    assert_eq!(
+        run(change(&alice, &m1, edit("late"))).await.unwrap_err(),
+        Refusal::Archived
+    );
+}
+
+/// Paging through a listing while conversations are active, created and
+/// joined returns every conversation of the first page's moment once.
+async fn listing_pages_hold_still_under_activity(backend: &str) {
+    let Some((stores, _dir)) = stores(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let ann = user("ann");
+    let mut all = BTreeSet::new();
+    for _ in 0..23 {
+        let conv = store.create_chat(&ann, None, &[], None).await.unwrap();
+        all.insert(conv.id);
+    }
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    loop {
+        let page = store.list_chats(&ann, 5, cursor.as_ref()).await.unwrap();
+        assert!(page.chats.len() <= 5);
+        seen.extend(page.chats.iter().map(|c| c.id));
+        // Activity between pages: a message in every conversation not yet
+        // listed and one listed, and a new conversation.
+        for id in all.iter().filter(|id| !seen.contains(id)).take(3) {
+            store.append(msg(*id, "ann", "up", None)).await.unwrap();
+        }
+        store.append(msg(seen[0], "ann", "up", None)).await.unwrap();
+        store.create_chat(&ann, None, &[], None).await.unwrap();
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    let distinct: BTreeSet<_> = seen.iter().copied().collect();
+    assert_eq!(distinct.len(), seen.len(), "no conversation twice");
+    assert_eq!(distinct, all, "every conversation once, none added");
+}
+
+#[tokio::test]
+async fn sqlite_changes_take_seqs_and_fold_into_state() {
+    changes_take_seqs_and_fold_into_state("sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_changes_take_seqs_and_fold_into_state() {
+    changes_take_seqs_and_fold_into_state("postgres").await;
+}
+
+#[tokio::test]
+async fn sqlite_listing_pages_hold_still_under_activity() {
+    listing_pages_hold_still_under_activity("sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_listing_pages_hold_still_under_activity() {
+    listing_pages_hold_still_under_activity("postgres").await;
 }

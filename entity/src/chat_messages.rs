@@ -1,5 +1,7 @@
-//! One stored message. Unique on (chat_id, seq) and on
-//! (chat_id, sender_id, client_msg_id), so a retried send stores nothing new.
+//! One stored message in its current state (edits, deletion and reactions
+//! folded in: reading it never replays the log). Unique on (chat_id, seq)
+//! and on (chat_id, sender_id, client_msg_id), so a retried send stores
+//! nothing new.
 
 use sea_orm::entity::prelude::*;
 
@@ -17,6 +19,13 @@ pub struct Model {
     pub client_msg_id: Option<String>,
     pub metadata: Option<Json>,
     pub created_at: DateTimeUtc,
+    /// The message this one answers, in the same conversation.
+    pub reply_to: Option<Uuid>,
+    pub edited_at: Option<DateTimeUtc>,
+    pub deleted: bool,
+    /// The reactions as clients see them (`[{emoji, count, user_ids}]`),
+    /// recomputed from `chat_reactions` by every reaction change.
+    pub reactions: Option<Json>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

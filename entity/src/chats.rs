@@ -1,5 +1,6 @@
-//! A conversation. `last_seq` is the seq of its newest message: bumping it in
-//! the same transaction as the insert is what keeps seq gap-free and unique.
+//! A conversation. `last_seq` is the seq of its newest log entry (a message
+//! or a change): bumping it in the same transaction as the entry's insert is
+//! what keeps seq gap-free and unique.
 
 use sea_orm::entity::prelude::*;
 
@@ -19,6 +20,8 @@ pub struct Model {
     pub stream_id: Option<Uuid>,
     /// When that claim lapses unless a heartbeat extends it.
     pub stream_expires_at: Option<DateTimeUtc>,
+    /// When its newest message was stored: its activity, for listings.
+    pub last_message_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

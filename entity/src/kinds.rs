@@ -55,3 +55,31 @@ pub enum Role {
     #[sea_orm(string_value = "member")]
     Member,
 }
+
+/// What a log entry other than a new message did to its message.
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    PartialEq,
+    Eq,
+    Hash,
+    EnumIter,
+    DeriveActiveEnum,
+    Serialize,
+    Deserialize,
+    poem_openapi::Enum,
+)]
+#[sea_orm(rs_type = "String", db_type = "String(StringLen::None)")]
+#[serde(rename_all = "snake_case")]
+#[oai(rename_all = "snake_case")]
+pub enum ChangeKind {
+    #[sea_orm(string_value = "edited")]
+    Edited,
+    #[sea_orm(string_value = "deleted")]
+    Deleted,
+    #[sea_orm(string_value = "reaction_added")]
+    ReactionAdded,
+    #[sea_orm(string_value = "reaction_removed")]
+    ReactionRemoved,
+}

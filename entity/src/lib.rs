@@ -1,9 +1,11 @@
-//! sea-orm entities of confab's three tables. The app reaches them only
+//! sea-orm entities of confab's tables. The app reaches them only
 //! through `confab::store`; nothing else knows the schema.
 
+pub mod chat_changes;
 pub mod chat_messages;
 pub mod chat_participants;
+pub mod chat_reactions;
 pub mod chats;
 mod kinds;
 
-pub use kinds::{MessageType, Role};
+pub use kinds::{ChangeKind, MessageType, Role};

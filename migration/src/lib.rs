@@ -6,6 +6,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20261121_000001_create_chats;
 mod m20261121_000002_stream_claim;
 mod m20261201_000003_stream_claim_index;
+mod m20261203_000004_conversation_log;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -17,6 +18,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000001_create_chats::Migration),
             Box::new(m20261121_000002_stream_claim::Migration),
             Box::new(m20261201_000003_stream_claim_index::Migration),
+            Box::new(m20261203_000004_conversation_log::Migration),
         ]
     }
 }

@@ -478,6 +478,7 @@ impl Streams {
                 content: out.text.clone(),
                 client_msg_id: None,
                 metadata: Some(metadata),
+                reply_to: Some(req.reply_to.id),
             };
             match self.events.append(new).await {
                 Ok(appended) => stored = Some(appended.message),

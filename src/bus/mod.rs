@@ -20,7 +20,7 @@ use tracing::Instrument;
 pub use local::LocalBus;
 pub use redis::RedisBus;
 
-use crate::model::{ConnectionId, ConversationId, Seq, StreamId, UserId};
+use crate::model::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 
 /// Where an event goes: everyone joined to a conversation, every socket of a
 /// user, or every node (stream control).
@@ -34,8 +34,15 @@ pub enum Topic {
 /// How the receiving hub treats an event.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum EventKind {
-    /// A stored message: delivered in seq order, once per socket.
-    Message { seq: Seq },
+    /// A log entry (a stored message or change): delivered in seq order,
+    /// once per socket.
+    Message {
+        seq: Seq,
+        /// The message the entry is about: a new one, or a change's target
+        /// (absent in events of nodes that predate changes).
+        #[serde(default)]
+        message: Option<MessageId>,
+    },
     /// Typing, read receipts, stream tokens: delivered as they come, to
     /// every joined socket but `except` (the one that caused it).
     Ephemeral { except: Option<ConnectionId> },

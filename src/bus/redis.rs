@@ -413,7 +413,10 @@ mod tests {
 
     #[test]
     fn events_decode_with_their_payload_intact() {
-        let kind = EventKind::Message { seq: Seq(7) };
+        let kind = EventKind::Message {
+            seq: Seq(7),
+            message: None,
+        };
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         let mut body = serde_json::to_vec(&Header {
             kind: kind.clone(),

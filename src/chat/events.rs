@@ -17,10 +17,11 @@ use crate::error::ChatError;
 use crate::hub::{Entry, History, HistoryError, Hub, Page};
 use crate::metrics::Metrics;
 use crate::model::{
-    ConnectionId, Conversation, ConversationId, Message, Seq, StreamId, UpdateReason, UserId,
+    ConnectionId, Conversation, ConversationId, LogEntry, Message, Seq, StreamId, UpdateReason,
+    UserId,
 };
 use crate::protocol::ServerFrame;
-use crate::store::{Appended, NewMessage, Store, Submitted};
+use crate::store::{Appended, ChangeOrder, Changed, NewMessage, Store, Submitted};
 
 /// Publishes what happens in conversations, on every node.
 pub struct Events {
@@ -34,6 +35,26 @@ pub struct Events {
 /// joined to its conversation receives, live or replayed.
 pub fn message_frame(message: Message) -> Utf8Bytes {
     ServerFrame::MessageReceived { message }.encode().into()
+}
+
+/// The frame of a log entry: `message_received` for a new message,
+/// `message_updated` for a change.
+fn entry_frame(entry: LogEntry) -> Utf8Bytes {
+    match entry {
+        LogEntry::Message(message) => message_frame(message),
+        LogEntry::Change {
+            seq,
+            change,
+            message,
+        } => ServerFrame::MessageUpdated {
+            conversation_id: message.conversation_id,
+            seq,
+            change,
+            message,
+        }
+        .encode()
+        .into(),
+    }
 }
 
 impl Events {
@@ -73,12 +94,46 @@ impl Events {
             let message = &appended.message;
             self.publish(
                 Topic::Conversation(message.conversation_id),
-                EventKind::Message { seq: message.seq },
+                EventKind::Message {
+                    seq: message.seq,
+                    message: Some(message.id),
+                },
                 message_frame(message.clone()).into(),
             )
             .await;
         }
         Ok(appended)
+    }
+
+    /// Stores a change of a message and publishes it, unless it changes
+    /// nothing.
+    pub async fn change(&self, order: &ChangeOrder) -> Result<Changed, ChatError> {
+        let changed = self.store.change(order).await??;
+        if let Changed::Stored {
+            seq,
+            change,
+            message,
+        } = &changed
+        {
+            self.metrics.changes_stored.inc();
+            let kind = EventKind::Message {
+                seq: *seq,
+                message: Some(message.id),
+            };
+            let entry = LogEntry::Change {
+                seq: *seq,
+                change: change.clone(),
+                message: message.clone(),
+            };
+            let frame = entry_frame(entry);
+            self.publish(
+                Topic::Conversation(order.conversation_id),
+                kind,
+                frame.into(),
+            )
+            .await;
+        }
+        Ok(changed)
     }
 
     /// A stored change of a conversation (created, participants, archived):
@@ -197,19 +252,20 @@ fn encode(frame: &ServerFrame) -> Bytes {
     Bytes::from(frame.encode())
 }
 
-/// The store's messages as the hub replays them.
+/// The store's log as the hub replays it.
 pub struct StoredHistory(pub Store);
 
 fn unavailable(e: sea_orm::DbErr) -> HistoryError {
     HistoryError(e.to_string())
 }
 
-fn entries((messages, more): (Vec<Message>, bool)) -> Page {
-    let entries = messages
+fn entries((log, more): (Vec<LogEntry>, bool)) -> Page {
+    let entries = log
         .into_iter()
-        .map(|m| Entry {
-            seq: m.seq,
-            frame: message_frame(m),
+        .map(|e| Entry {
+            seq: e.seq(),
+            message: Some(e.message_id()),
+            frame: entry_frame(e),
         })
         .collect();
     (entries, more)
@@ -227,7 +283,7 @@ impl History for StoredHistory {
         after: Seq,
         limit: u64,
     ) -> Result<Page, HistoryError> {
-        let page = self.0.messages_after(conv, after, limit).await;
+        let page = self.0.log_after(conv, after, limit).await;
         page.map(entries).map_err(unavailable)
     }
 
@@ -237,7 +293,7 @@ impl History for StoredHistory {
         before: Seq,
         limit: u64,
     ) -> Result<Page, HistoryError> {
-        let page = self.0.messages_before(conv, Some(before), limit).await;
+        let page = self.0.log_before(conv, before, limit).await;
         page.map(entries).map_err(unavailable)
     }
 }
@@ -295,6 +351,7 @@ mod tests {
             content: "hello".into(),
             client_msg_id: Some(ClientMsgId::parse("c1").unwrap()),
             metadata: None,
+            reply_to: None,
         };
         let first = events.append(new.clone()).await.unwrap();
         assert!(!first.duplicate);

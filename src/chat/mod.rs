@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
+pub use crate::store::{Changed, ChatsPage, ListCursor};
 pub use assistants::{Assistants, StartStream};
 pub use events::{Events, StoredHistory};
 pub use limits::{Bucket, UserRateLimiter};
@@ -29,14 +30,16 @@ use crate::error::ChatError;
 use crate::hub::{Conn, Hub};
 use crate::metrics::Metrics;
 use crate::model::{
-    ClientMsgId, Conversation, ConversationId, Message, MessageId, MessageType, Seq, StreamId,
-    UpdateReason, UserId,
+    ChangeRequest, ClientMsgId, Conversation, ConversationId, Message, MessageId, MessageType,
+    Refusal, Seq, StreamId, UpdateReason, UserId,
 };
 use crate::protocol::ServerFrame;
-use crate::store::{Appended, NewMessage, Store, Submitted};
+use crate::store::{Appended, ChangeOrder, NewMessage, Store, Submitted};
 
 /// Longest conversation title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
+/// Most conversations in one page of a listing.
+const MAX_LISTED: u64 = 200;
 /// Most participants named when creating a conversation.
 const MAX_INITIAL_PARTICIPANTS: usize = 1000;
 
@@ -57,12 +60,17 @@ pub struct Page {
 }
 
 /// A message to send, from a socket or REST.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Outgoing {
     pub content: String,
     pub message_type: Option<MessageType>,
     pub client_msg_id: Option<ClientMsgId>,
+    pub reply_to: Option<MessageId>,
+    pub attachment_ids: Vec<String>,
 }
+
+/// Most attachments named by one message.
+const MAX_ATTACHMENTS: usize = 10;
 
 /// A send queued for storing (see `Chat::submit`); completes as `Sent`.
 pub struct PendingSend {
@@ -166,9 +174,63 @@ impl Chat {
         Ok(conv)
     }
 
-    /// The user's conversations, newest activity first.
-    pub async fn list(&self, user: &UserId) -> Result<Vec<Conversation>, ChatError> {
-        Ok(self.store.list_chats(user).await?)
+    /// A page of the user's conversations, newest activity first, with
+    /// their unread counts; `cursor` continues a listing.
+    pub async fn list(
+        &self,
+        user: &UserId,
+        limit: Option<u64>,
+        cursor: Option<&ListCursor>,
+    ) -> Result<ChatsPage, ChatError> {
+        let limit = limit.unwrap_or(50).clamp(1, MAX_LISTED);
+        Ok(self.store.list_chats(user, limit, cursor).await?)
+    }
+
+    /// Renames the conversation (any participant); tells every participant
+    /// if the title changed.
+    pub async fn rename(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        title: &str,
+    ) -> Result<Conversation, ChatError> {
+        let title = title.trim();
+        let chars = title.chars().count();
+        if chars == 0 || chars > MAX_TITLE_CHARS {
+            return Err(ChatError::InvalidFrame(format!(
+                "title must be 1 to {MAX_TITLE_CHARS} characters"
+            )));
+        }
+        self.require_writer(user, conv).await?;
+        let renamed = self.store.rename(conv, title).await?;
+        let chat = self.load(conv).await?;
+        if renamed {
+            self.events
+                .conversation_changed(&chat, UpdateReason::Renamed, None)
+                .await;
+        } else if chat.archived {
+            return Err(ChatError::from(Refusal::Archived));
+        }
+        Ok(chat)
+    }
+
+    /// Makes `to` the owner in place of `user`, who must own the
+    /// conversation; tells every participant.
+    pub async fn hand_over(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        to: &UserId,
+    ) -> Result<Conversation, ChatError> {
+        self.require_member(user, conv).await?;
+        let changed = self.store.hand_over(conv, user, to).await??;
+        let chat = self.load(conv).await?;
+        if changed {
+            self.events
+                .conversation_changed(&chat, UpdateReason::OwnerChanged, None)
+                .await;
+        }
+        Ok(chat)
     }
 
     /// A conversation the user participates in.
@@ -208,17 +270,26 @@ impl Chat {
     }
 
     /// Removes `target`: the owner may remove anyone, anyone may remove
-    /// themselves. The removed user's sockets stop receiving the conversation.
+    /// themselves, except the owner of an active conversation, which would
+    /// be left with nobody to archive it. The removed user's sockets stop
+    /// receiving the conversation.
     pub async fn remove_participant(
         &self,
         user: &UserId,
         conv: ConversationId,
         target: UserId,
     ) -> Result<Conversation, ChatError> {
-        self.require_member(user, conv).await?;
-        if user != &target && !self.is_owner(user, conv).await? {
+        let access = self.require_member(user, conv).await?;
+        let owner = self.is_owner(user, conv).await?;
+        if user != &target && !owner {
             return Err(ChatError::Forbidden(
                 "only the owner may remove other participants".into(),
+            ));
+        }
+        if user == &target && owner && !access.archived {
+            return Err(ChatError::Forbidden(
+                "the owner cannot leave: hand ownership on or archive the conversation first"
+                    .into(),
             ));
         }
         if !self.store.remove_participant(conv, &target).await? {
@@ -307,20 +378,24 @@ impl Chat {
                 "message_type must be `user` (other types are the server's)".into(),
             ));
         }
-        let len = out.content.chars().count();
-        if len > self.limits.max_message_chars {
-            return Err(ChatError::MessageTooLong {
-                len,
-                max: self.limits.max_message_chars,
-            });
-        }
-        if out.content.trim().is_empty() {
-            return Err(ChatError::InvalidFrame("content must not be empty".into()));
+        self.check_content(&out.content)?;
+        if out.attachment_ids.len() > MAX_ATTACHMENTS {
+            return Err(ChatError::InvalidFrame(format!(
+                "at most {MAX_ATTACHMENTS} attachments per message"
+            )));
         }
         let access = self.require_writer(user, conv).await?;
-        if let Err(retry_after_ms) = self.sends.check(user) {
-            self.metrics.rate_limited.inc();
-            return Err(ChatError::RateLimited { retry_after_ms });
+        self.check_rate(user)?;
+        if !out.attachment_ids.is_empty() {
+            // No attachment exists until attachments are built.
+            return Err(ChatError::NotFound("attachment"));
+        }
+        if let Some(reply_to) = out.reply_to {
+            // A message once stored stays (deletion keeps its row), so
+            // this check cannot be overtaken.
+            if self.store.message(conv, reply_to).await?.is_none() {
+                return Err(ChatError::NotFound("message"));
+            }
         }
         let stored = self
             .events
@@ -332,6 +407,7 @@ impl Chat {
                 content: out.content,
                 client_msg_id: out.client_msg_id,
                 metadata: None,
+                reply_to: out.reply_to,
             })
             .await;
         Ok(PendingSend {
@@ -361,6 +437,31 @@ impl Chat {
             }
         }
         Ok(appended)
+    }
+
+    /// Changes a message (an edit, a deletion, a reaction) and tells every
+    /// socket joined to the conversation, unless it changes nothing.
+    pub async fn change(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+        message_id: MessageId,
+        request: ChangeRequest,
+    ) -> Result<Changed, ChatError> {
+        if let ChangeRequest::Edit { content } = &request {
+            self.check_content(content)?;
+        }
+        self.require_writer(user, conv).await?;
+        self.check_rate(user)?;
+        self.events
+            .change(&ChangeOrder {
+                conversation_id: conv,
+                message_id,
+                actor: user.clone(),
+                request,
+                max_reactions: self.limits.max_reactions_per_message,
+            })
+            .await
     }
 
     /// Asks an assistant to answer `message_id` (default: the latest user
@@ -497,6 +598,29 @@ impl Chat {
     }
 
     // ------------------------------------------------------------ helpers
+
+    /// A message's text, sent or edited: not blank, within the length limit.
+    fn check_content(&self, content: &str) -> Result<(), ChatError> {
+        let len = content.chars().count();
+        if len > self.limits.max_message_chars {
+            return Err(ChatError::MessageTooLong {
+                len,
+                max: self.limits.max_message_chars,
+            });
+        }
+        if content.trim().is_empty() {
+            return Err(ChatError::InvalidFrame("content must not be empty".into()));
+        }
+        Ok(())
+    }
+
+    /// Draws on the user's send bucket: every log entry a user makes does.
+    fn check_rate(&self, user: &UserId) -> Result<(), ChatError> {
+        self.sends.check(user).map_err(|retry_after_ms| {
+            self.metrics.rate_limited.inc();
+            ChatError::RateLimited { retry_after_ms }
+        })
+    }
 
     async fn load(&self, conv: ConversationId) -> Result<Conversation, ChatError> {
         self.store

@@ -15,9 +15,12 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, Tags};
 
 use super::State;
 use crate::auth::Identity;
-use crate::chat::{NewChat, Outgoing, Page};
+use crate::chat::{ListCursor, NewChat, Outgoing, Page};
 use crate::error::{ChatError, ErrorCode};
-use crate::model::{ClientMsgId, Conversation, ConversationId, Message, Seq, UserId};
+use crate::model::{
+    ChangeRequest, ClientMsgId, Conversation, ConversationId, Emoji, Message, MessageId, Seq,
+    UserId,
+};
 
 #[derive(Tags)]
 enum ApiTags {
@@ -245,6 +248,55 @@ pub struct CreateChatBody {
 pub struct SendBody {
     pub content: Text,
     pub client_msg_id: Option<Text>,
+    /// The message this one answers, in the same conversation.
+    pub reply_to: Option<MessageId>,
+    /// At most 10.
+    #[oai(default)]
+    pub attachment_ids: Vec<Text>,
+}
+
+/// `PATCH /chats/{id}` body: one or both.
+#[derive(Debug, Object)]
+pub struct UpdateChatBody {
+    /// 1 to 200 characters after trimming.
+    pub title: Option<Text>,
+    /// Hands ownership on to this participant (the owner only).
+    pub owner_id: Option<Text>,
+}
+
+/// `POST /chats/{id}/read` body.
+#[derive(Debug, Object)]
+pub struct ReadBody {
+    pub seq: i64,
+}
+
+/// `PATCH /chats/{id}/messages/{message_id}` body.
+#[derive(Debug, Object)]
+pub struct EditBody {
+    pub content: Text,
+}
+
+/// The answer to a change: its seq (absent when it changed nothing) and
+/// the message's state after it.
+#[derive(Debug, Object)]
+pub struct ChangeAnswer {
+    #[oai(skip_serializing_if_is_none)]
+    pub seq: Option<Seq>,
+    pub message: Message,
+}
+
+#[derive(ApiResponse)]
+pub enum Listed {
+    #[oai(status = 200)]
+    Page(
+        Json<Vec<Conversation>>,
+        /// The `cursor` of the next page, when more follow.
+        #[oai(header = "Confab-Next-Cursor")]
+        Option<String>,
+        /// The next page's URL (RFC 8288), when more follow.
+        #[oai(header = "Link")]
+        Option<String>,
+    ),
 }
 
 /// `POST /chats/{id}/participants` body.
@@ -290,11 +342,144 @@ pub struct ChatApi;
 
 #[OpenApi(prefix_path = "/api/v1/chat", tag = "ApiTags::Chats")]
 impl ChatApi {
-    /// The caller's conversations, newest activity first.
+    /// A page of the caller's conversations, newest activity first, each
+    /// with `last_read_seq` and `unread_count`. When more follow, the
+    /// `Confab-Next-Cursor` header holds the `cursor` of the next page.
     #[oai(path = "/chats", method = "get")]
-    async fn list(&self, req: &Request, auth: BearerAuth) -> ApiResult<Json<Vec<Conversation>>> {
+    async fn list(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// 1 to 200, default 50.
+        limit: Query<Option<u64>>,
+        /// From `Confab-Next-Cursor`, to continue a listing.
+        cursor: Query<Option<String>>,
+    ) -> ApiResult<Listed> {
         let state = state(req)?;
-        Ok(Json(state.chat.list(&auth.0.user_id).await?))
+        let cursor = cursor.0.as_deref().map(parse_cursor).transpose()?;
+        let page = state
+            .chat
+            .list(&auth.0.user_id, limit.0, cursor.as_ref())
+            .await?;
+        let next = page.next.as_ref().map(encode_cursor);
+        let link = next.as_ref().map(|c| {
+            let limit = limit.0.map(|l| format!("limit={l}&")).unwrap_or_default();
+            format!("</api/v1/chat/chats?{limit}cursor={c}>; rel=\"next\"")
+        });
+        Ok(Listed::Page(Json(page.chats), next, link))
+    }
+
+    /// Renames the conversation (any participant) or hands its ownership
+    /// on (the owner, to a participant).
+    #[oai(path = "/chats/:id", method = "patch")]
+    async fn update(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        body: Json<UpdateChatBody>,
+    ) -> ApiResult<Json<Conversation>> {
+        let state = state(req)?;
+        let user = &auth.0.user_id;
+        let body = body.0;
+        if body.title.is_none() && body.owner_id.is_none() {
+            return Err(ChatError::InvalidFrame("give `title` or `owner_id`".into()).into());
+        }
+        let owner = body.owner_id.map(|t| user_id(t.0)).transpose()?;
+        let mut conv = None;
+        if let Some(title) = body.title {
+            conv = Some(state.chat.rename(user, id.0, &title.0).await?);
+        }
+        if let Some(owner) = owner {
+            conv = Some(state.chat.hand_over(user, id.0, &owner).await?);
+        }
+        // One of the two ran (checked above).
+        Ok(Json(conv.expect("title or owner_id was given")))
+    }
+
+    /// Marks the conversation read up to `seq` (as `mark_read`).
+    #[oai(path = "/chats/:id/read", method = "post")]
+    async fn mark_read(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        body: Json<ReadBody>,
+    ) -> ApiResult<NoContent> {
+        let state = state(req)?;
+        state
+            .chat
+            .mark_read(&auth.0.user_id, id.0, Seq(body.0.seq))
+            .await?;
+        Ok(NoContent::Done)
+    }
+
+    /// Edits a message (its sender only).
+    #[oai(path = "/chats/:id/messages/:message_id", method = "patch")]
+    async fn edit(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        message_id: Path<MessageId>,
+        body: Json<EditBody>,
+    ) -> ApiResult<Json<ChangeAnswer>> {
+        let request = ChangeRequest::Edit {
+            content: body.0.content.0,
+        };
+        change(req, &auth, id.0, message_id.0, request).await
+    }
+
+    /// Deletes a message (its sender, or the conversation's owner).
+    #[oai(path = "/chats/:id/messages/:message_id", method = "delete")]
+    async fn delete(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        message_id: Path<MessageId>,
+    ) -> ApiResult<Json<ChangeAnswer>> {
+        change(req, &auth, id.0, message_id.0, ChangeRequest::Delete).await
+    }
+
+    /// Reacts to a message with `emoji` (percent-encoded).
+    #[oai(
+        path = "/chats/:id/messages/:message_id/reactions/:emoji",
+        method = "put"
+    )]
+    async fn add_reaction(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        message_id: Path<MessageId>,
+        emoji: Path<String>,
+    ) -> ApiResult<Json<ChangeAnswer>> {
+        let request = ChangeRequest::React {
+            emoji: self::emoji(emoji.0)?,
+            add: true,
+        };
+        change(req, &auth, id.0, message_id.0, request).await
+    }
+
+    /// Takes back a reaction.
+    #[oai(
+        path = "/chats/:id/messages/:message_id/reactions/:emoji",
+        method = "delete"
+    )]
+    async fn remove_reaction(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+        message_id: Path<MessageId>,
+        emoji: Path<String>,
+    ) -> ApiResult<Json<ChangeAnswer>> {
+        let request = ChangeRequest::React {
+            emoji: self::emoji(emoji.0)?,
+            add: false,
+        };
+        change(req, &auth, id.0, message_id.0, request).await
     }
 
     /// Creates a conversation; the caller joins as owner.
@@ -375,6 +560,8 @@ impl ChatApi {
                         .map(ClientMsgId::parse)
                         .transpose()
                         .map_err(|e| ChatError::InvalidFrame(e.to_string()))?,
+                    reply_to: body.reply_to,
+                    attachment_ids: body.attachment_ids.into_iter().map(|t| t.0).collect(),
                 },
             )
             .await?;
@@ -436,6 +623,69 @@ impl ChatApi {
 fn state(req: &Request) -> Result<&Arc<State>, ApiError> {
     req.data::<Arc<State>>()
         .ok_or_else(|| ChatError::Internal("state missing from request".into()).into())
+}
+
+/// A change through REST: the same use case as a socket's frame.
+async fn change(
+    req: &Request,
+    auth: &BearerAuth,
+    conv: ConversationId,
+    message: MessageId,
+    request: ChangeRequest,
+) -> ApiResult<Json<ChangeAnswer>> {
+    let changed = state(req)?
+        .chat
+        .change(&auth.0.user_id, conv, message, request)
+        .await?;
+    Ok(Json(ChangeAnswer {
+        seq: changed.seq(),
+        message: changed.message().clone(),
+    }))
+}
+
+/// An emoji named in a path, checked.
+fn emoji(text: String) -> Result<Emoji, ApiError> {
+    Emoji::parse(text).map_err(|e| ChatError::InvalidFrame(e.to_string()).into())
+}
+
+/// A listing cursor as clients hold it: opaque text.
+fn encode_cursor(c: &ListCursor) -> String {
+    format!(
+        "{}.{}.{}",
+        c.as_of.timestamp_millis(),
+        c.activity.timestamp_millis(),
+        c.id.0.simple()
+    )
+}
+
+fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
+    let bad = || {
+        ApiError::from(ChatError::InvalidFrame(
+            "not a cursor this server gave".into(),
+        ))
+    };
+    let mut parts = text.split('.');
+    let mut millis = || {
+        parts
+            .next()
+            .and_then(|p| p.parse::<i64>().ok())
+            .and_then(chrono::DateTime::from_timestamp_millis)
+    };
+    let (Some(as_of), Some(activity)) = (millis(), millis()) else {
+        return Err(bad());
+    };
+    let id = parts
+        .next()
+        .and_then(|p| uuid::Uuid::try_parse(p).ok())
+        .ok_or_else(bad)?;
+    if parts.next().is_some() {
+        return Err(bad());
+    }
+    Ok(ListCursor {
+        as_of,
+        activity,
+        id: ConversationId(id),
+    })
 }
 
 /// A user id given in a request, checked.

@@ -7,12 +7,15 @@ use async_trait::async_trait;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::error::ChatError;
-use crate::model::{ConversationId, Seq};
+use crate::model::{ConversationId, MessageId, Seq};
 
-/// One stored log entry as the rooms deliver it: its seq and its frame.
+/// One stored log entry as the rooms deliver it: its seq, the message it
+/// is about (a new message, or the target of a change) and its frame.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
     pub seq: Seq,
+    /// None only for events of nodes that predate the log's changes.
+    pub message: Option<MessageId>,
     pub frame: Utf8Bytes,
 }
 
@@ -82,6 +85,7 @@ pub mod memory {
             let log = logs.entry(conv).or_default();
             let entry = Entry {
                 seq: Seq(log.len() as i64 + 1),
+                message: None,
                 frame: text.into(),
             };
             log.push(entry.clone());

@@ -110,7 +110,7 @@ impl Hub {
             let (page, more) = self.history.after(room.id, from, PAGE).await?;
             for entry in page {
                 from = entry.seq;
-                let (sent, _) = room.state.lock().on_message(entry.seq, entry.frame);
+                let (sent, _) = room.state.lock().on_entry(entry);
                 self.metrics.events_delivered.inc_by(sent as u64);
             }
             if !more {

@@ -49,8 +49,8 @@ pub(super) struct Room {
 pub(super) struct RoomState {
     /// Highest seq delivered in order; None until the room is initialized.
     pub delivered: Option<Seq>,
-    /// Seqs that arrived ahead of a missing one.
-    pub pending: BTreeMap<Seq, Utf8Bytes>,
+    /// Entries that arrived ahead of a missing one.
+    pub pending: BTreeMap<Seq, Entry>,
     /// The room may be behind the store: messages were stored that the bus
     /// will not bring (it reconnected, or this node's publish failed). Joins
     /// with `since_seq` then read the store instead of trusting `delivered`,
@@ -69,9 +69,13 @@ pub(super) struct RoomState {
     pub closed: bool,
     /// Bound on buffered frames per replaying socket.
     pub queue_limit: usize,
-    /// The last messages delivered, oldest first: consecutive seqs ending at
-    /// `delivered`. A resume within them needs no store read.
-    recent: VecDeque<(Seq, Utf8Bytes)>,
+    /// The last entries delivered, oldest first: consecutive seqs ending at
+    /// `delivered`. A resume within them needs no store read. A change of a
+    /// message drops the older entries of that message from here (and all
+    /// before them, so the rest stays consecutive): their frames hold a
+    /// state that is no longer current, and a replay carries only current
+    /// state, so such a resume reads the store.
+    recent: VecDeque<Entry>,
     recent_limit: usize,
 }
 
@@ -98,21 +102,22 @@ impl Room {
 }
 
 impl RoomState {
-    /// Takes a stored message's frame. Returns how many sockets got it and
+    /// Takes a log entry's frame. Returns how many sockets got it and
     /// whether a gap remains (seqs held back behind a missing one).
-    pub fn on_message(&mut self, seq: Seq, frame: Utf8Bytes) -> (usize, bool) {
+    pub fn on_entry(&mut self, entry: Entry) -> (usize, bool) {
+        let seq = entry.seq;
         let Some(delivered) = self.delivered else {
-            self.pending.insert(seq, frame);
+            self.pending.insert(seq, entry);
             return (0, false);
         };
         if seq <= delivered {
             return (0, !self.pending.is_empty());
         }
         if seq != delivered.next() {
-            self.pending.insert(seq, frame);
+            self.pending.insert(seq, entry);
             return (0, true);
         }
-        let mut sent = self.fan_out(seq, frame);
+        let mut sent = self.fan_out(entry);
         sent += self.drain_pending();
         (sent, !self.pending.is_empty())
     }
@@ -127,8 +132,7 @@ impl RoomState {
         let consecutive = recent.windows(2).all(|w| w[1].seq == w[0].seq.next());
         if consecutive && recent.last().is_some_and(|e| e.seq == last) {
             let skip = recent.len().saturating_sub(self.recent_limit);
-            self.recent
-                .extend(recent.into_iter().skip(skip).map(|e| (e.seq, e.frame)));
+            self.recent.extend(recent.into_iter().skip(skip));
         }
         self.drain_pending();
         self.claim_recovery()
@@ -143,8 +147,8 @@ impl RoomState {
             if seq <= delivered {
                 entry.remove();
             } else if seq == delivered.next() {
-                let frame = entry.remove();
-                sent += self.fan_out(seq, frame);
+                let entry = entry.remove();
+                sent += self.fan_out(entry);
             } else {
                 break;
             }
@@ -152,13 +156,27 @@ impl RoomState {
         sent
     }
 
-    fn fan_out(&mut self, seq: Seq, frame: Utf8Bytes) -> usize {
+    fn fan_out(&mut self, entry: Entry) -> usize {
+        let Entry {
+            seq,
+            message,
+            frame,
+        } = entry;
         self.delivered = Some(seq);
         if self.recent_limit > 0 {
+            if let Some(id) = message {
+                if let Some(last) = self.recent.iter().rposition(|e| e.message == Some(id)) {
+                    self.recent.drain(..=last);
+                }
+            }
             if self.recent.len() == self.recent_limit {
                 self.recent.pop_front();
             }
-            self.recent.push_back((seq, frame.clone()));
+            self.recent.push_back(Entry {
+                seq,
+                message,
+                frame: frame.clone(),
+            });
         }
         let limit = self.queue_limit;
         let mut sent = 0;
@@ -190,15 +208,15 @@ impl RoomState {
         sent
     }
 
-    /// The frames of every message after `since` up to `delivered`, if the
+    /// The frames of every entry after `since` up to `delivered`, if the
     /// recent ones cover them all (None: read the store).
     pub fn recent_after(&self, since: Seq) -> Option<impl Iterator<Item = &Utf8Bytes>> {
-        let oldest = self.recent.front()?.0;
+        let oldest = self.recent.front()?.seq;
         (oldest <= since.next()).then(|| {
             self.recent
                 .iter()
-                .filter(move |(seq, _)| *seq > since)
-                .map(|(_, frame)| frame)
+                .filter(move |e| e.seq > since)
+                .map(|e| &e.frame)
         })
     }
 
@@ -403,9 +421,21 @@ fn push_buffered(
 }
 
 #[cfg(test)]
+impl RoomState {
+    /// A new message's entry, for tests that only need seq and frame.
+    pub fn on_message(&mut self, seq: Seq, frame: Utf8Bytes) -> (usize, bool) {
+        self.on_entry(Entry {
+            seq,
+            message: None,
+            frame,
+        })
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::UserId;
+    use crate::model::{MessageId, UserId};
 
     fn room_with_member() -> (RoomState, crate::hub::Outbox) {
         let room = Room::new(ConversationId::new(), 100, 3);
@@ -492,6 +522,48 @@ mod tests {
     }
 
     #[test]
+    fn a_change_drops_the_older_entries_of_its_message_from_the_recent_ones() {
+        let room = Room::new(ConversationId::new(), 10, 10);
+        let mut st = room.state.into_inner();
+        st.initialize(Seq(0), Vec::new());
+        let (a, b, c) = (MessageId::new(), MessageId::new(), MessageId::new());
+        let entry = |seq: i64, message: MessageId| Entry {
+            seq: Seq(seq),
+            message: Some(message),
+            frame: seq.to_string().into(),
+        };
+        st.on_entry(entry(1, a));
+        st.on_entry(entry(2, b));
+        st.on_entry(entry(3, c));
+        let frames = |st: &RoomState, since: i64| {
+            st.recent_after(Seq(since))
+                .map(|f| f.map(|f| f.to_string()).collect::<Vec<_>>())
+        };
+        assert_eq!(
+            frames(&st, 0),
+            Some(vec!["1".to_string(), "2".into(), "3".into()])
+        );
+        // 4 changes `a`: entry 1 (its old state) goes.
+        st.on_entry(entry(4, a));
+        assert_eq!(frames(&st, 0), None, "a resume from 0 reads the store");
+        assert_eq!(
+            frames(&st, 1),
+            Some(vec!["2".to_string(), "3".into(), "4".into()])
+        );
+        // 5 changes `b`: entry 2 goes; 3 and 4 stay.
+        st.on_entry(entry(5, b));
+        assert_eq!(frames(&st, 1), None);
+        assert_eq!(
+            frames(&st, 2),
+            Some(vec!["3".to_string(), "4".into(), "5".into()])
+        );
+        // 6 changes `a` again: everything up to its change 4 goes.
+        st.on_entry(entry(6, a));
+        assert_eq!(frames(&st, 3), None);
+        assert_eq!(frames(&st, 4), Some(vec!["5".to_string(), "6".into()]));
+    }
+
+    #[test]
     fn recent_messages_are_seeded_only_when_they_end_at_the_start() {
         let room = Room::new(ConversationId::new(), 10, 3);
         let mut st = room.state.into_inner();
@@ -499,6 +571,7 @@ mod tests {
             seqs.iter()
                 .map(|s| Entry {
                     seq: Seq(*s),
+                    message: None,
                     frame: s.to_string().into(),
                 })
                 .collect()

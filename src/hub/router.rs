@@ -8,7 +8,7 @@ use std::sync::{Arc, Weak};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::Hub;
+use super::{Entry, Hub};
 use crate::bus::{Event, EventKind, EventSink, Topic};
 use crate::model::{ConversationId, StreamId, UserId};
 
@@ -42,8 +42,13 @@ impl Hub {
             return 0;
         };
         match kind {
-            EventKind::Message { seq } => {
-                let (sent, gap) = room.state.lock().on_message(*seq, frame);
+            EventKind::Message { seq, message } => {
+                let entry = Entry {
+                    seq: *seq,
+                    message: *message,
+                    frame,
+                };
+                let (sent, gap) = room.state.lock().on_entry(entry);
                 if gap {
                     self.start_recovery(&room);
                 }

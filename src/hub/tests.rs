@@ -70,7 +70,10 @@ fn joined(seq: Seq) -> Utf8Bytes {
 
 /// Publishes a stored entry as `chat` does.
 async fn publish(bus: &LocalBus, conv: ConversationId, entry: &Entry) {
-    let kind = EventKind::Message { seq: entry.seq };
+    let kind = EventKind::Message {
+        seq: entry.seq,
+        message: entry.message,
+    };
     let payload = Bytes::from(entry.frame.to_string());
     bus.publish(Event::new(Topic::Conversation(conv), kind, payload))
         .await

@@ -50,6 +50,16 @@ pub struct UserId(String);
 #[serde(try_from = "String", into = "String")]
 pub struct ClientMsgId(String);
 
+/// Most Unicode scalar values in a reaction's emoji.
+pub const MAX_EMOJI_CHARS: usize = 16;
+
+/// The emoji of a reaction: 1 to 16 Unicode scalar values, none of them
+/// whitespace or a control character. Stored as sent (no normalization),
+/// so two spellings of one emoji are two reactions.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Emoji(String);
+
 /// An identifier that breaks its type's rule; the text says which.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -130,7 +140,42 @@ macro_rules! openapi_string {
     };
 }
 
+impl Emoji {
+    /// An emoji, if it keeps the rule.
+    pub fn parse(text: impl Into<String>) -> Result<Self, InvalidId> {
+        let text = text.into();
+        let count = text.chars().count();
+        if count == 0 || count > MAX_EMOJI_CHARS {
+            return Err(InvalidId("emoji must be 1 to 16 characters"));
+        }
+        if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(InvalidId(
+                "emoji must not contain whitespace or control characters",
+            ));
+        }
+        Ok(Self(text))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Emoji {
+    type Error = InvalidId;
+    fn try_from(text: String) -> Result<Self, InvalidId> {
+        Self::parse(text)
+    }
+}
+
+impl From<Emoji> for String {
+    fn from(emoji: Emoji) -> String {
+        emoji.0
+    }
+}
+
 openapi_string!(UserId);
+openapi_string!(Emoji);
 openapi_string!(ClientMsgId);
 
 impl TryFrom<String> for UserId {
@@ -289,5 +334,22 @@ mod tests {
         assert!(ClientMsgId::parse("é".repeat(64)).is_ok());
         assert!(ClientMsgId::parse("é".repeat(65)).is_err());
         assert!(serde_json::from_str::<ClientMsgId>(&format!("\"{}\"", "x".repeat(65))).is_err());
+    }
+
+    #[test]
+    fn emojis_are_1_to_16_scalars_without_space_or_control() {
+        assert!(Emoji::parse("👍").is_ok());
+        // A family: several scalar values joined, one glyph.
+        assert!(Emoji::parse("👨\u{200d}👩\u{200d}👧").is_ok());
+        assert!(Emoji::parse("x".repeat(16)).is_ok());
+        assert!(Emoji::parse("x".repeat(17)).is_err());
+        assert!(Emoji::parse("").is_err());
+        assert!(Emoji::parse("👍 ").is_err());
+        assert!(Emoji::parse("a\u{7}").is_err());
+        assert!(
+            Emoji::parse("\u{a0}").is_err(),
+            "no-break space is whitespace"
+        );
+        assert!(serde_json::from_str::<Emoji>("\"\\n\"").is_err());
     }
 }

@@ -6,6 +6,7 @@
 
 mod close;
 mod ids;
+mod log;
 
 use std::collections::HashSet;
 
@@ -14,13 +15,17 @@ use poem_openapi::Object;
 use serde::{Deserialize, Serialize};
 
 pub use close::CloseReason;
-pub use entity::{MessageType, Role};
+pub use entity::{ChangeKind, MessageType, Role};
 pub use ids::{
-    ClientMsgId, ConnectionId, ConversationId, InvalidId, MessageId, Seq, StreamId, UserId,
-    MAX_CLIENT_MSG_ID_CHARS, MAX_USER_ID_BYTES,
+    ClientMsgId, ConnectionId, ConversationId, Emoji, InvalidId, MessageId, Seq, StreamId, UserId,
+    MAX_CLIENT_MSG_ID_CHARS, MAX_EMOJI_CHARS, MAX_USER_ID_BYTES,
+};
+pub use log::{
+    Change, ChangeRequest, Decision, LogEntry, Reaction, Refusal, Target, MAX_REACTORS_SHOWN,
 };
 
-/// A stored message as every client sees it.
+/// A stored message as every client sees it, in its current state: edits,
+/// deletion and reactions folded in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]
 pub struct Message {
     pub id: MessageId,
@@ -36,6 +41,22 @@ pub struct Message {
     #[oai(skip_serializing_if_is_none)]
     pub metadata: Option<serde_json::Value>,
     pub created_at: DateTime<Utc>,
+    /// The message this one answers, in the same conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub reply_to: Option<MessageId>,
+    /// Files attached to it (none until attachments exist).
+    #[serde(default)]
+    pub attachments: Vec<serde_json::Value>,
+    /// Ordered by each emoji's first reaction.
+    #[serde(default)]
+    pub reactions: Vec<Reaction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub edited_at: Option<DateTime<Utc>>,
+    /// Deleted: its content is empty, its reactions and attachments gone.
+    #[serde(default)]
+    pub deleted: bool,
 }
 
 /// A conversation as a sidebar shows it.
@@ -56,6 +77,11 @@ pub struct Conversation {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[oai(skip_serializing_if_is_none)]
     pub last_read_seq: Option<Seq>,
+    /// The requesting user's unread messages: not their own, not deleted,
+    /// above `last_read_seq` (only in listings for that user).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub unread_count: Option<u64>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
@@ -69,6 +95,8 @@ pub enum UpdateReason {
     ParticipantRemoved,
     Renamed,
     Archived,
+    /// The owner handed ownership on (`owner_id` names the new owner).
+    OwnerChanged,
 }
 
 /// Token counts of an assistant answer, as the provider reports them.

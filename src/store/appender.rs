@@ -68,11 +68,11 @@ impl Appender {
             Ok(()) => PendingAppend::Queued(answer),
             // No writer (the runtime is shutting down): write it here.
             Err(mpsc::error::SendError((new, _))) if self.inline => {
-                PendingAppend::Done(Some(append_one(db, &new).await))
+                PendingAppend::Done(Some(Box::new(append_one(db, &new).await)))
             }
-            Err(_) => PendingAppend::Done(Some(Err(DbErr::Custom(
+            Err(_) => PendingAppend::Done(Some(Box::new(Err(DbErr::Custom(
                 "the message writer stopped".into(),
-            )))),
+            ))))),
         }
     }
 }
@@ -80,7 +80,8 @@ impl Appender {
 /// An append on its way: completes with the stored message.
 pub enum PendingAppend {
     Queued(oneshot::Receiver<Result<Option<Appended>, DbErr>>),
-    Done(Option<Result<Option<Appended>, DbErr>>),
+    /// Written by the caller (boxed: a message is large, and rare here).
+    Done(Option<Box<Result<Option<Appended>, DbErr>>>),
 }
 
 impl Future for PendingAppend {
@@ -91,11 +92,10 @@ impl Future for PendingAppend {
             PendingAppend::Queued(answer) => Pin::new(answer).poll(cx).map(|answer| {
                 answer.unwrap_or_else(|_| Err(DbErr::Custom("the message writer stopped".into())))
             }),
-            PendingAppend::Done(result) => Poll::Ready(
-                result
-                    .take()
-                    .unwrap_or_else(|| Err(DbErr::Custom("append polled after completion".into()))),
-            ),
+            PendingAppend::Done(result) => Poll::Ready(result.take().map_or_else(
+                || Err(DbErr::Custom("append polled after completion".into())),
+                |r| *r,
+            )),
         }
     }
 }

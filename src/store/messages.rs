@@ -24,6 +24,8 @@ pub struct NewMessage {
     pub content: String,
     pub client_msg_id: Option<ClientMsgId>,
     pub metadata: Option<serde_json::Value>,
+    /// The message it answers (checked by the caller to be in the conversation).
+    pub reply_to: Option<MessageId>,
 }
 
 /// Most messages in one transaction.
@@ -78,7 +80,8 @@ enum Slot {
 /// `chats.last_seq` is bumped once by its count of new messages (the row
 /// lock serializes writers of one conversation on every node) and every row
 /// is inserted, so seq is unique and gap-free: a failed insert rolls the
-/// bump back. Returns None for messages whose conversation does not exist.
+/// bump back. `last_message_at` becomes the batch's time, and each user
+/// sender's read mark moves up to their newest message. Returns None for messages whose conversation does not exist.
 /// Retries of stored sends, and twin copies within the batch, store nothing
 /// and come back marked duplicate. Postgres only: SQLite appends run on a
 /// connection of their own (`sqlite`).
@@ -138,6 +141,11 @@ impl Plan {
                 client_msg_id: new.client_msg_id.clone(),
                 metadata: new.metadata.clone(),
                 created_at,
+                reply_to: new.reply_to,
+                attachments: Vec::new(),
+                reactions: Vec::new(),
+                edited_at: None,
+                deleted: false,
             }));
         }
         Plan {
@@ -193,7 +201,9 @@ pub(super) type Bases = HashMap<ConversationId, i64>;
 
 /// Postgres: one statement, so one round trip and an implicit transaction.
 /// It locks the batch's chat rows in id order, bumps each `last_seq` by
-/// its count and inserts every row at `base + position`.
+/// its count, inserts every row at `base + position` and moves each user
+/// sender's read mark to their newest message (participant rows after
+/// chat rows, the order every writer takes).
 async fn insert_postgres(
     db: &DatabaseConnection,
     counts: &BTreeMap<ConversationId, i64>,
@@ -207,17 +217,27 @@ async fn insert_postgres(
             SELECT chats.id FROM chats JOIN counts ON counts.chat_id = chats.id \
             ORDER BY chats.id FOR UPDATE OF chats), \
         bumped AS (\
-            UPDATE chats SET last_seq = chats.last_seq + counts.n, updated_at = $3 \
+            UPDATE chats SET last_seq = chats.last_seq + counts.n, updated_at = $3, \
+                last_message_at = $3 \
             FROM counts WHERE chats.id = counts.chat_id AND chats.id IN (SELECT id FROM locked) \
             RETURNING chats.id, chats.last_seq - counts.n AS base), \
+        rows AS (\
+            SELECT m.*, bumped.base + m.position AS seq \
+            FROM jsonb_to_recordset($2) AS m(id uuid, chat_id uuid, position bigint, \
+                sender_id text, message_type text, content text, client_msg_id text, \
+                metadata jsonb, reply_to uuid) \
+            JOIN bumped ON bumped.id = m.chat_id), \
         inserted AS (\
             INSERT INTO chat_messages \
-                (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, created_at) \
-            SELECT m.id, m.chat_id, bumped.base + m.position, m.sender_id, m.message_type, \
-                m.content, m.client_msg_id, m.metadata::json, $3 \
-            FROM jsonb_to_recordset($2) AS m(id uuid, chat_id uuid, position bigint, \
-                sender_id text, message_type text, content text, client_msg_id text, metadata jsonb) \
-            JOIN bumped ON bumped.id = m.chat_id) \
+                (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, \
+                 created_at, reply_to) \
+            SELECT id, chat_id, seq, sender_id, message_type, content, client_msg_id, \
+                metadata::json, $3, reply_to FROM rows), \
+        marked AS (\
+            UPDATE chat_participants p SET last_read_seq = r.seq \
+            FROM (SELECT chat_id, sender_id, MAX(seq) AS seq FROM rows \
+                  WHERE message_type = 'user' GROUP BY chat_id, sender_id) r \
+            WHERE p.chat_id = r.chat_id AND p.user_id = r.sender_id AND p.last_read_seq < r.seq) \
         SELECT id, base FROM bumped";
     let counts: serde_json::Value = counts
         .iter()
@@ -235,6 +255,7 @@ async fn insert_postgres(
                 "content": m.content,
                 "client_msg_id": m.client_msg_id,
                 "metadata": m.metadata,
+                "reply_to": m.reply_to,
             })
         })
         .collect();
@@ -387,7 +408,7 @@ fn is_unique_violation(e: &DbErr) -> bool {
     matches!(e.sql_err(), Some(SqlErr::UniqueConstraintViolation(_)))
 }
 
-fn to_message(m: msgs::Model) -> Result<Message, DbErr> {
+pub(super) fn to_message(m: msgs::Model) -> Result<Message, DbErr> {
     let client_msg_id = m
         .client_msg_id
         .map(|c| ClientMsgId::parse(c).map_err(|e| DbErr::Type(e.to_string())))
@@ -402,5 +423,15 @@ fn to_message(m: msgs::Model) -> Result<Message, DbErr> {
         client_msg_id,
         metadata: m.metadata,
         created_at: m.created_at,
+        reply_to: m.reply_to.map(MessageId),
+        attachments: Vec::new(),
+        reactions: m
+            .reactions
+            .map(serde_json::from_value)
+            .transpose()
+            .map_err(|e| DbErr::Type(format!("stored reactions: {e}")))?
+            .unwrap_or_default(),
+        edited_at: m.edited_at,
+        deleted: m.deleted,
     })
 }

@@ -3,6 +3,7 @@
 
 mod appender;
 mod chats;
+mod log;
 mod messages;
 mod sqlite;
 
@@ -15,6 +16,8 @@ use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 
 pub use appender::Submitted;
+pub use chats::{ChatsPage, ListCursor};
+pub use log::{ChangeOrder, Changed};
 pub use messages::{Appended, NewMessage};
 
 use crate::model::UserId;

@@ -12,6 +12,7 @@
 //! can never race its first copy, on this node or another. Rows are written
 //! in the encoding sqlx uses, so every other query reads them unchanged.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::messages::{retry_key, Appended, Bases, Job, NewMessage, Plan, RetryKey, MAX_BATCH};
-use crate::model::{Message, MessageId, MessageType, Seq};
+use crate::model::{ClientMsgId, ConversationId, Message, MessageId, MessageType, Seq, UserId};
 
 /// The writer's own connection to the database file the pool uses.
 pub(super) struct Writer {
@@ -100,8 +101,8 @@ impl Writer {
         if !fresh.is_empty() {
             let mut bump = tx
                 .prepare_cached(
-                    "UPDATE chats SET last_seq = last_seq + ?1, updated_at = ?2 \
-                     WHERE id = ?3 RETURNING last_seq",
+                    "UPDATE chats SET last_seq = last_seq + ?1, updated_at = ?2, \
+                     last_message_at = ?2 WHERE id = ?3 RETURNING last_seq",
                 )
                 .map_err(|e| db_err("prepare bump", e))?;
             for (id, count) in &plan.counts {
@@ -118,14 +119,23 @@ impl Writer {
             let mut insert = tx
                 .prepare_cached(
                     "INSERT INTO chat_messages \
-                     (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, created_at) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+                     (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, \
+                      created_at, reply_to) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 )
                 .map_err(|e| db_err("prepare insert", e))?;
+            // Each user sender's newest seq per conversation: their read mark.
+            let mut read: HashMap<(ConversationId, &str), i64> = HashMap::new();
             for m in &fresh {
                 let Some(base) = bases.get(&m.conversation_id) else {
                     continue;
                 };
+                if m.message_type == MessageType::User {
+                    let seq = read
+                        .entry((m.conversation_id, m.sender_id.as_str()))
+                        .or_default();
+                    *seq = (*seq).max(base + m.seq.0);
+                }
                 let metadata = m.metadata.as_ref().map(|v| v.to_string());
                 insert
                     .execute(params![
@@ -138,8 +148,19 @@ impl Writer {
                         m.client_msg_id.as_ref().map(|c| c.as_str()),
                         metadata,
                         created_at,
+                        m.reply_to.map(|r| r.0.as_bytes().to_vec()),
                     ])
                     .map_err(|e| db_err("insert", e))?;
+            }
+            let mut mark = tx
+                .prepare_cached(
+                    "UPDATE chat_participants SET last_read_seq = ?1 \
+                     WHERE chat_id = ?2 AND user_id = ?3 AND last_read_seq < ?1",
+                )
+                .map_err(|e| db_err("prepare read mark", e))?;
+            for ((conv, user), seq) in read {
+                mark.execute(params![seq, conv.0.as_bytes(), user])
+                    .map_err(|e| db_err("read mark", e))?;
             }
         }
         drop(fresh);
@@ -153,15 +174,16 @@ impl Writer {
 fn find_retries(
     tx: &rusqlite::Transaction<'_>,
     batch: &[NewMessage],
-) -> Result<std::collections::HashMap<RetryKey, Message>, DbErr> {
-    let mut found = std::collections::HashMap::new();
+) -> Result<HashMap<RetryKey, Message>, DbErr> {
+    let mut found = HashMap::new();
     let keys: Vec<RetryKey> = batch.iter().filter_map(retry_key).collect();
     if keys.is_empty() {
         return Ok(found);
     }
     let mut select = tx
         .prepare_cached(
-            "SELECT id, seq, message_type, content, metadata, created_at FROM chat_messages \
+            "SELECT id, seq, message_type, content, metadata, created_at, reply_to, edited_at, \
+             deleted, reactions FROM chat_messages \
              WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3",
         )
         .map_err(|e| db_err("prepare retries", e))?;
@@ -171,40 +193,87 @@ fn find_retries(
             .query_row(
                 params![conv.0.as_bytes(), sender.as_str(), cid.as_str()],
                 |row| {
-                    Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, String>(2)?,
-                        row.get::<_, String>(3)?,
-                        row.get::<_, Option<String>>(4)?,
-                        row.get::<_, String>(5)?,
-                    ))
+                    Ok(StoredRow {
+                        id: row.get(0)?,
+                        seq: row.get(1)?,
+                        message_type: row.get(2)?,
+                        content: row.get(3)?,
+                        metadata: row.get(4)?,
+                        created_at: row.get(5)?,
+                        reply_to: row.get(6)?,
+                        edited_at: row.get(7)?,
+                        deleted: row.get(8)?,
+                        reactions: row.get(9)?,
+                    })
                 },
             )
             .optional()
             .map_err(|e| db_err("retries", e))?;
-        let Some((id, seq, message_type, content, metadata, created_at)) = row else {
+        let Some(row) = row else {
             continue;
         };
-        let message = Message {
-            id: MessageId(Uuid::from_slice(&id).map_err(|e| DbErr::Type(e.to_string()))?),
-            conversation_id: *conv,
-            seq: Seq(seq),
-            sender_id: sender.clone(),
-            message_type: MessageType::try_from_value(&message_type)?,
-            content,
-            client_msg_id: Some(cid.clone()),
-            metadata: metadata
-                .map(|m| serde_json::from_str(&m))
-                .transpose()
-                .map_err(|e| DbErr::Type(e.to_string()))?,
-            created_at: DateTime::parse_from_rfc3339(&created_at)
-                .map_err(|e| DbErr::Type(e.to_string()))?
-                .with_timezone(&Utc),
-        };
+        let message = row.into_message(*conv, sender.clone(), cid.clone())?;
         found.insert(key, message);
     }
     Ok(found)
+}
+
+/// A stored message's columns as SQLite holds them (sqlx's encoding).
+struct StoredRow {
+    id: Vec<u8>,
+    seq: i64,
+    message_type: String,
+    content: String,
+    metadata: Option<String>,
+    created_at: String,
+    reply_to: Option<Vec<u8>>,
+    edited_at: Option<String>,
+    deleted: bool,
+    reactions: Option<String>,
+}
+
+impl StoredRow {
+    fn into_message(
+        self,
+        conversation_id: ConversationId,
+        sender_id: UserId,
+        client_msg_id: ClientMsgId,
+    ) -> Result<Message, DbErr> {
+        let uuid = |bytes: &[u8]| Uuid::from_slice(bytes).map_err(|e| DbErr::Type(e.to_string()));
+        let json = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text).map_err(|e| DbErr::Type(e.to_string()))
+        };
+        Ok(Message {
+            id: MessageId(uuid(&self.id)?),
+            conversation_id,
+            seq: Seq(self.seq),
+            sender_id,
+            message_type: MessageType::try_from_value(&self.message_type)?,
+            content: self.content,
+            client_msg_id: Some(client_msg_id),
+            metadata: self.metadata.as_deref().map(json).transpose()?,
+            created_at: parse_timestamp(&self.created_at)?,
+            reply_to: self
+                .reply_to
+                .as_deref()
+                .map(uuid)
+                .transpose()?
+                .map(MessageId),
+            attachments: Vec::new(),
+            reactions: match self.reactions.as_deref().map(json).transpose()? {
+                Some(v) => serde_json::from_value(v).map_err(|e| DbErr::Type(e.to_string()))?,
+                None => Vec::new(),
+            },
+            edited_at: self.edited_at.as_deref().map(parse_timestamp).transpose()?,
+            deleted: self.deleted,
+        })
+    }
+}
+
+fn parse_timestamp(text: &str) -> Result<DateTime<Utc>, DbErr> {
+    DateTime::parse_from_rfc3339(text)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| DbErr::Type(e.to_string()))
 }
 
 /// A timestamp as sqlx writes one to SQLite (RFC 3339, `+00:00`), so the

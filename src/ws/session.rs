@@ -18,10 +18,10 @@ use super::socket::{ReadSide, WriteSide};
 use super::writer;
 use super::Context;
 use crate::auth::Identity;
-use crate::chat::{Bucket, Outgoing, Page, PendingSend, Sent};
+use crate::chat::{Bucket, Changed, Outgoing, Page, PendingSend, Sent};
 use crate::error::ChatError;
 use crate::hub::Conn;
-use crate::model::{CloseReason, ConversationId};
+use crate::model::{ChangeRequest, CloseReason, ConversationId};
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
 use crate::server::Admission;
 use crate::telemetry;
@@ -448,6 +448,8 @@ impl Session {
                     content: send.content,
                     message_type: send.message_type,
                     client_msg_id: send.client_msg_id,
+                    reply_to: send.reply_to,
+                    attachment_ids: send.attachment_ids,
                 };
                 let pending = chat.submit(&user, conv, outgoing).await?;
                 self.sends.push_back(InFlight {
@@ -518,6 +520,36 @@ impl Session {
                 chat.cancel_stream(&user, req.stream_id).await?;
                 self.ack(id).await;
             }
+            ClientFrame::Edit(edit) => {
+                let request = ChangeRequest::Edit {
+                    content: edit.content,
+                };
+                let changed = chat
+                    .change(&user, edit.conversation_id, edit.message_id, request)
+                    .await?;
+                self.ack_change(id, &changed).await;
+            }
+            ClientFrame::Delete(delete) => {
+                let changed = chat
+                    .change(
+                        &user,
+                        delete.conversation_id,
+                        delete.message_id,
+                        ChangeRequest::Delete,
+                    )
+                    .await?;
+                self.ack_change(id, &changed).await;
+            }
+            ClientFrame::React(react, add) => {
+                let request = ChangeRequest::React {
+                    emoji: react.emoji,
+                    add,
+                };
+                let changed = chat
+                    .change(&user, react.conversation_id, react.message_id, request)
+                    .await?;
+                self.ack_change(id, &changed).await;
+            }
         }
         Ok(())
     }
@@ -570,6 +602,20 @@ impl Session {
         if let Some(reply_to) = id {
             self.reply(ServerFrame::Ack(Ack {
                 reply_to,
+                ..Ack::default()
+            }))
+            .await;
+        }
+    }
+
+    /// Acknowledges a change with the message it is about and its seq
+    /// (none when it changed nothing).
+    async fn ack_change(&self, id: Option<String>, changed: &Changed) {
+        if let Some(reply_to) = id {
+            self.reply(ServerFrame::Ack(Ack {
+                reply_to,
+                message_id: Some(changed.message().id),
+                seq: changed.seq(),
                 ..Ack::default()
             }))
             .await;
