@@ -367,3 +367,23 @@ pub fn messages(frames: &[Value]) -> Vec<(i64, String)> {
         })
         .collect()
 }
+
+/// A fresh, empty Postgres database on the server of
+/// `CONFAB_TEST_POSTGRES_URL`, as a URL; None (the test skips its Postgres
+/// half) when the variable is not set.
+pub async fn fresh_postgres() -> Option<String> {
+    use sea_orm::{ConnectionTrait, Database};
+    let Ok(url) = std::env::var("CONFAB_TEST_POSTGRES_URL") else {
+        eprintln!("skipped: set CONFAB_TEST_POSTGRES_URL to run the Postgres half");
+        return None;
+    };
+    let name = format!("t_{}", uuid::Uuid::now_v7().simple());
+    let admin = Database::connect(&url).await.expect("Postgres answers");
+    admin
+        .execute_unprepared(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("CREATE DATABASE");
+    let (server, rest) = url.rsplit_once('/').expect("a database URL");
+    let query = rest.split_once('?').map(|(_, q)| format!("?{q}"));
+    Some(format!("{server}/{name}{}", query.unwrap_or_default()))
+}
