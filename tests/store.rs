@@ -15,6 +15,13 @@ use sea_orm::{ConnectOptions, ConnectionTrait, Database};
 
 /// Stores on one fresh database: `n` separate pools, like `n` nodes.
 async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile::TempDir>)> {
+    let (stores, dir) = unmigrated(backend, n).await?;
+    stores[0].migrate().await.unwrap();
+    Some((stores, dir))
+}
+
+/// As `stores`, with an empty database.
+async fn unmigrated(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile::TempDir>)> {
     match backend {
         "sqlite" => {
             let dir = tempfile::tempdir().unwrap();
@@ -23,7 +30,6 @@ async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile:
             for _ in 0..n {
                 out.push(Store::connect(&url, 4, &Tasks::new()).await.unwrap());
             }
-            out[0].migrate().await.unwrap();
             Some((out, Some(dir)))
         }
         _ => {
@@ -48,7 +54,6 @@ async fn stores(backend: &str, n: usize) -> Option<(Vec<Store>, Option<tempfile:
                         .unwrap(),
                 );
             }
-            out[0].migrate().await.unwrap();
             Some((out, None))
         }
     }
@@ -584,4 +589,93 @@ async fn sqlite_listing_pages_hold_still_under_activity() {
 #[tokio::test]
 async fn postgres_listing_pages_hold_still_under_activity() {
     listing_pages_hold_still_under_activity("postgres").await;
+}
+
+/// A database written by the schema before the log (three migrations)
+/// keeps every message through the log's migration, and works on.
+async fn the_log_migration_keeps_existing_history(backend: &str) {
+    use migration::{Migrator, MigratorTrait};
+    let Some((stores, _dir)) = unmigrated(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let db = store.connection();
+    Migrator::up(db, Some(3)).await.unwrap();
+    let conv = uuid::Uuid::now_v7();
+    let (m1, m2) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let (uuid, at): (fn(uuid::Uuid) -> String, &str) = match backend {
+        "sqlite" => (
+            |u| format!("X'{}'", u.simple()),
+            "'2026-12-01T10:00:00+00:00'",
+        ),
+        _ => (
+            |u| format!("'{u}'"),
+            "'2026-12-01T10:00:00+00:00'::timestamptz",
+        ),
+    };
+    for sql in [
+        format!(
+            "INSERT INTO chats (id, title, owner_id, archived, last_seq, created_at, updated_at) \
+             VALUES ({}, 'old', 'ann', false, 2, {at}, {at})",
+            uuid(conv)
+        ),
+        format!(
+            "INSERT INTO chat_participants (chat_id, user_id, role, last_read_seq, joined_at) \
+             VALUES ({c}, 'ann', 'owner', 1, {at}), ({c}, 'bob', 'member', 0, {at})",
+            c = uuid(conv)
+        ),
+        format!(
+            "INSERT INTO chat_messages (id, chat_id, seq, sender_id, message_type, content, created_at) \
+             VALUES ({}, {c}, 1, 'ann', 'user', 'first', {at}), ({}, {c}, 2, 'bob', 'user', 'second', {at})",
+            uuid(m1),
+            uuid(m2),
+            c = uuid(conv)
+        ),
+    ] {
+        db.execute_unprepared(&sql).await.unwrap();
+    }
+    store.migrate().await.unwrap();
+
+    let conv = ConversationId(conv);
+    let (messages, _) = store.messages_after(conv, Seq(0), 10).await.unwrap();
+    let texts: Vec<(&str, bool, usize)> = messages
+        .iter()
+        .map(|m| (m.content.as_str(), m.deleted, m.reactions.len()))
+        .collect();
+    assert_eq!(texts, vec![("first", false, 0), ("second", false, 0)]);
+    let listed = store
+        .list_chats(&user("ann"), 10, None)
+        .await
+        .unwrap()
+        .chats;
+    assert_eq!(
+        listed[0].unread_count,
+        Some(1),
+        "bob's message, above ann's mark"
+    );
+    let edit = ChangeOrder {
+        conversation_id: conv,
+        message_id: messages[0].id,
+        actor: user("ann"),
+        request: ChangeRequest::Edit {
+            content: "first, edited".into(),
+        },
+        max_reactions: 20,
+    };
+    let changed = store.change(&edit).await.unwrap().unwrap();
+    assert_eq!(
+        changed.seq(),
+        Some(Seq(3)),
+        "the log continues where it was"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_the_log_migration_keeps_existing_history() {
+    the_log_migration_keeps_existing_history("sqlite").await;
+}
+
+#[tokio::test]
+async fn postgres_the_log_migration_keeps_existing_history() {
+    the_log_migration_keeps_existing_history("postgres").await;
 }
