@@ -377,3 +377,52 @@ async fn another_users_tab_on_another_node_cancels_the_stream() {
     let seen = watch(&mut bob, Some(&next)).await;
     assert_eq!(seen.text(), ANSWER);
 }
+
+/// The provider sees the conversation as it is now: edits, not the text
+/// before them, and no deleted message at all. The answer replies to the
+/// message it answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_provider_sees_edits_and_never_a_deleted_message() {
+    let llm = FakeLlm::start().await;
+    let node = start_node(|s| assistants(s, &llm)).await;
+    let conv = node.create_chat("alice", &[]).await;
+    let mut tab = node.connect("alice").await;
+    tab.join(&conv, None).await;
+    let id = |ack: Value| ack["data"]["message_id"].as_str().unwrap().to_owned();
+    let kept = id(tab.say(&conv, "draft text").await);
+    let secret = id(tab.say(&conv, "a secret").await);
+    for (kind, extra) in [
+        (
+            "edit_message",
+            json!({"message_id": kept, "content": "kept, edited"}),
+        ),
+        ("delete_message", json!({"message_id": secret})),
+    ] {
+        let mut data = extra;
+        data["conversation_id"] = conv.clone().into();
+        let (ack, _) = tab.request(kind, data).await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+    }
+    let (refused, _) = tab
+        .request(
+            "stream_response",
+            json!({"conversation_id": conv, "message_id": secret, "assistant_id": "ok"}),
+        )
+        .await;
+    assert_eq!(
+        refused["data"]["code"], "NOT_FOUND",
+        "a deleted message is not answered"
+    );
+    let question = id(tab.say(&conv, "the question").await);
+    ask(&mut tab, &conv, "ok").await;
+    let seen = watch(&mut tab, None).await;
+    assert_eq!(seen.end["data"]["message"]["reply_to"], question.as_str());
+    let sent = llm.bodies().last().cloned().expect("one request");
+    let contents: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(contents, ["Be brief.", "kept, edited", "the question"]);
+}

@@ -286,7 +286,8 @@ impl Streams {
         self.metrics.streams_active.dec();
     }
 
-    /// The history up to the message answered, newest `max_history_messages`.
+    /// The history up to the message answered, newest `max_history_messages`,
+    /// as edited; deleted messages are never sent to a provider.
     async fn context(
         &self,
         req: &StartStream,
@@ -308,7 +309,7 @@ impl Streams {
                 content: assistant.settings.system_prompt.clone(),
             });
         }
-        turns.extend(history.into_iter().map(|m| Turn {
+        turns.extend(history.into_iter().filter(|m| !m.deleted).map(|m| Turn {
             role: match m.message_type {
                 MessageType::Assistant => Role::Assistant,
                 MessageType::User => Role::User,

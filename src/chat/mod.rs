@@ -479,6 +479,7 @@ impl Chat {
                 .store
                 .message(conv, id)
                 .await?
+                .filter(|m| !m.deleted)
                 .ok_or(ChatError::NotFound("message"))?,
             None => self
                 .store

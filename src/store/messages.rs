@@ -333,7 +333,7 @@ impl Store {
             .transpose()
     }
 
-    /// The newest message of type `message_type`.
+    /// The newest message of type `message_type` that is not deleted.
     #[tracing::instrument(level = "debug", name = "store.latest_of_type", skip_all, fields(conversation_id = %id))]
     pub async fn latest_of_type(
         &self,
@@ -343,6 +343,7 @@ impl Store {
         msgs::Entity::find()
             .filter(msgs::Column::ChatId.eq(id.0))
             .filter(msgs::Column::MessageType.eq(message_type))
+            .filter(msgs::Column::Deleted.eq(false))
             .order_by_desc(msgs::Column::Seq)
             .one(&self.db)
             .await?

@@ -50,6 +50,15 @@ impl FakeLlm {
         self.upstream.requests().len()
     }
 
+    /// The JSON bodies of the requests it received, oldest first.
+    pub fn bodies(&self) -> Vec<serde_json::Value> {
+        self.upstream
+            .requests()
+            .iter()
+            .filter_map(|r| serde_json::from_slice(&r.body).ok())
+            .collect()
+    }
+
     /// The Authorization headers it saw.
     pub fn auth_headers(&self) -> Vec<String> {
         self.upstream
