@@ -167,6 +167,11 @@ async fn frames_and_routes_keep_their_rules(backend: &str) {
         same["data"].get("seq").is_none(),
         "a no-op takes no seq: {same}"
     );
+    let quiet = alice2.sync().await;
+    assert!(
+        entries(&quiet).is_empty(),
+        "and is not broadcast: {quiet:?}"
+    );
     let cases = [
         (
             "edit_message",

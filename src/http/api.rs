@@ -455,11 +455,7 @@ impl ChatApi {
         message_id: Path<MessageId>,
         emoji: Path<String>,
     ) -> ApiResult<Json<ChangeAnswer>> {
-        let request = ChangeRequest::React {
-            emoji: self::emoji(emoji.0)?,
-            add: true,
-        };
-        change(req, &auth, id.0, message_id.0, request).await
+        react(req, &auth, id.0, message_id.0, emoji.0, true).await
     }
 
     /// Takes back a reaction.
@@ -475,11 +471,7 @@ impl ChatApi {
         message_id: Path<MessageId>,
         emoji: Path<String>,
     ) -> ApiResult<Json<ChangeAnswer>> {
-        let request = ChangeRequest::React {
-            emoji: self::emoji(emoji.0)?,
-            add: false,
-        };
-        change(req, &auth, id.0, message_id.0, request).await
+        react(req, &auth, id.0, message_id.0, emoji.0, false).await
     }
 
     /// Creates a conversation; the caller joins as owner.
@@ -643,9 +635,25 @@ async fn change(
     }))
 }
 
-/// An emoji named in a path, checked.
-fn emoji(text: String) -> Result<Emoji, ApiError> {
-    Emoji::parse(text).map_err(|e| ChatError::InvalidFrame(e.to_string()).into())
+/// A reaction added or taken back through REST; the emoji comes from the
+/// path (percent-decoded) and is checked here.
+async fn react(
+    req: &Request,
+    auth: &BearerAuth,
+    conv: ConversationId,
+    message: MessageId,
+    emoji: String,
+    add: bool,
+) -> ApiResult<Json<ChangeAnswer>> {
+    let emoji = Emoji::parse(emoji).map_err(|e| ChatError::InvalidFrame(e.to_string()))?;
+    change(
+        req,
+        auth,
+        conv,
+        message,
+        ChangeRequest::React { emoji, add },
+    )
+    .await
 }
 
 /// A listing cursor as clients hold it: opaque text.

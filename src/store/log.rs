@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use entity::{chat_changes as changes, chat_messages as msgs, chat_reactions as reactions, chats};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, Order,
     QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
 };
 
@@ -86,22 +86,7 @@ impl Store {
         after: Seq,
         limit: u64,
     ) -> Result<(Vec<LogEntry>, bool), DbErr> {
-        let _timer = self.timer("log");
-        let messages = msgs::Entity::find()
-            .filter(msgs::Column::ChatId.eq(id.0))
-            .filter(msgs::Column::Seq.gt(after.0))
-            .order_by_asc(msgs::Column::Seq)
-            .limit(limit + 1)
-            .all(&self.db)
-            .await?;
-        let changes = changes::Entity::find()
-            .filter(changes::Column::ChatId.eq(id.0))
-            .filter(changes::Column::Seq.gt(after.0))
-            .order_by_asc(changes::Column::Seq)
-            .limit(limit + 1)
-            .all(&self.db)
-            .await?;
-        self.entries(messages, changes, limit, false).await
+        self.log_page(id, after, limit, false).await
     }
 
     /// The newest log entries with seq < `before`, oldest first, at most
@@ -113,24 +98,45 @@ impl Store {
         before: Seq,
         limit: u64,
     ) -> Result<(Vec<LogEntry>, bool), DbErr> {
+        let (mut entries, more) = self.log_page(id, before, limit, true).await?;
+        entries.reverse();
+        Ok((entries, more))
+    }
+
+    /// The `limit` entries nearest `from` on one side of it: above it in
+    /// ascending order, or below it in descending order (`backwards`).
+    async fn log_page(
+        &self,
+        id: ConversationId,
+        from: Seq,
+        limit: u64,
+        backwards: bool,
+    ) -> Result<(Vec<LogEntry>, bool), DbErr> {
         let _timer = self.timer("log");
+        let order = if backwards { Order::Desc } else { Order::Asc };
         let messages = msgs::Entity::find()
             .filter(msgs::Column::ChatId.eq(id.0))
-            .filter(msgs::Column::Seq.lt(before.0))
-            .order_by_desc(msgs::Column::Seq)
+            .filter(if backwards {
+                msgs::Column::Seq.lt(from.0)
+            } else {
+                msgs::Column::Seq.gt(from.0)
+            })
+            .order_by(msgs::Column::Seq, order.clone())
             .limit(limit + 1)
             .all(&self.db)
             .await?;
         let changes = changes::Entity::find()
             .filter(changes::Column::ChatId.eq(id.0))
-            .filter(changes::Column::Seq.lt(before.0))
-            .order_by_desc(changes::Column::Seq)
+            .filter(if backwards {
+                changes::Column::Seq.lt(from.0)
+            } else {
+                changes::Column::Seq.gt(from.0)
+            })
+            .order_by(changes::Column::Seq, order)
             .limit(limit + 1)
             .all(&self.db)
             .await?;
-        let (mut entries, more) = self.entries(messages, changes, limit, true).await?;
-        entries.reverse();
-        Ok((entries, more))
+        self.entries(messages, changes, limit, backwards).await
     }
 
     /// Merges a page of messages and one of changes (both in the same seq
