@@ -1,7 +1,7 @@
 // confab demo client: one WebSocket per tab (docs/protocol.md), REST for the
 // chat list, chat creation and as a fallback while the socket is down.
 // Plain ES module, no dependencies. User content only ever goes through
-// textContent.
+// textContent (Markdown included: it is built as DOM nodes, never as HTML).
 
 const API = '/api/v1/chat';
 const SESSION_KEY = 'confab.session';
@@ -14,8 +14,12 @@ const TYPING_RESEND_MS = 2_500; // refresh `typing: true` while typing goes on
 const TYPING_IDLE_MS = 3_000; // quiet this long: `typing: false`
 const TYPER_TTL_MS = 6_500; // a remote typer expires without news (server typing_ttl + margin)
 const POLL_MS = 3_000; // REST fallback polling
-const HISTORY_WINDOW = 50; // messages loaded per chat at first
-const HISTORY_CAP = 500; // unread messages replayed at most
+const HISTORY_WINDOW = 50; // log entries loaded per chat at first
+const HISTORY_CAP = 500; // unread entries replayed at most
+const GAP_WAIT_MS = 800; // a seq gap that does not fill by itself this long is fetched
+const CHAT_PAGE = 200; // GET /chats page size (the most the server gives)
+const MAX_CHAT_PAGES = 100;
+const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
 
 // ------------------------------------------------------------------ state
 
@@ -35,6 +39,11 @@ const state = {
   streams: new Map(), // stream_id -> {id, convId, messageId, assistantId, parts, el}
   typing: { convId: null, sentAt: 0, idle: null },
   chatsLoaded: false,
+  // Transient UI of the open chat, kept here because every frame re-renders the list.
+  ui: { actionsFor: null, pickerFor: null, confirmDelete: null, flash: null, flashTimer: null },
+  editing: null, // {chatId, id, input, busy}: the message being edited inline
+  renaming: null, // chat id whose title is being edited
+  renameBusy: false,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -71,6 +80,266 @@ function toast(text) {
 }
 
 const me = () => state.session?.user_id;
+
+// ------------------------------------------------------------------ Markdown
+//
+// A small, safe subset: paragraphs and line breaks, **bold**, *italic* and
+// _italic_, `inline code`, ``` fenced code blocks, [text](url) and bare
+// URLs. Only http, https and mailto links are made; everything else,
+// raw HTML included, stays text. The output is DOM nodes built with
+// createElement and text nodes, never markup.
+
+const MAX_NESTING = 6;
+const LINK_SCAN = 1000; // longest link text or URL looked at
+const ESCAPABLE = /[!-/:-@[-`{-~]/; // ASCII punctuation
+const AUTOLINK = /(?:https?:\/\/|mailto:)[^\s<>]+/iy;
+const WORD = /[\p{L}\p{N}]/u;
+
+/** A link target, or null when it is not an http, https or mailto URL. */
+function safeHref(raw) {
+  const s = raw.trim();
+  if (!/^(?:https?:\/\/|mailto:)/i.test(s) || /[\s\u0000-\u001f\u007f]/.test(s)) return null;
+  try {
+    const u = new URL(s);
+    return ['http:', 'https:', 'mailto:'].includes(u.protocol) ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+function link(href, children) {
+  return el('a', { href, target: '_blank', rel: 'noopener noreferrer' }, ...children);
+}
+
+/** Block level: fenced code blocks, and paragraphs split by blank lines. */
+function renderMarkdown(text) {
+  const out = [];
+  const lines = String(text).replace(/\r\n?/g, '\n').split('\n');
+  let para = [];
+  const flush = () => {
+    if (para.length) out.push(el('p', {}, ...inline(para.join('\n'), 0, true)));
+    para = [];
+  };
+  for (let i = 0; i < lines.length; i++) {
+    const fence = /^ {0,3}(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$/.exec(lines[i]);
+    if (fence) {
+      flush();
+      const marker = fence[1];
+      const body = [];
+      let j = i + 1;
+      while (j < lines.length && !closesFence(lines[j], marker)) body.push(lines[j++]);
+      i = j; // the closing fence (or the end of an unclosed block, as while streaming)
+      const code = el('code', { text: body.join('\n') });
+      if (fence[2]) code.dataset.lang = fence[2];
+      out.push(el('pre', {}, code));
+    } else if (!lines[i].trim()) {
+      flush();
+    } else {
+      para.push(lines[i]);
+    }
+  }
+  flush();
+  return out;
+}
+
+function closesFence(line, marker) {
+  const t = line.trim();
+  return t.length >= marker.length && [...t].every((c) => c === marker[0]) && line.search(/\S/) <= 3;
+}
+
+const runLength = (s, i, c) => {
+  let n = 0;
+  while (s[i + n] === c) n += 1;
+  return n;
+};
+
+/** Where a code span opened by `n` backticks closes (a run of exactly n), or -1. */
+function codeClose(s, from, n) {
+  for (let k = from; k < s.length; ) {
+    if (s[k] !== '`') {
+      k += 1;
+      continue;
+    }
+    const m = runLength(s, k, '`');
+    if (m === n) return k;
+    k += m;
+  }
+  return -1;
+}
+
+/** Where `need` (1 or 2) closing `c` delimiters start, searching from `from`, or -1. */
+function emphasisClose(s, from, c, need) {
+  for (let k = from; k < s.length; ) {
+    const ch = s[k];
+    if (ch === '\\') {
+      k += 2;
+    } else if (ch === '`') {
+      const n = runLength(s, k, '`');
+      const close = codeClose(s, k + n, n);
+      k = close >= 0 ? close + n : k + n;
+    } else if (ch !== c) {
+      k += 1;
+    } else {
+      const n = runLength(s, k, c);
+      const before = s[k - 1];
+      const after = s[k + n];
+      const closes = !/\s/.test(before) && (c !== '_' || after === undefined || !WORD.test(after));
+      if (closes && need === 2 && n >= 2) return k + n - 2;
+      if (closes && need === 1 && n % 2 === 1) return k + n - 1; // *a **b*** closes with the last
+      k += n;
+    }
+  }
+  return -1;
+}
+
+/** Splits text on newlines into text nodes and <br>s. */
+function pushText(out, text) {
+  text.split('\n').forEach((part, i) => {
+    if (i > 0) out.push(el('br'));
+    if (part) out.push(document.createTextNode(part));
+  });
+}
+
+/** Inline level: code spans, emphasis, links and bare URLs; the rest is text. */
+function inline(src, depth, links) {
+  const out = [];
+  let buf = '';
+  const flushText = () => {
+    if (buf) pushText(out, buf);
+    buf = '';
+  };
+  const failed = {}; // delimiter -> the earliest start a closer search failed from
+  const search = (key, from, fn) => {
+    if (failed[key] !== undefined && from >= failed[key]) return -1;
+    const r = fn();
+    if (r < 0) failed[key] = Math.min(from, failed[key] ?? from);
+    return r;
+  };
+  let i = 0;
+  while (i < src.length) {
+    const c = src[i];
+    if (c === '\\' && i + 1 < src.length && ESCAPABLE.test(src[i + 1])) {
+      buf += src[i + 1];
+      i += 2;
+    } else if (c === '`') {
+      const n = runLength(src, i, '`');
+      const close = search(`\`${n}`, i + n, () => codeClose(src, i + n, n));
+      if (close < 0) {
+        buf += src.slice(i, i + n);
+        i += n;
+        continue;
+      }
+      let code = src.slice(i + n, close).replace(/\n/g, ' ');
+      if (code.length > 2 && code.startsWith(' ') && code.endsWith(' ') && code.trim()) code = code.slice(1, -1);
+      flushText();
+      out.push(el('code', { text: code }));
+      i = close + n;
+    } else if ((c === '*' || c === '_') && depth < MAX_NESTING) {
+      const n = runLength(src, i, c);
+      const need = n >= 2 ? 2 : 1;
+      const next = src[i + need];
+      const opens = next !== undefined && !/\s/.test(next) && (c !== '_' || i === 0 || !WORD.test(src[i - 1]));
+      // The closer is a later run: never the rest of the opening one.
+      const from = Math.max(i + need + 1, i + n + 1);
+      const close = opens ? search(`${c}${need}`, from, () => emphasisClose(src, from, c, need)) : -1;
+      if (close < 0) {
+        buf += src.slice(i, i + n);
+        i += n;
+        continue;
+      }
+      flushText();
+      out.push(el(need === 2 ? 'strong' : 'em', {}, ...inline(src.slice(i + need, close), depth + 1, links)));
+      i = close + need;
+    } else if (c === '[' && links && depth < MAX_NESTING) {
+      const l = bracketLink(src, i);
+      if (!l) {
+        buf += c;
+        i += 1;
+        continue;
+      }
+      flushText();
+      const label = inline(l.label, depth + 1, false);
+      out.push(link(l.href, label.length ? label : [l.href]));
+      i = l.end;
+    } else if (links && /[hHmM]/.test(c) && (i === 0 || !WORD.test(src[i - 1]))) {
+      AUTOLINK.lastIndex = i;
+      const m = AUTOLINK.exec(src);
+      let url = m ? m[0].slice(0, LINK_SCAN * 2) : '';
+      while (url && (/[.,;:!?'"*_~]$/.test(url) || (url.endsWith(')') && count(url, '(') < count(url, ')')))) {
+        url = url.slice(0, -1);
+      }
+      const href = url && safeHref(url);
+      if (!href) {
+        buf += c;
+        i += 1;
+        continue;
+      }
+      flushText();
+      out.push(link(href, [url]));
+      i += url.length;
+    } else {
+      buf += c;
+      i += 1;
+    }
+  }
+  flushText();
+  return out;
+}
+
+const count = (s, c) => s.split(c).length - 1;
+
+/** `[label](url)` at `i`: its label, safe href and end, or null. */
+function bracketLink(s, i) {
+  let depth = 0;
+  let close = -1;
+  for (let k = i; k < s.length && k - i < LINK_SCAN; k++) {
+    if (s[k] === '\\') k += 1;
+    else if (s[k] === '[') depth += 1;
+    else if (s[k] === ']' && --depth === 0) {
+      close = k;
+      break;
+    }
+  }
+  if (close < 0 || s[close + 1] !== '(') return null;
+  let parens = 0;
+  let end = -1;
+  for (let k = close + 1; k < s.length && k - close < LINK_SCAN; k++) {
+    if (s[k] === '(') parens += 1;
+    else if (s[k] === ')' && --parens === 0) {
+      end = k;
+      break;
+    }
+  }
+  if (end < 0) return null;
+  let target = s.slice(close + 2, end).trim().split(/\s+/)[0] || '';
+  if (target.startsWith('<') && target.endsWith('>')) target = target.slice(1, -1);
+  const href = safeHref(target);
+  return href ? { label: s.slice(i + 1, close), href, end: end + 1 } : null;
+}
+
+const mdCache = new Map(); // content -> rendered nodes, cloned for each use
+
+/** A message body as Markdown nodes (cached by content: the list re-renders often). */
+function markdown(text) {
+  let nodes = mdCache.get(text);
+  if (!nodes) {
+    nodes = renderMarkdown(text);
+    if (mdCache.size >= 1000) mdCache.clear();
+    mdCache.set(text, nodes);
+  }
+  return nodes.map((n) => n.cloneNode(true));
+}
+
+/** One line of plain text, for quotes and previews (Markdown marks dropped). */
+function snippet(text, max = 90) {
+  const line = String(text)
+    .replace(/^ {0,3}(`{3,}|~{3,}).*$/gm, '')
+    .replace(/\[([^\]\n]*)\]\((?:[^()\s]|\([^()\s]*\))*\)/g, '$1')
+    .replace(/\*\*|__|`/g, '')
+    .replace(/\s+/g, ' ')
+    .trim();
+  return line.length > max ? `${line.slice(0, max - 1)}…` : line;
+}
 
 // ------------------------------------------------------------------ session
 
@@ -130,7 +399,8 @@ function scheduleRenewal(expiresAt) {
 
 // ------------------------------------------------------------------ REST
 
-async function api(method, path, body, retried = false) {
+/** A REST call: resolves with {data, headers}. */
+async function apiRaw(method, path, body, retried = false) {
   const r = await fetch(API + path, {
     method,
     headers: {
@@ -141,13 +411,15 @@ async function api(method, path, body, retried = false) {
   });
   if (r.status === 401 && !retried) {
     await renewToken();
-    return api(method, path, body, true);
+    return apiRaw(method, path, body, true);
   }
-  if (r.status === 204) return null;
+  if (r.status === 204) return { data: null, headers: r.headers };
   const data = await r.json().catch(() => ({}));
   if (!r.ok) throw Object.assign(new Error(data.message || `HTTP ${r.status}`), { code: data.code });
-  return data;
+  return { data, headers: r.headers };
 }
+
+const api = (method, path, body) => apiRaw(method, path, body).then((r) => r.data);
 
 // ------------------------------------------------------------------ socket
 
@@ -265,9 +537,15 @@ function onFrame(frame) {
     case 'message_received':
       ingest(d.message);
       break;
-    case 'messages':
-      d.messages.forEach(ingest);
+    case 'message_updated':
+      onMessageUpdated(d);
       break;
+    case 'messages': {
+      // A history page (messages only, in their current state). When it
+      // was read is unknown here, so a state held from a change wins.
+      if (state.chats.has(d.conversation_id)) d.messages.forEach((m) => ingest(m, 0));
+      break;
+    }
     case 'typing_indicator':
       onTyping(d);
       break;
@@ -333,16 +611,18 @@ async function poll() {
   try {
     await refreshChats();
     const chat = state.chats.get(state.openId);
-    if (chat) {
-      const page = await api('GET', `/chats/${chat.id}?after_seq=${chat.contig}&limit=200`);
-      page.messages.forEach(ingest);
-    }
+    if (chat && (!chat.synced || chat.serverSeq > chat.contig)) await syncWindow(chat);
   } catch (e) {
     console.warn('poll failed', e);
   }
 }
 
 // ------------------------------------------------------------------ chats
+//
+// Seqs count log entries (docs/protocol.md, v1.1): a new message and every
+// change of one (edit, deletion, reaction) take the next seq. `contig` is
+// the last seq up to which every entry is held, so it is what a rejoin
+// replays from (`since_seq`) and what a read mark may claim.
 
 function newChat(conv) {
   const lastSeq = conv.last_seq || 0;
@@ -352,21 +632,28 @@ function newChat(conv) {
   return {
     id: conv.id,
     title: conv.title || '',
+    ownerId: conv.owner_id || null,
     participants: conv.participants || [],
     assistantId: conv.assistant_id || null,
     updatedAt: conv.updated_at,
-    serverSeq: lastSeq, // last seq the server reported over REST
+    serverSeq: lastSeq, // the highest seq known to exist (REST, joined, frames)
+    serverUnread: conv.unread_count ?? null, // the server's count, until the chat is loaded
     lastRead, // this user's read mark, from any tab
     readSent: lastRead,
     windowStart: since, // messages at or below it are not loaded
-    contig: since, // every seq up to here is held (since_seq of a rejoin)
-    messages: new Map(), // seq -> message
-    ids: new Set(),
-    pending: new Map(), // client_msg_id -> {cmid, content, state, error}
+    contig: since, // every entry up to here is held (since_seq of a rejoin)
+    seen: new Set(), // entries held above contig (out of order)
+    synced: false, // its messages were loaded once (joined, or a REST page)
+    messages: new Map(), // message id -> message, in its current state
+    versions: new Map(), // message id -> the seq its held state is at least as new as
+    pending: new Map(), // client_msg_id -> {cmid, content, replyTo, state, error}
+    replyTo: null, // id of the message the composer answers
     typers: new Map(), // user_id -> expiry timer
     joined: false,
     joining: null,
     gapTimer: null,
+    gapMark: 0,
+    gapTries: 0,
     addedAt: Date.now(),
   };
 }
@@ -380,10 +667,13 @@ function upsertChat(conv) {
     if (state.connected) join(chat);
   } else {
     chat.title = conv.title || '';
+    chat.ownerId = conv.owner_id || chat.ownerId;
     chat.participants = conv.participants || chat.participants;
+    chat.assistantId = conv.assistant_id || chat.assistantId;
     chat.updatedAt = conv.updated_at || chat.updatedAt;
     chat.serverSeq = Math.max(chat.serverSeq, conv.last_seq || 0);
     if (conv.last_read_seq != null) chat.lastRead = Math.max(chat.lastRead, conv.last_read_seq);
+    if (conv.unread_count != null) chat.serverUnread = conv.unread_count;
   }
   return chat;
 }
@@ -394,16 +684,27 @@ function removeChat(id) {
   renderChatList();
 }
 
+/** Every page of GET /chats (following Confab-Next-Cursor), then the sidebar. */
 async function refreshChats() {
   const asked = Date.now();
   try {
-    const list = await api('GET', '/chats');
+    const list = [];
+    let cursor = null;
+    for (let n = 0; n < MAX_CHAT_PAGES; n++) {
+      const query = `?limit=${CHAT_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
+      const { data, headers } = await apiRaw('GET', `/chats${query}`);
+      list.push(...data);
+      cursor = headers.get('confab-next-cursor');
+      if (!cursor) break;
+    }
     const seen = new Set(list.map((c) => c.id));
     list.forEach(upsertChat);
     // Gone from the list (removed or archived while this tab was offline),
     // unless it appeared after the list was asked for.
-    for (const chat of [...state.chats.values()]) {
-      if (!seen.has(chat.id) && chat.addedAt < asked) state.chats.delete(chat.id);
+    if (!cursor) {
+      for (const chat of [...state.chats.values()]) {
+        if (!seen.has(chat.id) && chat.addedAt < asked) state.chats.delete(chat.id);
+      }
     }
     state.chatsLoaded = true;
     if (state.openId && !state.chats.has(state.openId)) openChat(null);
@@ -421,18 +722,25 @@ function onConversationUpdated(conv) {
 }
 
 /** Joins (or rejoins) with since_seq = the last seq held, so the server
- *  replays exactly what this tab has not seen. */
+ *  replays exactly the entries this tab has not seen: messages as
+ *  `message_received`, changes as `message_updated`. */
 function join(chat) {
   if (!state.connected || chat.joined) return Promise.resolve();
   if (!chat.joining) {
     chat.joining = request('join_conversation', { conversation_id: chat.id, since_seq: chat.contig })
       .then((d) => {
         chat.joined = true;
+        chat.synced = true;
         chat.participants = d.participants || chat.participants;
+        if (d.last_seq > chat.serverSeq) chat.serverSeq = d.last_seq;
+        if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
         if (chat.id === state.openId) renderHeader();
+        scheduleRender(chat);
       })
       .catch((e) => {
         if (e.code === 'FORBIDDEN' || e.code === 'NOT_FOUND') removeChat(chat.id);
+        // UNAVAILABLE (the history could not be read), a timeout: try again.
+        else if (e.code !== 'DISCONNECTED') setTimeout(() => state.chats.has(chat.id) && join(chat), 2_000);
       })
       .finally(() => (chat.joining = null));
   }
@@ -451,12 +759,18 @@ function lastMessage(chat) {
   return best;
 }
 
-/** Messages from others after this user's read mark. */
+/** Messages from others after this user's read mark, not deleted. Until the
+ *  chat's entries are all here, the server's `unread_count` says it. */
 function unreadCount(chat) {
+  if (chat.lastRead >= chat.serverSeq) return 0;
+  const loaded = chat.synced && chat.contig >= chat.serverSeq;
+  if (!loaded && chat.serverUnread != null) return chat.serverUnread;
   let n = 0;
-  for (const m of chat.messages.values()) if (m.seq > chat.lastRead && m.sender_id !== me()) n += 1;
-  n += Math.max(0, chat.windowStart - chat.lastRead); // older than what is loaded
-  n += Math.max(0, chat.serverSeq - Math.max(chat.contig, chat.lastRead)); // known over REST only
+  for (const m of chat.messages.values()) {
+    if (m.seq > chat.lastRead && m.sender_id !== me() && !m.deleted) n += 1;
+  }
+  n += Math.max(0, chat.windowStart - chat.lastRead); // older than what is loaded (at most)
+  if (!loaded) n += Math.max(0, chat.serverSeq - Math.max(chat.contig, chat.lastRead)); // known over REST only
   return n;
 }
 
@@ -475,49 +789,136 @@ async function createChat(body) {
   }
 }
 
-// ------------------------------------------------------------------ messages
+// ------------------------------------------------------------------ the log
 
-function ingest(m) {
+/** Stores a message's state unless the one held is newer: a deletion is
+ *  final, and a state older than the latest change applied here loses.
+ *  `version`: every entry up to it is reflected in `m`. */
+function storeMessage(chat, m, version) {
+  const old = chat.messages.get(m.id);
+  const held = chat.versions.get(m.id) || 0;
+  if (old && ((old.deleted && !m.deleted) || held > version)) return false;
+  chat.messages.set(m.id, m);
+  chat.versions.set(m.id, version);
+  if (m.deleted) forgetUi(chat, m.id);
+  return true;
+}
+
+/** Entry `seq` is held: move `contig` over every entry held in a row. */
+function noteSeq(chat, seq) {
+  if (seq > chat.contig) chat.seen.add(seq);
+  while (chat.seen.delete(chat.contig + 1)) chat.contig += 1;
+  if (seq > chat.serverSeq) chat.serverSeq = seq;
+  if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
+}
+
+/** Every entry up to `seq` is reflected in what is held. */
+function advanceTo(chat, seq) {
+  if (seq <= chat.contig) return;
+  chat.contig = seq;
+  for (const s of chat.seen) if (s <= seq) chat.seen.delete(s);
+  while (chat.seen.delete(chat.contig + 1)) chat.contig += 1;
+}
+
+/** A message: live or replayed (`message_received`, its seq is its entry),
+ *  or from a history page (`asOf`: the seq the page reflects at least). */
+function ingest(m, asOf = m.seq) {
   const chat = state.chats.get(m.conversation_id);
   if (!chat) return;
   if (m.client_msg_id && m.sender_id === me() && chat.pending.delete(m.client_msg_id)) scheduleRender(chat);
-  if (chat.ids.has(m.id) || chat.messages.has(m.seq)) return; // once, by id and seq
-  chat.messages.set(m.seq, m);
-  chat.ids.add(m.id);
-  chat.windowStart = Math.min(chat.windowStart, m.seq - 1);
-  for (const s of state.streams.values()) if (s.messageId === m.id) state.streams.delete(s.id);
-  dropTyper(chat, m.sender_id);
-  while (chat.messages.has(chat.contig + 1)) chat.contig += 1;
-  chat.serverSeq = Math.max(chat.serverSeq, m.seq);
-  if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
+  const fresh = !chat.messages.has(m.id);
+  storeMessage(chat, m, asOf);
+  if (fresh) {
+    chat.windowStart = Math.min(chat.windowStart, m.seq - 1);
+    for (const s of state.streams.values()) if (s.messageId === m.id) state.streams.delete(s.id);
+    dropTyper(chat, m.sender_id);
+    // The server moves a sender's read mark to their own message.
+    if (m.sender_id === me() && m.message_type === 'user' && m.seq > chat.lastRead) chat.lastRead = m.seq;
+  }
+  noteSeq(chat, m.seq);
   scheduleRender(chat);
 }
 
-/** A seq skipped: ask for what is missing unless it shows up on its own. */
-function scheduleGapFill(chat) {
+/** `message_updated`: an edit, deletion or reaction, with its own seq and
+ *  the message's state after it. */
+function onMessageUpdated(d) {
+  const chat = state.chats.get(d.conversation_id);
+  if (!chat) return;
+  const m = d.message;
+  // A change of a message older than the loaded window only takes its seq.
+  if (m && (chat.messages.has(m.id) || m.seq > chat.windowStart)) {
+    const fresh = !chat.messages.has(m.id);
+    storeMessage(chat, m, d.seq);
+    if (fresh) noteSeq(chat, m.seq); // missed, but held now in a newer state
+  }
+  noteSeq(chat, d.seq);
+  scheduleRender(chat);
+}
+
+/** A seq skipped: fetch what is missing unless it shows up on its own (a
+ *  replay still streaming in counts as showing up). */
+function scheduleGapFill(chat, wait = GAP_WAIT_MS) {
   if (chat.gapTimer) return;
-  chat.gapTimer = setTimeout(async () => {
+  chat.gapMark = chat.contig;
+  chat.gapTimer = setTimeout(() => {
     chat.gapTimer = null;
-    if (chat.serverSeq <= chat.contig) return;
-    try {
-      if (state.connected) {
-        await request('load_messages', { conversation_id: chat.id, after_seq: chat.contig, limit: 200 });
-      } else {
-        const page = await api('GET', `/chats/${chat.id}?after_seq=${chat.contig}&limit=200`);
-        page.messages.forEach(ingest);
-      }
-    } catch (e) {
-      console.warn('gap fill failed', e);
+    if (!state.chats.has(chat.id) || chat.serverSeq <= chat.contig) {
+      chat.gapTries = 0;
+      return;
     }
-  }, 400);
+    if (chat.contig > chat.gapMark || chat.joining) return scheduleGapFill(chat);
+    chat.gapTries += 1;
+    fillGap(chat);
+    scheduleGapFill(chat, Math.min(30_000, GAP_WAIT_MS * 2 ** chat.gapTries));
+  }, wait);
+}
+
+/** Joined: join again, and the server replays every entry after `contig`,
+ *  changes included (history pages hold messages only, so they cannot
+ *  tell an edit of an older message). Offline: the window over REST. */
+async function fillGap(chat) {
+  try {
+    if (state.connected) {
+      chat.joined = false;
+      await join(chat);
+    } else if (chat.id === state.openId) {
+      await syncWindow(chat);
+    }
+  } catch (e) {
+    console.warn('gap fill failed', e);
+  }
+}
+
+/** Over REST: every loaded message in its current state, page by page.
+ *  The first page's conversation says which seq it reflects at least (its
+ *  `last_seq` is read before the page), so every entry up to it is held. */
+async function syncWindow(chat) {
+  let asOf = chat.serverSeq;
+  let after = chat.windowStart;
+  for (let n = 0; n < 50; n++) {
+    const page = await api('GET', `/chats/${chat.id}?after_seq=${after}&limit=200`);
+    if (n === 0 && page.conversation) {
+      asOf = Math.max(asOf, page.conversation.last_seq || 0);
+      upsertChat(page.conversation);
+    }
+    page.messages.forEach((m) => ingest(m, asOf));
+    if (!page.has_more || !page.messages.length) {
+      advanceTo(chat, asOf);
+      break;
+    }
+    after = page.messages[page.messages.length - 1].seq;
+  }
+  chat.synced = true;
+  scheduleRender(chat);
 }
 
 async function loadEarlier() {
   const chat = state.chats.get(state.openId);
   if (!chat || chat.windowStart <= 0) return;
   const before = chat.windowStart + 1;
+  const asOf = chat.serverSeq;
   const page = await api('GET', `/chats/${chat.id}?before_seq=${before}&limit=${HISTORY_WINDOW}`);
-  page.messages.forEach(ingest);
+  page.messages.forEach((m) => ingest(m, Math.max(asOf, page.conversation?.last_seq || 0)));
   if (!page.has_more) chat.windowStart = 0;
   renderChat();
 }
@@ -525,7 +926,8 @@ async function loadEarlier() {
 function sendMessage(content) {
   const chat = state.chats.get(state.openId);
   if (!chat || !content.trim()) return;
-  const p = { cmid: uid(), content, state: 'sending', error: '' };
+  const p = { cmid: uid(), content, replyTo: chat.replyTo, state: 'sending', error: '' };
+  chat.replyTo = null;
   chat.pending.set(p.cmid, p);
   stopTyping();
   deliver(chat, p);
@@ -537,12 +939,13 @@ async function deliver(chat, p) {
   p.state = 'sending';
   scheduleRender(chat);
   const data = { conversation_id: chat.id, content: p.content, client_msg_id: p.cmid };
+  if (p.replyTo) data.reply_to = p.replyTo;
   try {
     if (state.connected) {
       try {
         const ack = await request('send_message', data);
         p.state = 'sent';
-        if (chat.ids.has(ack.message_id)) chat.pending.delete(p.cmid);
+        if (chat.messages.has(ack.message_id)) chat.pending.delete(p.cmid);
         scheduleRender(chat);
         return;
       } catch (e) {
@@ -550,13 +953,47 @@ async function deliver(chat, p) {
       }
     }
     // No socket: the REST fallback (deduplicated by client_msg_id too).
-    const m = await api('POST', `/chats/${chat.id}/messages`, { content: p.content, client_msg_id: p.cmid });
-    ingest(m);
+    const { conversation_id: _, ...body } = data;
+    ingest(await api('POST', `/chats/${chat.id}/messages`, body));
   } catch (e) {
     p.state = 'failed';
     p.error = e instanceof TypeError ? 'no connection' : e.message; // fetch fails with TypeError
   }
   scheduleRender(chat);
+}
+
+/** An edit, deletion or reaction: over the socket, or REST while it is down.
+ *  The result arrives as `message_updated` (REST answers it directly).
+ *  Resolves true once the server took it. */
+async function changeMessage(chat, type, messageId, extra = {}) {
+  const verb = { edit_message: 'edit', delete_message: 'delete', add_reaction: 'react', remove_reaction: 'remove the reaction' }[type];
+  let retried = false;
+  try {
+    if (state.connected) {
+      try {
+        await request(type, { conversation_id: chat.id, message_id: messageId, ...extra });
+        return true;
+      } catch (e) {
+        if (e.code !== 'DISCONNECTED' && e.code !== 'TIMEOUT') throw e;
+        retried = true; // it may have been taken: every change but a deletion is idempotent
+      }
+    }
+    const path = `/chats/${chat.id}/messages/${encodeURIComponent(messageId)}`;
+    let r;
+    if (type === 'edit_message') r = await api('PATCH', path, { content: extra.content });
+    else if (type === 'delete_message') r = await api('DELETE', path);
+    else r = await api(type === 'add_reaction' ? 'PUT' : 'DELETE', `${path}/reactions/${encodeURIComponent(extra.emoji)}`);
+    if (r?.message && r.seq != null) {
+      storeMessage(chat, r.message, r.seq);
+      noteSeq(chat, r.seq);
+      scheduleRender(chat);
+    }
+    return true;
+  } catch (e) {
+    if (retried && type === 'delete_message' && e.code === 'NOT_FOUND') return true;
+    toast(e instanceof TypeError ? `Could not ${verb}: no connection` : `Could not ${verb}: ${e.message}`);
+    return false;
+  }
 }
 
 const reading = () => document.visibilityState === 'visible';
@@ -565,9 +1002,15 @@ function markRead(chat) {
   if (!chat || chat.id !== state.openId || !reading()) return;
   const seq = chat.contig;
   if (seq > chat.lastRead) chat.lastRead = seq;
-  if (seq > chat.readSent && state.connected) {
-    chat.readSent = seq;
+  if (seq <= chat.readSent) return;
+  chat.readSent = seq;
+  if (state.connected) {
     fire('mark_read', { conversation_id: chat.id, seq });
+  } else {
+    // The REST fallback has a read call too; on failure the next render retries.
+    api('POST', `/chats/${chat.id}/read`, { seq }).catch(() => {
+      if (chat.readSent === seq) chat.readSent = Math.min(seq - 1, chat.lastRead);
+    });
   }
 }
 
@@ -622,7 +1065,7 @@ function dropTyper(chat, user, render = false) {
 
 function onStreamContent(d) {
   const chat = state.chats.get(d.conversation_id);
-  if (!chat || chat.ids.has(d.message_id)) return;
+  if (!chat || chat.messages.has(d.message_id)) return;
   let s = state.streams.get(d.stream_id);
   if (!s) {
     s = { id: d.stream_id, convId: chat.id, messageId: d.message_id, assistantId: d.assistant_id, parts: new Map(), el: null };
@@ -631,7 +1074,8 @@ function onStreamContent(d) {
   }
   if (d.content !== undefined) s.parts.set(d.index, d.content);
   if (s.el) {
-    s.el.querySelector('.text').textContent = streamText(s);
+    // Markdown as it grows: an unclosed fence or ** shows as it stands until closed.
+    s.el.querySelector('.text').replaceChildren(...renderMarkdown(streamText(s)));
     stickToBottom();
   }
 }
@@ -667,6 +1111,150 @@ async function cancelStream(s) {
   }
 }
 
+// ------------------------------------------------------------------ message actions
+
+function closeMenus() {
+  const ui = state.ui;
+  const open = ui.actionsFor || ui.pickerFor || ui.confirmDelete;
+  ui.actionsFor = ui.pickerFor = ui.confirmDelete = null;
+  return !!open;
+}
+
+/** A message gone (deleted): no menu, editor or picker left on it. */
+function forgetUi(chat, id) {
+  const ui = state.ui;
+  if ([ui.actionsFor, ui.pickerFor, ui.confirmDelete].includes(id)) closeMenus();
+  if (state.editing?.id === id && state.editing.chatId === chat.id) state.editing = null;
+}
+
+/** A tap on a bubble opens its action menu (on a phone there is no hover). */
+function onBubbleClick(e, m) {
+  if (m.deleted || e.target.closest('a, button, textarea, input')) return;
+  if (!window.getSelection().isCollapsed) return; // selecting text
+  const open = state.ui.actionsFor === m.id;
+  closeMenus();
+  state.ui.actionsFor = open ? null : m.id;
+  renderChat();
+}
+
+function canEdit(m) {
+  return !m.deleted && m.message_type === 'user' && m.sender_id === me();
+}
+
+function canDelete(chat, m) {
+  return !m.deleted && ((m.message_type === 'user' && m.sender_id === me()) || chat.ownerId === me());
+}
+
+function startEdit(chat, m) {
+  closeMenus();
+  const input = el('textarea', { className: 'edit-input', 'data-testid': 'edit-input', rows: 1, 'aria-label': 'Edit message' });
+  input.value = m.content;
+  input.addEventListener('input', () => autosize(input));
+  input.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
+      e.preventDefault();
+      saveEdit();
+    } else if (e.key === 'Escape') {
+      e.preventDefault();
+      cancelEdit();
+    }
+  });
+  state.editing = { chatId: chat.id, id: m.id, input, busy: false };
+  renderChat();
+  input.focus();
+  input.setSelectionRange(input.value.length, input.value.length);
+  autosize(input);
+}
+
+async function saveEdit() {
+  const ed = state.editing;
+  if (!ed || ed.busy) return;
+  const chat = state.chats.get(ed.chatId);
+  const m = chat?.messages.get(ed.id);
+  const content = ed.input.value;
+  if (!m || m.deleted || content === m.content) return cancelEdit();
+  if (!content.trim()) return toast('A message cannot be empty: delete it instead.');
+  ed.busy = true;
+  ed.input.readOnly = true;
+  const ok = await changeMessage(chat, 'edit_message', m.id, { content });
+  if (state.editing !== ed) return;
+  if (ok) return cancelEdit();
+  ed.busy = false;
+  ed.input.readOnly = false;
+  ed.input.focus();
+}
+
+function cancelEdit() {
+  state.editing = null;
+  renderChat();
+}
+
+function startReply(chat, m) {
+  closeMenus();
+  chat.replyTo = m.id;
+  renderChat();
+  $('input').focus();
+}
+
+/** Your reaction with `emoji` on or off (a chip you are in takes yours away). */
+function toggleReaction(chat, m, emoji) {
+  const r = (m.reactions || []).find((x) => x.emoji === emoji);
+  const mine = !!r?.user_ids?.includes(me());
+  changeMessage(chat, mine ? 'remove_reaction' : 'add_reaction', m.id, { emoji });
+}
+
+function scrollToMessage(id) {
+  const li = [...$('messages').querySelectorAll('[data-testid=message][data-id]')].find((e) => e.dataset.id === id);
+  if (!li) return toast('That message is not loaded.');
+  li.scrollIntoView({ block: 'center', behavior: 'smooth' });
+  const ui = state.ui;
+  ui.flash = id;
+  li.classList.add('flash');
+  clearTimeout(ui.flashTimer);
+  ui.flashTimer = setTimeout(() => {
+    ui.flash = null;
+    for (const e of $('messages').querySelectorAll('.flash')) e.classList.remove('flash');
+  }, 1600);
+}
+
+// ------------------------------------------------------------------ rename
+
+function startRename() {
+  const chat = state.chats.get(state.openId);
+  if (!chat) return;
+  state.renaming = chat.id;
+  const input = $('rename-input');
+  input.value = chat.title;
+  input.placeholder = chatTitle(chat);
+  renderHeader();
+  input.focus();
+  input.select();
+}
+
+async function saveRename() {
+  if (state.renameBusy) return;
+  const chat = state.chats.get(state.renaming);
+  const title = $('rename-input').value.trim();
+  if (!chat || !title || title === chat.title) return endRename();
+  state.renameBusy = true;
+  try {
+    upsertChat(await api('PATCH', `/chats/${chat.id}`, { title }));
+    state.renameBusy = false;
+    endRename();
+    renderChatList();
+  } catch (e) {
+    state.renameBusy = false;
+    toast(`Could not rename: ${e.message}`);
+    $('rename-input').focus();
+  }
+}
+
+function endRename() {
+  if (state.renameBusy) return;
+  state.renaming = null;
+  renderHeader();
+}
+
 // ------------------------------------------------------------------ rendering
 
 let renderQueued = new Set();
@@ -695,14 +1283,17 @@ function avatarFor(id) {
   return span;
 }
 
+function previewOf(m) {
+  if (!m) return 'No messages yet';
+  return `${senderLabel(m)}: ${m.deleted ? 'message deleted' : snippet(m.content, 120)}`;
+}
+
 function renderChatList() {
   const list = $('chat-list');
   const chats = [...state.chats.values()].sort((a, b) => activity(b) - activity(a));
   list.replaceChildren(
     ...chats.map((chat) => {
-      const last = lastMessage(chat);
       const unread = chat.id === state.openId && reading() ? 0 : unreadCount(chat);
-      const preview = last ? `${senderLabel(last)}: ${last.content}` : 'No messages yet';
       return el('li', {},
         el('button', {
           type: 'button',
@@ -714,8 +1305,8 @@ function renderChatList() {
         },
         avatarFor(chat.assistantId ? '✦' : chatTitle(chat)),
         el('span', { className: 'chat-item-text' },
-          el('span', { className: 'chat-item-title', text: chatTitle(chat) }),
-          el('span', { className: 'chat-item-preview', text: preview })),
+          el('span', { className: 'chat-item-title', 'data-testid': 'chat-item-title', text: chatTitle(chat) }),
+          el('span', { className: 'chat-item-preview', text: previewOf(lastMessage(chat)) })),
         unread > 0 ? el('span', { className: 'badge', 'data-testid': 'unread-badge', text: unread > 99 ? '99+' : unread }) : null));
     }),
   );
@@ -723,7 +1314,12 @@ function renderChatList() {
 }
 
 function openChat(id) {
-  if (state.openId !== id) stopTyping();
+  if (state.openId !== id) {
+    stopTyping();
+    closeMenus();
+    state.editing = null;
+    state.renaming = null;
+  }
   state.openId = id;
   if (id) sessionStorage.setItem(OPEN_KEY, id);
   else sessionStorage.removeItem(OPEN_KEY);
@@ -737,6 +1333,9 @@ function openChat(id) {
 function renderHeader() {
   const chat = state.chats.get(state.openId);
   if (!chat) return;
+  const renaming = state.renaming === chat.id;
+  $('title-row').hidden = renaming;
+  $('rename-form').hidden = !renaming;
   $('chat-title').textContent = chatTitle(chat);
   const people = chat.participants.map((p) => (p === me() ? `${p} (you)` : p));
   if (chat.assistantId) people.push(assistantName(chat.assistantId));
@@ -751,6 +1350,23 @@ function renderTyping() {
   box.dataset.typers = who.join(',');
 }
 
+/** The quoted line of the message `id`: its sender and the start of its text. */
+function quoteParts(chat, id) {
+  const t = chat.messages.get(id);
+  if (!t) return [el('span', { className: 'quote-text muted', text: 'earlier message' })];
+  if (t.deleted) return [el('span', { className: 'quote-text muted', text: 'deleted message' })];
+  return [el('span', { className: 'quote-sender', text: senderLabel(t) }), el('span', { className: 'quote-text', text: snippet(t.content) })];
+}
+
+function renderReplyBar(chat) {
+  const bar = $('reply-bar');
+  bar.hidden = !chat.replyTo;
+  if (chat.replyTo) {
+    bar.dataset.target = chat.replyTo;
+    $('reply-bar-text').replaceChildren(el('span', { className: 'muted', text: 'Replying to ' }), ...quoteParts(chat, chat.replyTo));
+  }
+}
+
 function renderChat({ toBottom = false } = {}) {
   const chat = state.chats.get(state.openId);
   $('chat').hidden = !chat;
@@ -760,14 +1376,22 @@ function renderChat({ toBottom = false } = {}) {
   const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
   renderHeader();
   renderTyping();
+  renderReplyBar(chat);
   $('ask').disabled = !state.connected;
   $('load-earlier').hidden = chat.windowStart <= 0;
 
+  // The inline editor survives the re-render, with its focus and caret.
+  const editor = state.editing?.chatId === chat.id ? state.editing.input : null;
+  const focused = editor && document.activeElement === editor ? [editor.selectionStart, editor.selectionEnd] : null;
   const sorted = [...chat.messages.values()].sort((a, b) => a.seq - b.seq);
-  const items = sorted.map((m, i) => messageItem(m, sorted[i - 1]));
+  const items = sorted.map((m, i) => messageItem(chat, m, sorted[i - 1]));
   for (const s of state.streams.values()) if (s.convId === chat.id) items.push(streamItem(s));
   for (const p of chat.pending.values()) items.push(pendingItem(chat, p));
   $('messages').replaceChildren(...items);
+  if (focused && editor.isConnected) {
+    editor.focus({ preventScroll: true });
+    editor.setSelectionRange(...focused);
+  }
   if (toBottom || nearBottom) scroller.scrollTop = scroller.scrollHeight;
   markRead(chat);
 }
@@ -789,21 +1413,128 @@ function senderLabel(m) {
   return m.sender_id === me() ? 'You' : m.sender_id;
 }
 
+function quoteButton(chat, targetId) {
+  return el('button', {
+    type: 'button',
+    className: 'quote',
+    'data-testid': 'reply-quote',
+    'data-target': targetId,
+    title: chat.messages.has(targetId) ? 'Show the message it answers' : 'Not loaded',
+    onclick: () => scrollToMessage(targetId),
+  }, ...quoteParts(chat, targetId));
+}
+
+function actionButton(testId, icon, label, onclick, extra = '') {
+  return el('button', { type: 'button', className: extra, 'data-testid': testId, 'aria-label': label, title: label, text: icon, onclick });
+}
+
+/** React, reply, edit, delete: shown on hover (desktop), focus, or a tap. */
+function actionsBar(chat, m) {
+  const confirming = state.ui.confirmDelete === m.id;
+  return el('div', { className: 'actions', role: 'toolbar', 'aria-label': 'Message actions', 'data-testid': 'message-actions' },
+    actionButton('action-react', '☺', 'Add a reaction', () => {
+      const open = state.ui.pickerFor === m.id;
+      closeMenus();
+      state.ui.actionsFor = m.id;
+      state.ui.pickerFor = open ? null : m.id;
+      renderChat();
+    }),
+    actionButton('action-reply', '↩', 'Reply', () => startReply(chat, m)),
+    canEdit(m) ? actionButton('action-edit', '✎', 'Edit', () => startEdit(chat, m)) : null,
+    !canDelete(chat, m) ? null : confirming
+      ? el('button', {
+        type: 'button', className: 'danger', 'data-testid': 'action-delete-confirm', text: 'Delete?',
+        title: 'Delete for everyone', onclick: () => { closeMenus(); changeMessage(chat, 'delete_message', m.id); renderChat(); },
+      })
+      : actionButton('action-delete', 'Delete', 'Delete', () => {
+        state.ui.actionsFor = m.id;
+        state.ui.confirmDelete = m.id;
+        renderChat();
+      }));
+}
+
+function emojiPicker(chat, m) {
+  return el('div', { className: 'picker', role: 'group', 'aria-label': 'Reactions', 'data-testid': 'emoji-picker' },
+    ...REACTIONS.map((emoji) => el('button', {
+      type: 'button', className: 'emoji-option', 'data-testid': 'emoji-option', 'data-emoji': emoji,
+      'aria-label': `React with ${emoji}`, text: emoji,
+      onclick: () => {
+        closeMenus();
+        toggleReaction(chat, m, emoji);
+        renderChat();
+      },
+    })));
+}
+
+function reactionChips(chat, m) {
+  if (m.deleted || !m.reactions?.length) return null;
+  return el('div', { className: 'reactions', 'data-testid': 'reactions' },
+    ...m.reactions.map((r) => {
+      const ids = r.user_ids || [];
+      const mine = ids.includes(me());
+      const more = r.count > ids.length ? ` and ${r.count - ids.length} more` : '';
+      return el('button', {
+        type: 'button',
+        className: `chip${mine ? ' mine' : ''}`,
+        'data-testid': 'reaction-chip',
+        'data-emoji': r.emoji,
+        'data-count': r.count,
+        'data-mine': String(mine),
+        'aria-pressed': String(mine),
+        title: `${ids.map((u) => (u === me() ? 'you' : u)).join(', ')}${more}`,
+        onclick: () => toggleReaction(chat, m, r.emoji),
+      }, el('span', { className: 'chip-emoji', text: r.emoji }), el('span', { className: 'chip-count', text: r.count }));
+    }));
+}
+
 /** One stored message; the sender line is left out when `prev` has the same
  *  sender and is less than five minutes older. */
-function messageItem(m, prev) {
+function messageItem(chat, m, prev) {
   const mine = m.sender_id === me();
   const kind = m.message_type === 'assistant' ? 'assistant' : mine ? 'mine' : 'theirs';
   const cont = prev && prev.sender_id === m.sender_id && prev.message_type === m.message_type &&
     Date.parse(m.created_at) - Date.parse(prev.created_at) < 5 * 60_000;
-  return el('li', { className: `msg ${kind}${cont ? ' cont' : ''}`, 'data-testid': 'message', 'data-seq': m.seq, 'data-id': m.id, 'data-sender': m.sender_id },
-    el('div', { className: 'meta' },
-      el('span', { className: 'sender', 'data-testid': 'message-sender', text: senderLabel(m) }),
-      el('time', { datetime: m.created_at, text: timeOf(m.created_at) }),
-      ['cancelled', 'error'].includes(m.metadata?.finish_reason)
-        ? el('span', { className: 'tag', text: m.metadata.finish_reason === 'cancelled' ? 'stopped' : 'interrupted' })
-        : null),
-    el('div', { className: 'bubble text', 'data-testid': 'message-text', title: timeOf(m.created_at), text: m.content }));
+  const ui = state.ui;
+  const editing = state.editing?.chatId === chat.id && state.editing.id === m.id;
+  const classes = ['msg', kind, cont && 'cont', m.deleted && 'deleted', editing && 'editing',
+    ui.actionsFor === m.id && 'show-actions', ui.flash === m.id && 'flash'].filter(Boolean).join(' ');
+
+  let body;
+  if (m.deleted) {
+    body = el('div', { className: 'text placeholder', 'data-testid': 'message-text', text: 'message deleted' });
+  } else if (editing) {
+    body = el('div', { className: 'editor' },
+      state.editing.input,
+      el('div', { className: 'editor-hint' },
+        'Enter to save · Esc to cancel ',
+        el('button', { type: 'button', className: 'link', 'data-testid': 'edit-save', text: 'Save', onclick: saveEdit }),
+        ' ',
+        el('button', { type: 'button', className: 'link', 'data-testid': 'edit-cancel', text: 'Cancel', onclick: cancelEdit })));
+  } else {
+    body = el('div', { className: 'text md', 'data-testid': 'message-text' }, ...markdown(m.content));
+  }
+  const bubble = el('div', { className: 'bubble', title: timeOf(m.created_at), onclick: (e) => onBubbleClick(e, m) },
+    m.reply_to && !m.deleted ? quoteButton(chat, m.reply_to) : null,
+    body,
+    m.edited_at && !m.deleted && !editing
+      ? el('span', { className: 'edited', 'data-testid': 'message-edited', title: `Edited ${timeOf(m.edited_at)}`, text: '(edited)' })
+      : null);
+
+  return el('li', {
+    className: classes, 'data-testid': 'message', 'data-seq': m.seq, 'data-id': m.id, 'data-sender': m.sender_id,
+    'data-deleted': m.deleted ? 'true' : null, 'data-edited': m.edited_at && !m.deleted ? 'true' : null,
+  },
+  el('div', { className: 'meta' },
+    el('span', { className: 'sender', 'data-testid': 'message-sender', text: senderLabel(m) }),
+    el('time', { datetime: m.created_at, text: timeOf(m.created_at) }),
+    ['cancelled', 'error'].includes(m.metadata?.finish_reason)
+      ? el('span', { className: 'tag', text: m.metadata.finish_reason === 'cancelled' ? 'stopped' : 'interrupted' })
+      : null),
+  el('div', { className: 'msg-body' },
+    bubble,
+    m.deleted || editing ? null : actionsBar(chat, m),
+    ui.pickerFor === m.id && !m.deleted ? emojiPicker(chat, m) : null),
+  reactionChips(chat, m));
 }
 
 function streamItem(s) {
@@ -816,7 +1547,7 @@ function streamItem(s) {
       el('span', { className: 'sender', text: assistantName(s.assistantId) }),
       el('span', { className: 'dots', 'aria-label': 'writing' }, el('i'), el('i'), el('i')),
       cancel),
-    el('div', { className: 'bubble text', 'data-testid': 'stream-text', text: streamText(s) }));
+    el('div', { className: 'bubble text md', 'data-testid': 'stream-text' }, ...renderMarkdown(streamText(s))));
   return s.el;
 }
 
@@ -828,7 +1559,9 @@ function pendingItem(chat, p) {
   }
   return el('li', { className: `msg mine pending ${p.state}`, 'data-testid': 'message', 'data-state': p.state, 'data-client-msg-id': p.cmid },
     el('div', { className: 'meta' }, el('span', { className: 'sender', text: 'You' })),
-    el('div', { className: 'bubble text', 'data-testid': 'message-text', text: p.content }),
+    el('div', { className: 'bubble' },
+      p.replyTo ? quoteButton(chat, p.replyTo) : null,
+      el('div', { className: 'text md', 'data-testid': 'message-text' }, ...markdown(p.content))),
     status);
 }
 
@@ -865,6 +1598,25 @@ function wire() {
       toast(`Could not invite ${id}: ${err.message}`);
     }
   });
+  $('chat-title').addEventListener('click', startRename);
+  $('rename-button').addEventListener('click', startRename);
+  $('rename-form').addEventListener('submit', (e) => {
+    e.preventDefault();
+    saveRename();
+  });
+  $('rename-input').addEventListener('keydown', (e) => {
+    if (e.key === 'Escape') {
+      e.preventDefault();
+      endRename();
+    }
+  });
+  $('rename-input').addEventListener('blur', () => state.renaming && saveRename());
+  $('reply-cancel').addEventListener('click', () => {
+    const chat = state.chats.get(state.openId);
+    if (chat) chat.replyTo = null;
+    renderChat();
+    $('input').focus();
+  });
   $('ask').addEventListener('click', askAssistant);
   $('back').addEventListener('click', () => openChat(null));
   $('load-earlier').addEventListener('click', loadEarlier);
@@ -880,9 +1632,20 @@ function wire() {
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $('composer').requestSubmit();
+    } else if (e.key === 'Escape' && state.chats.get(state.openId)?.replyTo) {
+      state.chats.get(state.openId).replyTo = null;
+      renderChat();
     }
   });
   $('input').addEventListener('blur', stopTyping);
+  // A click outside the message list, or Escape, closes an open message menu.
+  document.addEventListener('click', (e) => {
+    if (e.composedPath().some((n) => n.id === 'messages')) return;
+    if (closeMenus()) renderChat();
+  });
+  document.addEventListener('keydown', (e) => {
+    if (e.key === 'Escape' && closeMenus()) renderChat();
+  });
   document.addEventListener('visibilitychange', () => {
     markRead(state.chats.get(state.openId));
     renderChatList();

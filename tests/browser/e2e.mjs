@@ -7,6 +7,10 @@
 //
 // Alice has two tabs (same user, one browser context), Bob one (another
 // context). Every step waits for a condition with a timeout; none sleeps.
+// Besides messages, typing, streaming, unread badges and a node kill, it
+// drives the conversation log (docs/protocol.md, v1.1) through the page's
+// own controls: edit, reactions, reply, rename, delete, and checks that
+// Markdown renders while HTML in a message stays text.
 
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -17,7 +21,7 @@ const SHOTS = must('CONFAB_E2E_SHOTS');
 const NODES = JSON.parse(must('CONFAB_E2E_NODES'));
 const CHROMIUM = process.env.CONFAB_E2E_CHROMIUM || '/usr/bin/chromium';
 const STEP_MS = 10_000; // any single wait
-const TOTAL_MS = 90_000; // the whole scenario
+const TOTAL_MS = 120_000; // the whole scenario
 
 function must(name) {
   const v = process.env[name];
@@ -61,12 +65,38 @@ const pageErrors = [];
 async function openTab(context, label) {
   const page = await context.newPage();
   page.label = label;
+  // For the waits below: the open chat's stored message with a given id.
+  await page.addInitScript(() => {
+    window.e2eMsg = (id) =>
+      [...document.querySelectorAll('#messages [data-testid=message][data-seq]')].find((e) => e.dataset.id === id);
+  });
   page.setDefaultTimeout(STEP_MS);
   page.on('pageerror', (e) => pageErrors.push(`${label}: ${e.message}`));
+  // Nothing in a message may ever run script (an alert() would be a dialog).
+  page.on('dialog', (d) => {
+    pageErrors.push(`${label}: a ${d.type()} dialog opened: ${d.message()}`);
+    d.dismiss().catch(() => {});
+  });
   page.on('console', (m) => {
     if (m.type() === 'error' && !/WebSocket|Failed to load resource|ERR_CONNECTION/.test(m.text())) {
       pageErrors.push(`${label} console: ${m.text()}`);
     }
+  });
+  // Every log entry each socket of the tab received: [socket, seq, type].
+  page.e2eEntries = [];
+  let sockets = 0;
+  page.on('websocket', (ws) => {
+    const socket = ++sockets;
+    ws.on('framereceived', ({ payload }) => {
+      let f;
+      try {
+        f = JSON.parse(String(payload));
+      } catch {
+        return;
+      }
+      if (f.type === 'message_received') page.e2eEntries.push([socket, f.data.message.conversation_id, f.data.message.seq, f.type]);
+      if (f.type === 'message_updated') page.e2eEntries.push([socket, f.data.conversation_id, f.data.seq, f.type]);
+    });
   });
   pages.push(page);
   return page;
@@ -99,7 +129,7 @@ async function openChat(page, id) {
 /** The open chat's stored messages as [seq, text], in screen order. */
 function transcript(page) {
   return page.$$eval('#messages [data-testid=message][data-seq]', (els) =>
-    els.map((e) => [Number(e.dataset.seq), e.querySelector('[data-testid=message-text]').textContent]));
+    els.map((e) => [Number(e.dataset.seq), e.querySelector('[data-testid=message-text]')?.textContent ?? null]));
 }
 
 /** Waits until the open chat shows `text` as a stored message (with a seq). */
@@ -109,27 +139,55 @@ function seen(page, text) {
       .some((e) => e.textContent === t), text);
 }
 
-const expected = []; // the conversation, in seq order: texts
+const expected = []; // the conversation's messages, in seq order: texts as shown now
 
-/** Types and sends a message in `page`; waits until every tab shows it. */
-async function say(page, text, everyone) {
+/** Types and sends a message in `page`; waits until every tab shows it
+ *  (as `shown`: the text its Markdown renders to). */
+async function say(page, text, everyone, shown = text) {
   await fill(page, 'message-input', text);
   await click(page, 'send-button');
-  expected.push(text);
-  for (const p of everyone) await seen(p, text);
+  expected.push(shown);
+  for (const p of everyone) await seen(p, shown);
 }
 
+/** Every expected message once, in order, by rising seqs starting at 1
+ *  (seqs count log entries, so edits, deletions and reactions leave gaps
+ *  between messages). Returns the [seq, text] list for comparing tabs. */
 async function assertTranscript(page) {
-  const want = expected.map((t, i) => [i + 1, t]);
-  await until(page, `${want.length} messages`, (n) =>
-    document.querySelectorAll('#messages [data-testid=message][data-seq]').length >= n &&
-    !document.querySelector('#messages [data-testid=message]:not([data-seq])'), want.length);
-  const got = await transcript(page);
-  const same = JSON.stringify(got) === JSON.stringify(want);
-  if (!same) {
+  const want = [...expected];
+  try {
+    await until(page, `the transcript of ${want.length} messages`, (w) => {
+      const els = [...document.querySelectorAll('#messages [data-testid=message]')];
+      if (els.some((e) => !e.dataset.seq)) return false; // a send not settled yet
+      const got = els.map((e) => [Number(e.dataset.seq), e.querySelector('[data-testid=message-text]')?.textContent]);
+      return got.length === w.length && got[0]?.[0] === 1 &&
+        got.every(([seq, text], i) => text === w[i] && (i === 0 || seq > got[i - 1][0]));
+    }, want);
+  } catch {
+    const got = await transcript(page);
     throw new Error(`${page.label}: transcript differs\n  want ${JSON.stringify(want)}\n  got  ${JSON.stringify(got)}`);
   }
+  return transcript(page);
 }
+
+/** The data-id of the open chat's stored message showing `text`. */
+async function messageId(page, text) {
+  const handle = await until(page, `message "${text}"`, (t) =>
+    [...document.querySelectorAll('#messages [data-testid=message][data-seq]')]
+      .find((e) => e.querySelector('[data-testid=message-text]')?.textContent === t)?.dataset.id, text);
+  return handle.jsonValue();
+}
+
+const msg = (page, id) => page.locator(`#messages [data-testid=message][data-id="${id}"]`);
+
+/** Opens a message's action menu the way a phone does (a tap on the
+ *  bubble), then clicks one of its actions. */
+async function messageAction(page, id, action) {
+  const m = msg(await front(page), id);
+  if (!(await m.evaluate((e) => e.classList.contains('show-actions')))) await m.getByTestId('message-text').click();
+  await m.getByTestId(action).click();
+}
+
 
 async function screenshots(suffix = '') {
   mkdirSync(SHOTS, { recursive: true });
@@ -251,6 +309,114 @@ async function scenario(browser) {
   await openChat(a2, team);
   log('unread badge shown in both Alice tabs, cleared in tab two by reading in tab one');
 
+  // The conversation log. Alice acts in tab one; her tab two and Bob's tab
+  // must show each change, through `message_updated` and, for the rename,
+  // `conversation_updated`.
+  const others = [a2, b];
+
+  // Edit: Alice's first message, inline (Enter saves).
+  const firstId = await messageId(a1, expected[0]);
+  const editedText = 'Hello from Alice, tab one (now with an edit)';
+  await messageAction(a1, firstId, 'action-edit');
+  const editor = msg(a1, firstId).getByTestId('edit-input');
+  await editor.fill(editedText);
+  await editor.press('Enter');
+  expected[0] = editedText;
+  for (const p of all) {
+    await until(p, 'the edited text, marked (edited)', ([id, text]) => {
+      const m = window.e2eMsg(id);
+      return m?.querySelector('[data-testid=message-text]')?.textContent === text &&
+        m.querySelector('[data-testid=message-edited]')?.textContent === '(edited)' && !m.querySelector('textarea');
+    }, [firstId, editedText]);
+  }
+  log('an edit in alice-tab1 shows, marked (edited), in every tab');
+
+  // Reactions: Alice picks 👍 on Bob's message; Bob joins in by clicking the
+  // chip, then takes his back by clicking it again.
+  const bobsId = await messageId(a1, 'Hi Alice, Bob here');
+  const chip = (p, count, mine) => until(p, `a 👍 chip counting ${count}${mine ? ', highlighted' : ', not highlighted'}`,
+    ([id, n, m]) => {
+      const c = window.e2eMsg(id)?.querySelector('[data-testid=reaction-chip][data-emoji="👍"]');
+      return c && c.dataset.count === String(n) && c.dataset.mine === String(m) && c.textContent.includes('👍');
+    }, [bobsId, count, mine]);
+  await messageAction(a1, bobsId, 'action-react');
+  await msg(a1, bobsId).locator('[data-testid=emoji-option][data-emoji="👍"]').click();
+  for (const p of [a1, a2]) await chip(p, 1, true);
+  await chip(b, 1, false);
+  const bobsChip = msg(b, bobsId).locator('[data-testid=reaction-chip][data-emoji="👍"]');
+  await front(b);
+  await bobsChip.click();
+  for (const p of all) await chip(p, 2, true);
+  await bobsChip.click();
+  for (const p of [a1, a2]) await chip(p, 1, true);
+  await chip(b, 1, false);
+  log('a reaction from alice-tab1 shows in every tab; Bob adds and removes his with the chip');
+
+  // Reply: Alice answers Bob's message; every tab shows the quote, and a
+  // click on it in Bob's tab brings the quoted message into view.
+  await messageAction(a1, bobsId, 'action-reply');
+  await until(a1, 'the reply bar above the composer', () => {
+    const bar = document.querySelector('[data-testid=reply-bar]');
+    return !bar.hidden && bar.textContent.includes('Hi Alice, Bob here');
+  });
+  const replyText = 'Replying to you, Bob';
+  await say(a1, replyText, all);
+  const replyId = await messageId(a1, replyText);
+  for (const p of all) {
+    await until(p, 'the quoted message above the reply', ([id, target]) => {
+      const q = window.e2eMsg(id)?.querySelector('[data-testid=reply-quote]');
+      return q?.dataset.target === target && q.textContent.includes('Hi Alice, Bob here');
+    }, [replyId, bobsId]);
+  }
+  await until(a1, 'the reply bar gone once sent', () => document.querySelector('[data-testid=reply-bar]').hidden);
+  await msg(await front(b), replyId).getByTestId('reply-quote').click();
+  await until(b, 'the quoted message highlighted', (id) => window.e2eMsg(id)?.classList.contains('flash'), bobsId);
+  log('a reply from alice-tab1 shows its quote in every tab; the quote leads to the message');
+
+  // Rename, in the header: every tab's header and sidebar follow.
+  await click(a1, 'rename-button');
+  await fill(a1, 'rename-input', 'Team log');
+  await a1.getByTestId('rename-input').press('Enter');
+  for (const p of all) {
+    await until(p, 'the new title in the header and the sidebar', (id) =>
+      document.querySelector('[data-testid=chat-title]').textContent === 'Team log' &&
+      document.querySelector(`[data-testid=chat-item][data-chat-id="${id}"] [data-testid=chat-item-title]`)?.textContent === 'Team log', team);
+  }
+  log('a rename in alice-tab1 shows in every header and sidebar');
+
+  // Markdown, safely: HTML stays text, **bold** is bold, only http(s) links.
+  const raw = '<img src=x onerror=alert(1)> stays text, **bold** is bold, https://example.com/docs is a link, [this](javascript:alert(1)) is not';
+  const shown = '<img src=x onerror=alert(1)> stays text, bold is bold, https://example.com/docs is a link, [this](javascript:alert(1)) is not';
+  await say(a1, raw, all, shown);
+  const mdId = await messageId(a1, shown);
+  for (const p of all) {
+    await until(p, 'the Markdown rendered, the HTML as text', (id) => {
+      const t = window.e2eMsg(id)?.querySelector('[data-testid=message-text]');
+      const links = t ? [...t.querySelectorAll('a')] : [];
+      return t && !document.querySelector('#messages img') && t.querySelector('strong')?.textContent === 'bold' &&
+        t.textContent.includes('<img src=x onerror=alert(1)>') && links.length === 1 &&
+        links[0].getAttribute('href') === 'https://example.com/docs' && links[0].target === '_blank' &&
+        links[0].rel === 'noopener noreferrer';
+    }, mdId);
+  }
+  log('Markdown renders in every tab; the HTML in the message is plain text');
+
+  // Delete: Alice owns the chat, so she may delete Bob's message (after a
+  // confirming second click). The placeholder replaces it everywhere, its
+  // reaction goes, and the reply's quote now says it was deleted.
+  await messageAction(a1, bobsId, 'action-delete');
+  await msg(a1, bobsId).getByTestId('action-delete-confirm').click();
+  expected[expected.indexOf('Hi Alice, Bob here')] = 'message deleted';
+  for (const p of all) {
+    await until(p, 'the deleted placeholder, and the quote saying so', ([id, reply]) => {
+      const m = window.e2eMsg(id);
+      return m?.dataset.deleted === 'true' && m.querySelector('[data-testid=message-text]').textContent === 'message deleted' &&
+        !m.querySelector('[data-testid=reaction-chip]') &&
+        window.e2eMsg(reply)?.querySelector('[data-testid=reply-quote]')?.textContent === 'deleted message';
+    }, [bobsId, replyId]);
+  }
+  log('a deletion in alice-tab1 leaves the placeholder in every tab');
+
   // Kill the node behind Alice's tab two: it reconnects to the other node and
   // catches up on what was sent meanwhile, with nothing twice.
   let victimNode = await connected(a2);
@@ -273,15 +439,47 @@ async function scenario(browser) {
   process.kill(pid, 'SIGKILL');
   await until(a2, 'status to leave connected', () =>
     document.querySelector('[data-testid=status]').dataset.state !== 'connected');
+  // Changes made meanwhile come back in the replay too (`message_updated`):
+  // a reaction first (any participant may), then messages and an edit.
+  await messageAction(sender, firstId, 'action-react');
+  await msg(sender, firstId).locator('[data-testid=emoji-option][data-emoji="🎉"]').click();
+  const party = (p) => until(p, 'the 🎉 added while tab two was away', (id) =>
+    window.e2eMsg(id)?.querySelector('[data-testid=reaction-chip][data-emoji="🎉"]')?.dataset.count === '1', firstId);
+  await party(sender);
   const missed = ['Sent while tab two was away, 1', 'Sent while tab two was away, 2', 'Sent while tab two was away, 3'];
   for (const text of missed) await say(sender, text, [sender]);
+  const fixedId = await messageId(sender, missed[1]);
+  await messageAction(sender, fixedId, 'action-edit');
+  await msg(sender, fixedId).getByTestId('edit-input').fill(`${missed[1]}, corrected`);
+  await msg(sender, fixedId).getByTestId('edit-input').press('Enter');
+  expected[expected.indexOf(missed[1])] = `${missed[1]}, corrected`;
+  await seen(sender, `${missed[1]}, corrected`);
   const stillAway = (await a2.getByTestId('status').getAttribute('data-state')) !== 'connected';
   const newNode = await connected(a2, victimNode);
   log(`alice-tab2 reconnected on ${newNode} (messages sent while it was away: ${stillAway ? 'all' : 'some'})`);
   await say(sender, 'Welcome back', all);
   for (const p of all) await connected(p, victimNode);
-  for (const p of all) await assertTranscript(p);
-  log(`every tab shows seqs 1..${expected.length}, each once, in order`);
+  const lists = [];
+  for (const p of all) lists.push(await assertTranscript(p));
+  for (const [i, p] of all.entries()) {
+    if (JSON.stringify(lists[i]) !== JSON.stringify(lists[0])) {
+      throw new Error(`${p.label}: seqs differ from ${all[0].label}'s\n  ${JSON.stringify(lists[0])}\n  ${JSON.stringify(lists[i])}`);
+    }
+  }
+  await until(a2, 'the edit made while away, marked (edited)', (id) =>
+    window.e2eMsg(id)?.querySelector('[data-testid=message-edited]'), fixedId);
+  for (const p of all) await party(p);
+  // Tab two never reloaded: over its two sockets it got every entry of the
+  // chat once (a since_seq that lagged behind the changes would replay some twice).
+  const got = a2.e2eEntries.filter((e) => e[1] === team);
+  const seqs = got.map((e) => e[2]).sort((x, y) => x - y);
+  if (!seqs.length || seqs.some((q, i) => q !== i + 1)) {
+    throw new Error(`alice-tab2: log entries not each once from 1: ${JSON.stringify(seqs)}`);
+  }
+  const later = got.filter((e) => e[0] > 1);
+  log(`alice-tab2 got entries 1..${seqs.length} once each; its new socket ${later.length} of them ` +
+    `(${later.filter((e) => e[3] === 'message_updated').length} message_updated)`);
+  log(`every tab shows the same ${expected.length} messages, each once, in seq order (last seq ${lists[0].at(-1)[0]})`);
   if (pageErrors.length) throw new Error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
 
   await screenshots();
