@@ -740,3 +740,36 @@ async fn a_killed_nodes_tabs_resume_elsewhere_with_every_change() {
         "every entry once, in order"
     );
 }
+
+/// Every change draws on the sender's send bucket, as a send does; a
+/// message holds at most `limits.max_reactions_per_message` emojis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_are_rate_limited_and_reactions_bounded() {
+    let node = start_node(|s| {
+        s.limits.send_burst = 3;
+        s.limits.send_rate_per_sec = 0.1;
+        s.limits.max_reactions_per_message = 1;
+    })
+    .await;
+    let conv = node.create_chat("ann", &[]).await;
+    let mut ann = node.connect("ann").await;
+    ann.join(&conv, None).await;
+    let message = ann.say(&conv, "one").await["data"]["message_id"].clone();
+    let react =
+        |emoji: &str| json!({"conversation_id": conv, "message_id": message, "emoji": emoji});
+    let ok = ask(&mut ann, "add_reaction", react("👍")).await;
+    assert_eq!(ok["data"]["seq"], 2, "{ok}");
+    let bounded = ask(&mut ann, "add_reaction", react("🎉")).await;
+    assert_eq!(error_code(&bounded), "INVALID_FRAME");
+    let limited = ask(&mut ann, "remove_reaction", react("👍")).await;
+    assert_eq!(error_code(&limited), "RATE_LIMITED");
+    assert!(limited["data"]["retry_after_ms"].as_u64().unwrap() > 0);
+    let (status, body) = node
+        .rest("ann", "GET", &format!("/api/v1/chat/chats/{conv}"), None)
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        body["conversation"]["last_seq"], 2,
+        "nothing refused was stored"
+    );
+}
