@@ -60,7 +60,7 @@ pub struct Page {
 }
 
 /// A message to send, from a socket or REST.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Outgoing {
     pub content: String,
     pub message_type: Option<MessageType>,
