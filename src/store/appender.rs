@@ -13,6 +13,7 @@ use sea_orm::{DatabaseConnection, DbErr};
 use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
+use super::log::{ChangeOrder, ChangeResult};
 use super::messages::{append_one, insert_batch, Appended, Job, NewMessage, MAX_BATCH};
 use super::{sqlite, Store};
 use crate::tasks::Tasks;
@@ -21,14 +22,14 @@ use tokio_util::sync::CancellationToken;
 /// Appends queued per writer before callers wait (a bound on memory).
 const QUEUE: usize = 4096;
 
-/// Hands appends to writer tasks; a conversation always goes to the same
+/// Hands appends to the writers; a conversation always goes to the same
 /// writer, so its sends are stored in the order they were made.
 #[derive(Clone)]
-pub(super) struct Appender {
-    writers: Vec<mpsc::Sender<Job>>,
-    /// Whether a send that finds no writer (the node is stopping) may be
-    /// written by its caller: not on SQLite, whose writer is its own thread.
-    inline: bool,
+pub(super) enum Appender {
+    /// Postgres: writer tasks, one per shard of conversations.
+    Tasks(Vec<mpsc::Sender<Job>>),
+    /// SQLite: the writer thread, which applies changes too.
+    Sqlite(mpsc::Sender<sqlite::Task>),
 }
 
 impl Appender {
@@ -41,10 +42,7 @@ impl Appender {
                 tx
             })
             .collect();
-        Self {
-            writers,
-            inline: true,
-        }
+        Appender::Tasks(writers)
     }
 
     /// Starts the SQLite writer on its own connection to `path`; it stops
@@ -52,29 +50,53 @@ impl Appender {
     pub fn start_sqlite(path: &std::path::Path) -> Result<Self, DbErr> {
         let (tx, rx) = mpsc::channel(QUEUE);
         sqlite::Writer::open(path)?.spawn(path.to_owned(), rx)?;
-        Ok(Self {
-            writers: vec![tx],
-            inline: false,
-        })
+        Ok(Appender::Sqlite(tx))
     }
 
     /// Queues `new` for its conversation's writer (waiting only for room in
     /// the queue) and returns what completes once it is stored. Appends
     /// queued one after another are stored in that order.
     pub async fn submit(&self, db: &DatabaseConnection, new: NewMessage) -> PendingAppend {
-        let shard = new.conversation_id.0.as_u128() as usize % self.writers.len();
         let (reply, answer) = oneshot::channel();
-        match self.writers[shard].send((new, reply)).await {
+        let writers = match self {
+            Appender::Sqlite(writer) => {
+                return match writer.send(sqlite::Task::Append((new, reply))).await {
+                    Ok(()) => PendingAppend::Queued(answer),
+                    Err(_) => PendingAppend::Done(Some(Box::new(Err(stopped())))),
+                };
+            }
+            Appender::Tasks(writers) => writers,
+        };
+        let shard = new.conversation_id.0.as_u128() as usize % writers.len();
+        match writers[shard].send((new, reply)).await {
             Ok(()) => PendingAppend::Queued(answer),
             // No writer (the runtime is shutting down): write it here.
-            Err(mpsc::error::SendError((new, _))) if self.inline => {
+            Err(mpsc::error::SendError((new, _))) => {
                 PendingAppend::Done(Some(Box::new(append_one(db, &new).await)))
             }
-            Err(_) => PendingAppend::Done(Some(Box::new(Err(DbErr::Custom(
-                "the message writer stopped".into(),
-            ))))),
         }
     }
+
+    /// Has the SQLite writer thread apply a change, after the appends
+    /// queued before it; None on Postgres, where the caller applies it.
+    pub async fn change(&self, order: &ChangeOrder) -> Option<ChangeResult> {
+        let Appender::Sqlite(writer) = self else {
+            return None;
+        };
+        let (reply, answer) = oneshot::channel();
+        if writer
+            .send(sqlite::Task::Change(order.clone(), reply))
+            .await
+            .is_err()
+        {
+            return Some(Err(stopped()));
+        }
+        Some(answer.await.unwrap_or_else(|_| Err(stopped())))
+    }
+}
+
+fn stopped() -> DbErr {
+    DbErr::Custom("the message writer stopped".into())
 }
 
 /// An append on its way: completes with the stored message.
@@ -89,9 +111,9 @@ impl Future for PendingAppend {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut *self {
-            PendingAppend::Queued(answer) => Pin::new(answer).poll(cx).map(|answer| {
-                answer.unwrap_or_else(|_| Err(DbErr::Custom("the message writer stopped".into())))
-            }),
+            PendingAppend::Queued(answer) => Pin::new(answer)
+                .poll(cx)
+                .map(|answer| answer.unwrap_or_else(|_| Err(stopped()))),
             PendingAppend::Done(result) => Poll::Ready(result.take().map_or_else(
                 || Err(DbErr::Custom("append polled after completion".into())),
                 |r| *r,

@@ -44,6 +44,10 @@ pub enum Changed {
     Unchanged(Message),
 }
 
+/// What storing a change comes to: the database's error, or the rules'
+/// refusal, or what it changed.
+pub(super) type ChangeResult = Result<Result<Changed, Refusal>, DbErr>;
+
 impl Changed {
     /// The change's seq, if it was stored.
     pub fn seq(&self) -> Option<Seq> {
@@ -64,10 +68,15 @@ impl Changed {
 impl Store {
     /// Applies a change in one transaction: the conversation's row is
     /// locked first (as every writer does), the rules decide on the state
-    /// read under that lock, and an applied change takes the next seq.
+    /// read under that lock, and an applied change takes the next seq. On
+    /// SQLite the writer thread applies it, between batches of appends, so
+    /// the node's writes never wait on each other's locks.
     #[tracing::instrument(level = "debug", name = "store.change", skip_all, fields(conversation_id = %order.conversation_id))]
-    pub async fn change(&self, order: &ChangeOrder) -> Result<Result<Changed, Refusal>, DbErr> {
+    pub async fn change(&self, order: &ChangeOrder) -> ChangeResult {
         let _timer = self.timer("change");
+        if let Some(applied) = self.appender.change(order).await {
+            return applied;
+        }
         let txn = self.db.begin().await?;
         let outcome = change_in(&txn, order).await?;
         match &outcome {
@@ -215,12 +224,9 @@ impl Store {
     }
 }
 
-/// The body of `Store::change`, inside its transaction. The outer error is
-/// the database's; the inner one the rules' refusal.
-async fn change_in(
-    txn: &DatabaseTransaction,
-    order: &ChangeOrder,
-) -> Result<Result<Changed, Refusal>, DbErr> {
+/// The body of `Store::change` (through sea-orm: Postgres), inside its
+/// transaction; `sqlite::change_in` is its twin on the writer thread.
+async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResult {
     let conv = order.conversation_id;
     // A write that changes nothing: it takes the row lock on Postgres and
     // the write lock on SQLite before anything is read.
@@ -372,16 +378,21 @@ async fn count_reactions(
             .into_tuple()
             .all(db)
             .await?;
-        out.push(Reaction {
-            emoji: stored_emoji(emoji)?,
-            count: count as u64,
-            user_ids: users
-                .into_iter()
-                .map(stored_user)
-                .collect::<Result<_, _>>()?,
-        });
+        out.push(reaction(emoji, count, users)?);
     }
     Ok(out)
+}
+
+/// One emoji's reactions, from what the store read.
+pub(super) fn reaction(emoji: String, count: i64, users: Vec<String>) -> Result<Reaction, DbErr> {
+    Ok(Reaction {
+        emoji: stored_emoji(emoji)?,
+        count: count as u64,
+        user_ids: users
+            .into_iter()
+            .map(stored_user)
+            .collect::<Result<_, _>>()?,
+    })
 }
 
 fn stored_emoji(text: String) -> Result<Emoji, DbErr> {

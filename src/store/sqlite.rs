@@ -19,11 +19,16 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sea_orm::{ActiveEnum, DbErr};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
+use super::log::{reaction, ChangeOrder, ChangeResult, Changed};
 use super::messages::{retry_key, Appended, Bases, Job, NewMessage, Plan, RetryKey, MAX_BATCH};
-use crate::model::{ClientMsgId, ConversationId, Message, MessageId, MessageType, Seq, UserId};
+use super::{now, stored_user};
+use crate::model::{
+    ChangeRequest, ClientMsgId, ConversationId, Decision, Message, MessageId, MessageType,
+    Reaction, Refusal, Seq, Target, MAX_REACTORS_SHOWN,
+};
 
 /// The writer's own connection to the database file the pool uses.
 pub(super) struct Writer {
@@ -45,46 +50,83 @@ impl Writer {
     }
 
     /// Runs on a thread of its own until every sender of `queue` is gone
-    /// (the store is dropped): takes what is queued, up to `MAX_BATCH`, and
-    /// commits it in one transaction. If that fails, each message is tried
-    /// alone, so one bad message fails only its own send.
-    pub fn spawn(self, path: PathBuf, mut queue: mpsc::Receiver<Job>) -> Result<(), DbErr> {
+    /// (the store is dropped): takes the appends that are queued, up to
+    /// `MAX_BATCH`, and commits them in one transaction; a change is
+    /// applied in its own transaction, in its place in the queue. If a
+    /// batch fails, each message is tried alone, so one bad message fails
+    /// only its own send.
+    pub fn spawn(self, path: PathBuf, mut queue: mpsc::Receiver<Task>) -> Result<(), DbErr> {
         let mut writer = self;
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || {
                 let mut batch = Vec::with_capacity(MAX_BATCH);
-                while let Some(job) = queue.blocking_recv() {
+                let mut next = None;
+                while let Some(task) = next.take().or_else(|| queue.blocking_recv()) {
+                    let job = match task {
+                        Task::Change(order, reply) => {
+                            let _ = reply.send(writer.change(&order));
+                            continue;
+                        }
+                        Task::Append(job) => job,
+                    };
                     batch.push(job);
                     while batch.len() < MAX_BATCH {
                         match queue.try_recv() {
-                            Ok(job) => batch.push(job),
+                            Ok(Task::Append(job)) => batch.push(job),
+                            // After the appends queued before it.
+                            Ok(change) => {
+                                next = Some(change);
+                                break;
+                            }
                             Err(_) => break,
                         }
                     }
-                    let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
-                    if news.len() > 1 {
-                        match writer.insert_batch(&news) {
-                            Ok(stored) => {
-                                for (reply, result) in replies.into_iter().zip(stored) {
-                                    let _ = reply.send(Ok(result));
-                                }
-                                continue;
-                            }
-                            Err(e) => tracing::debug!(error = %e, size = news.len(), "batch append failed; appending one by one"),
-                        }
-                    }
-                    for (new, reply) in news.iter().zip(replies) {
-                        let result = writer
-                            .insert_batch(std::slice::from_ref(new))
-                            .map(|mut out| out.pop().flatten());
-                        let _ = reply.send(result);
-                    }
+                    writer.commit(&mut batch);
                 }
                 tracing::debug!(path = %path.display(), "sqlite writer stopped");
             })
             .map(drop)
             .map_err(|e| DbErr::Custom(format!("cannot start the SQLite writer: {e}")))
+    }
+
+    /// Stores `batch` (emptying it) and answers each send.
+    fn commit(&mut self, batch: &mut Vec<Job>) {
+        let (news, replies): (Vec<_>, Vec<_>) = batch.drain(..).unzip();
+        if news.len() > 1 {
+            match self.insert_batch(&news) {
+                Ok(stored) => {
+                    for (reply, result) in replies.into_iter().zip(stored) {
+                        let _ = reply.send(Ok(result));
+                    }
+                    return;
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, size = news.len(), "batch append failed; appending one by one")
+                }
+            }
+        }
+        for (new, reply) in news.iter().zip(replies) {
+            let result = self
+                .insert_batch(std::slice::from_ref(new))
+                .map(|mut out| out.pop().flatten());
+            let _ = reply.send(result);
+        }
+    }
+
+    /// Applies a change in one transaction; see `Store::change` for the
+    /// contract, which is the same. `BEGIN IMMEDIATE` holds the write lock
+    /// from the first read.
+    fn change(&mut self, order: &ChangeOrder) -> ChangeResult {
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| db_err("begin", e))?;
+        let outcome = change_in(&tx, order)?;
+        if matches!(outcome, Ok(Changed::Stored { .. })) {
+            tx.commit().map_err(|e| db_err("commit", e))?;
+        }
+        Ok(outcome)
     }
 
     /// Appends `batch` in one transaction; see `messages::insert_batch` for
@@ -169,6 +211,185 @@ impl Writer {
     }
 }
 
+/// What the writer thread is asked to do.
+pub(super) enum Task {
+    Append(Job),
+    Change(ChangeOrder, oneshot::Sender<ChangeResult>),
+}
+
+/// The body of `Writer::change`, inside its transaction: the same steps as
+/// `log::change_in`, on this connection.
+fn change_in(tx: &rusqlite::Transaction<'_>, order: &ChangeOrder) -> ChangeResult {
+    let conv = order.conversation_id;
+    let chat = tx
+        .prepare_cached("SELECT archived, owner_id, last_seq FROM chats WHERE id = ?1")
+        .and_then(|mut select| {
+            select
+                .query_row(params![conv.0.as_bytes()], |row| {
+                    Ok((
+                        row.get::<_, bool>(0)?,
+                        row.get::<_, String>(1)?,
+                        row.get::<_, i64>(2)?,
+                    ))
+                })
+                .optional()
+        })
+        .map_err(|e| db_err("chat", e))?;
+    let Some((archived, owner, last_seq)) = chat else {
+        return Ok(Err(Refusal::NotFound("conversation")));
+    };
+    if archived {
+        return Ok(Err(Refusal::Archived));
+    }
+    let row = tx
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages WHERE id = ?1 AND chat_id = ?2"
+        ))
+        .and_then(|mut select| {
+            select
+                .query_row(
+                    params![order.message_id.0.as_bytes(), conv.0.as_bytes()],
+                    StoredRow::read,
+                )
+                .optional()
+        })
+        .map_err(|e| db_err("message", e))?;
+    let Some(row) = row else {
+        return Ok(Err(Refusal::NotFound("message")));
+    };
+    let mut message = row.into_message(conv)?;
+    let actor = order.actor.as_str();
+    let reacted = match &order.request {
+        ChangeRequest::React { emoji, .. } => tx
+            .prepare_cached(
+                "SELECT 1 FROM chat_reactions WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3",
+            )
+            .and_then(|mut select| {
+                select.exists(params![message.id.0.as_bytes(), emoji.as_str(), actor])
+            })
+            .map_err(|e| db_err("reacted", e))?,
+        _ => false,
+    };
+    let target = Target {
+        message: &message,
+        actor_is_owner: owner == actor,
+        reacted,
+    };
+    match order
+        .request
+        .decide(&order.actor, &target, order.max_reactions)
+    {
+        Err(refusal) => return Ok(Err(refusal)),
+        Ok(Decision::Unchanged) => return Ok(Ok(Changed::Unchanged(message))),
+        Ok(Decision::Apply) => {}
+    }
+
+    let seq = Seq(last_seq + 1);
+    let at = now();
+    let stamp = timestamp(at);
+    let id = message.id.0.as_bytes().to_vec();
+    let change = order.request.change(&order.actor);
+    let run = |sql: &str, values: &[&dyn rusqlite::ToSql]| {
+        tx.prepare_cached(sql)
+            .and_then(|mut statement| statement.execute(values))
+            .map_err(|e| db_err("change", e))
+    };
+    run(
+        "UPDATE chats SET last_seq = ?1, updated_at = ?2 WHERE id = ?3",
+        params![seq.0, stamp, conv.0.as_bytes()],
+    )?;
+    run(
+        "INSERT INTO chat_changes (chat_id, seq, message_id, kind, actor, emoji, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            conv.0.as_bytes(),
+            seq.0,
+            id,
+            change.kind.to_value(),
+            actor,
+            change.emoji.as_ref().map(|e| e.as_str()),
+            stamp,
+        ],
+    )?;
+    message.apply(&order.request, at);
+    match &order.request {
+        ChangeRequest::Edit { content } => run(
+            "UPDATE chat_messages SET content = ?1, edited_at = ?2 WHERE id = ?3",
+            params![content, stamp, id],
+        )?,
+        ChangeRequest::Delete => {
+            run(
+                "DELETE FROM chat_reactions WHERE message_id = ?1",
+                params![id],
+            )?;
+            run(
+                "UPDATE chat_messages SET content = '', deleted = 1, reactions = NULL WHERE id = ?1",
+                params![id],
+            )?
+        }
+        ChangeRequest::React { emoji, add } => {
+            if *add {
+                run(
+                    "INSERT INTO chat_reactions (message_id, emoji, user_id, seq) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, emoji.as_str(), actor, seq.0],
+                )?;
+            } else {
+                run(
+                    "DELETE FROM chat_reactions WHERE message_id = ?1 AND emoji = ?2 AND user_id = ?3",
+                    params![id, emoji.as_str(), actor],
+                )?;
+            }
+            message.reactions = count_reactions(tx, &id)?;
+            let folded = (!message.reactions.is_empty())
+                .then(|| serde_json::to_string(&message.reactions))
+                .transpose()
+                .map_err(|e| DbErr::Custom(e.to_string()))?;
+            run(
+                "UPDATE chat_messages SET reactions = ?1 WHERE id = ?2",
+                params![folded, id],
+            )?
+        }
+    };
+    Ok(Ok(Changed::Stored {
+        seq,
+        change,
+        message,
+    }))
+}
+
+/// A message's reactions as clients see them (see `log::count_reactions`).
+fn count_reactions(tx: &rusqlite::Transaction<'_>, message: &[u8]) -> Result<Vec<Reaction>, DbErr> {
+    let err = |e| db_err("reactions", e);
+    let mut groups = tx
+        .prepare_cached(
+            "SELECT emoji, COUNT(*), MIN(seq) AS first FROM chat_reactions \
+             WHERE message_id = ?1 GROUP BY emoji ORDER BY first",
+        )
+        .map_err(err)?;
+    let groups: Vec<(String, i64)> = groups
+        .query_map(params![message], |row| Ok((row.get(0)?, row.get(1)?)))
+        .and_then(|rows| rows.collect())
+        .map_err(err)?;
+    let mut users = tx
+        .prepare_cached(
+            "SELECT user_id FROM chat_reactions WHERE message_id = ?1 AND emoji = ?2 \
+             ORDER BY seq LIMIT ?3",
+        )
+        .map_err(err)?;
+    groups
+        .into_iter()
+        .map(|(emoji, count)| {
+            let reactors: Vec<String> = users
+                .query_map(params![message, emoji, MAX_REACTORS_SHOWN as i64], |row| {
+                    row.get(0)
+                })
+                .and_then(|rows| rows.collect())
+                .map_err(err)?;
+            reaction(emoji, count, reactors)
+        })
+        .collect()
+}
+
 /// The stored messages of sends in `batch` that carry a client id, read
 /// inside the batch's transaction (on the unique index).
 fn find_retries(
@@ -181,47 +402,39 @@ fn find_retries(
         return Ok(found);
     }
     let mut select = tx
-        .prepare_cached(
-            "SELECT id, seq, message_type, content, metadata, created_at, reply_to, edited_at, \
-             deleted, reactions FROM chat_messages \
-             WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3",
-        )
+        .prepare_cached(&format!(
+            "SELECT {MESSAGE_COLUMNS} FROM chat_messages \
+             WHERE chat_id = ?1 AND sender_id = ?2 AND client_msg_id = ?3"
+        ))
         .map_err(|e| db_err("prepare retries", e))?;
     for key in keys {
         let (conv, sender, cid) = &key;
         let row = select
             .query_row(
                 params![conv.0.as_bytes(), sender.as_str(), cid.as_str()],
-                |row| {
-                    Ok(StoredRow {
-                        id: row.get(0)?,
-                        seq: row.get(1)?,
-                        message_type: row.get(2)?,
-                        content: row.get(3)?,
-                        metadata: row.get(4)?,
-                        created_at: row.get(5)?,
-                        reply_to: row.get(6)?,
-                        edited_at: row.get(7)?,
-                        deleted: row.get(8)?,
-                        reactions: row.get(9)?,
-                    })
-                },
+                StoredRow::read,
             )
             .optional()
             .map_err(|e| db_err("retries", e))?;
         let Some(row) = row else {
             continue;
         };
-        let message = row.into_message(*conv, sender.clone(), cid.clone())?;
+        let message = row.into_message(*conv)?;
         found.insert(key, message);
     }
     Ok(found)
 }
 
+/// The columns `StoredRow::read` reads, in its order.
+const MESSAGE_COLUMNS: &str = "id, seq, sender_id, message_type, content, client_msg_id, \
+    metadata, created_at, reply_to, edited_at, deleted, reactions";
+
 /// A stored message's columns as SQLite holds them (sqlx's encoding).
 struct StoredRow {
     id: Vec<u8>,
     seq: i64,
+    sender_id: String,
+    client_msg_id: Option<String>,
     message_type: String,
     content: String,
     metadata: Option<String>,
@@ -233,12 +446,25 @@ struct StoredRow {
 }
 
 impl StoredRow {
-    fn into_message(
-        self,
-        conversation_id: ConversationId,
-        sender_id: UserId,
-        client_msg_id: ClientMsgId,
-    ) -> Result<Message, DbErr> {
+    /// Reads a row selected as `MESSAGE_COLUMNS`.
+    fn read(row: &rusqlite::Row<'_>) -> rusqlite::Result<Self> {
+        Ok(StoredRow {
+            id: row.get(0)?,
+            seq: row.get(1)?,
+            sender_id: row.get(2)?,
+            message_type: row.get(3)?,
+            content: row.get(4)?,
+            client_msg_id: row.get(5)?,
+            metadata: row.get(6)?,
+            created_at: row.get(7)?,
+            reply_to: row.get(8)?,
+            edited_at: row.get(9)?,
+            deleted: row.get(10)?,
+            reactions: row.get(11)?,
+        })
+    }
+
+    fn into_message(self, conversation_id: ConversationId) -> Result<Message, DbErr> {
         let uuid = |bytes: &[u8]| Uuid::from_slice(bytes).map_err(|e| DbErr::Type(e.to_string()));
         let json = |text: &str| {
             serde_json::from_str::<serde_json::Value>(text).map_err(|e| DbErr::Type(e.to_string()))
@@ -247,10 +473,13 @@ impl StoredRow {
             id: MessageId(uuid(&self.id)?),
             conversation_id,
             seq: Seq(self.seq),
-            sender_id,
+            sender_id: stored_user(self.sender_id)?,
             message_type: MessageType::try_from_value(&self.message_type)?,
             content: self.content,
-            client_msg_id: Some(client_msg_id),
+            client_msg_id: self
+                .client_msg_id
+                .map(|c| ClientMsgId::parse(c).map_err(|e| DbErr::Type(e.to_string())))
+                .transpose()?,
             metadata: self.metadata.as_deref().map(json).transpose()?,
             created_at: parse_timestamp(&self.created_at)?,
             reply_to: self
