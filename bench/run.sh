@@ -6,7 +6,15 @@
 #   bash bench/run.sh            # the standard set
 #   SCALE=0.1 bash bench/run.sh  # a quick smoke run with fewer sockets
 #   ONLY="idle storm" bash bench/run.sh   # some scenarios only
+#   ONLY=log bash bench/run.sh   # the conversation log: sends with edits and reactions mixed in, seqs checked on every socket
 #   BIN=path bash bench/run.sh   # another build of the node (before/after)
+#   NO_BUILD=1 bash bench/run.sh # no cargo build: the binaries already in $CARGO_TARGET_DIR (or target)
+#
+# In the standard set, RATES (default "250 500 2200"), SECONDS_PER_RUN (5)
+# and RECEIVERS (200) set the fan-out runs, and LOG_RATES (default
+# "1000 2000", operations/s) the log runs:
+#
+#   ONLY=fanout RATES="250 1000" SECONDS_PER_RUN=5 BIN=path bash bench/run.sh
 #
 # Side by side with Socket.IO (bench/peer: Socket.IO 4, its Redis adapter,
 # JWT auth), the same generator and scenarios on both, each run on fresh
@@ -41,8 +49,12 @@ esac
 SCALE=${SCALE:-1}
 scale() { python3 -c "print(max(1, int($1 * $SCALE)))"; }
 
-cargo build --release -q -p confab --bin confab
-cargo build --release -q -p confab-bench
+# NO_BUILD=1 runs the binaries as they are (a before/after series that
+# another build in the same tree must not change halfway).
+if [ -z "${NO_BUILD:-}" ]; then
+  cargo build --release -q -p confab --bin confab
+  cargo build --release -q -p confab-bench
+fi
 TARGET=${CARGO_TARGET_DIR:-target}
 # BIN=path runs another build of the node (for before/after comparisons);
 # it must know `serve --port-file`.
@@ -203,10 +215,12 @@ standard() {
   # the idle sockets are held by two helper processes, 10k on each node; the
   # storm puts all its sockets on one node, so it stays at 18k.
   if want idle; then $BENCH "${both[@]}" idle --sockets "$(scale 20000)" --procs 2; fi
+  # One sender, 200 receivers: 250, 500 and 2200 messages/s are 50k, 100k
+  # and 440k deliveries/s offered.
   if want fanout; then
-    $BENCH "${both[@]}" fanout --receivers 200 --rate 250 --seconds 5    # 50k deliveries/s
-    $BENCH "${both[@]}" fanout --receivers 200 --rate 500 --seconds 5    # 100k deliveries/s
-    $BENCH "${both[@]}" fanout --receivers 200 --rate 2200 --seconds 5   # 440k deliveries/s offered
+    for rate in ${RATES:-250 500 2200}; do
+      $BENCH "${both[@]}" fanout --receivers "${RECEIVERS:-200}" --rate "$rate" --seconds "${SECONDS_PER_RUN:-5}"
+    done
   fi
   # The kernel's cost of a write here, no node involved: one frame per write
   # (as at 50k/s, where a socket's frames are 4 ms apart) and four.
@@ -223,6 +237,15 @@ standard() {
   # One hot conversation: 10 members sending 600/s each, 6000 sends/s offered.
   if want hot; then $BENCH "${both[@]}" rooms --rooms 1 --members 10 --rate 600 --seconds 5; fi
   if want stream; then $BENCH "${both[@]}" stream --watchers 100 --tokens 1000; fi
+  # The conversation log: 20 conversations of 10 members (one socket each,
+  # over both nodes), 1000 then 2000 operations/s in all: half sends, 30%
+  # edits of the member's own recent messages, 20% reactions added to or
+  # removed from the others'. Its seq violations must be 0.
+  if want log; then
+    for rate in ${LOG_RATES:-1000 2000}; do
+      $BENCH "${both[@]}" log --conversations 20 --members 10 --rate "$rate" --edits 30 --reactions 20 --seconds 10
+    done
+  fi
   # Last: the storms stop node a, drained (SIGTERM, spread over 2 s), then,
   # started again, killed (SIGKILL).
   if want storm; then

@@ -1,10 +1,13 @@
 //! confab-bench: load for one or more confab nodes, with the figures that
 //! matter (rates, latency percentiles, loss, node CPU and memory), printed
-//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream,
-//! floor (the kernel's cost of a write on this machine, without a node) and
-//! hostile (what abusive clients cost the first node).
+//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream, log
+//! (sends with edits and reactions mixed in, and a check that every socket
+//! gets the conversation log's seqs gap-free and in order), floor (the
+//! kernel's cost of a write on this machine, without a node) and hostile
+//! (what abusive clients cost the first node).
 
 mod client;
+mod conversation_log;
 mod floor;
 mod hostile;
 mod proto;
@@ -112,6 +115,30 @@ pub enum Scenario {
         watchers: usize,
         #[arg(long, default_value_t = 1000)]
         tokens: usize,
+    },
+    /// Conversations of M members (one socket each, spread over the
+    /// nodes) sending at R operations/s in all, a share of them changes:
+    /// edits of the member's own recent messages, reactions added to and
+    /// removed from the others'. Checks every socket gets the log's seqs
+    /// gap-free and in order.
+    Log {
+        #[arg(long, default_value_t = 20)]
+        conversations: usize,
+        #[arg(long, default_value_t = 10)]
+        members: usize,
+        /// Operations per second, all members together (sends and changes).
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Percent of operations that edit one of the member's own recent
+        /// messages.
+        #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=100))]
+        edits: u64,
+        /// Percent that add or remove a reaction on a recent message of
+        /// another member (alternately); the rest are sends.
+        #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=100))]
+        reactions: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
     },
     /// Hostile clients against the first node (see bench/hostile.sh).
     Hostile {

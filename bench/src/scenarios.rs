@@ -31,7 +31,7 @@ pub async fn run(cli: &Cli) -> Option<Report> {
     {
         eprintln!(
             "confab-bench: --proto {} runs only the idle and fanout scenarios; \
-             the others use confab's own features (history, resumes, streams)",
+             the others use confab's own features (history, resumes, streams, the log)",
             cli.proto.name()
         );
         std::process::exit(2);
@@ -65,6 +65,29 @@ pub async fn run(cli: &Cli) -> Option<Report> {
             watchers,
             tokens: n,
         } => stream(cli, &tokens, &sources, watchers, n).await,
+        Scenario::Log {
+            conversations,
+            members,
+            rate,
+            edits,
+            reactions,
+            seconds,
+        } => {
+            if edits + reactions > 100 {
+                eprintln!(
+                    "confab-bench: log: --edits and --reactions add up to more than 100 (percent)"
+                );
+                std::process::exit(2);
+            }
+            let settings = crate::conversation_log::Settings {
+                conversations,
+                members,
+                rate,
+                mix: crate::conversation_log::Mix { edits, reactions },
+                seconds,
+            };
+            crate::conversation_log::log(cli, &tokens, &sources, settings).await
+        }
         Scenario::Hostile {
             attack,
             conns,
@@ -83,7 +106,7 @@ pub async fn run(cli: &Cli) -> Option<Report> {
 /// Opens `n` sockets of `user(i)` spread over the nodes, each joined to
 /// `conv(i)`, in the protocol the run speaks. Returns (node index, socket)
 /// pairs and the auth times.
-async fn open_many(
+pub(crate) async fn open_many(
     cli: &Cli,
     tokens: &Arc<Tokens>,
     sources: &Arc<Sources>,
