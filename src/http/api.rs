@@ -515,6 +515,9 @@ impl ChatApi {
     ) -> ApiResult<Json<ChatWithHistory>> {
         let state = state(req)?;
         let user = &auth.0.user_id;
+        // The conversation (and its `last_seq`) is read before the page, so
+        // a client that counts every entry up to `last_seq` as held after
+        // reading the page never runs ahead of what the page showed.
         let conversation = state.chat.get(user, id.0).await?;
         let page = Page {
             before: before_seq.0.map(Seq),
