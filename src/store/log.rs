@@ -5,6 +5,7 @@
 //! current state.
 
 use std::collections::{HashMap, HashSet};
+use std::ops::ControlFlow;
 
 use entity::{chat_changes as changes, chat_messages as msgs, chat_reactions as reactions, chats};
 use sea_orm::sea_query::Expr;
@@ -249,7 +250,7 @@ async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResu
     else {
         return Ok(Err(Refusal::NotFound("message")));
     };
-    let mut message = to_message(row)?;
+    let message = to_message(row)?;
     let reacted = match &order.request {
         ChangeRequest::React { emoji, .. } => reactions::Entity::find_by_id((
             message.id.0,
@@ -261,19 +262,11 @@ async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResu
         .is_some(),
         _ => false,
     };
-    let target = Target {
-        message: &message,
-        actor_is_owner: chat.owner_id == order.actor.as_str(),
-        reacted,
+    let owner = chat.owner_id == order.actor.as_str();
+    let mut message = match settle(order, message, owner, reacted) {
+        ControlFlow::Continue(message) => message,
+        ControlFlow::Break(answer) => return Ok(answer),
     };
-    match order
-        .request
-        .decide(&order.actor, &target, order.max_reactions)
-    {
-        Err(refusal) => return Ok(Err(refusal)),
-        Ok(Decision::Unchanged) => return Ok(Ok(Changed::Unchanged(message))),
-        Ok(Decision::Apply) => {}
-    }
 
     let seq = Seq(chat.last_seq + 1);
     let at = now();
@@ -346,6 +339,29 @@ async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResu
         change,
         message,
     }))
+}
+
+/// Lets the rules decide on `message`: the answer when the change is
+/// refused or changes nothing (`Break`), else the message to change.
+pub(super) fn settle(
+    order: &ChangeOrder,
+    message: Message,
+    actor_is_owner: bool,
+    reacted: bool,
+) -> ControlFlow<Result<Changed, Refusal>, Message> {
+    let target = Target {
+        message: &message,
+        actor_is_owner,
+        reacted,
+    };
+    match order
+        .request
+        .decide(&order.actor, &target, order.max_reactions)
+    {
+        Err(refusal) => ControlFlow::Break(Err(refusal)),
+        Ok(Decision::Unchanged) => ControlFlow::Break(Ok(Changed::Unchanged(message))),
+        Ok(Decision::Apply) => ControlFlow::Continue(message),
+    }
 }
 
 /// A message's reactions as clients see them, from `chat_reactions`: one

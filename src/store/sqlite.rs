@@ -13,6 +13,7 @@
 //! in the encoding sqlx uses, so every other query reads them unchanged.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -22,12 +23,12 @@ use sea_orm::{ActiveEnum, DbErr};
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use super::log::{reaction, ChangeOrder, ChangeResult, Changed};
+use super::log::{reaction, settle, ChangeOrder, ChangeResult, Changed};
 use super::messages::{retry_key, Appended, Bases, Job, NewMessage, Plan, RetryKey, MAX_BATCH};
 use super::{now, stored_user};
 use crate::model::{
-    ChangeRequest, ClientMsgId, ConversationId, Decision, Message, MessageId, MessageType,
-    Reaction, Refusal, Seq, Target, MAX_REACTORS_SHOWN,
+    ChangeRequest, ClientMsgId, ConversationId, Message, MessageId, MessageType, Reaction, Refusal,
+    Seq, MAX_REACTORS_SHOWN,
 };
 
 /// The writer's own connection to the database file the pool uses.
@@ -257,7 +258,7 @@ fn change_in(tx: &rusqlite::Transaction<'_>, order: &ChangeOrder) -> ChangeResul
     let Some(row) = row else {
         return Ok(Err(Refusal::NotFound("message")));
     };
-    let mut message = row.into_message(conv)?;
+    let message = row.into_message(conv)?;
     let actor = order.actor.as_str();
     let reacted = match &order.request {
         ChangeRequest::React { emoji, .. } => tx
@@ -270,19 +271,10 @@ fn change_in(tx: &rusqlite::Transaction<'_>, order: &ChangeOrder) -> ChangeResul
             .map_err(|e| db_err("reacted", e))?,
         _ => false,
     };
-    let target = Target {
-        message: &message,
-        actor_is_owner: owner == actor,
-        reacted,
+    let mut message = match settle(order, message, owner == actor, reacted) {
+        ControlFlow::Continue(message) => message,
+        ControlFlow::Break(answer) => return Ok(answer),
     };
-    match order
-        .request
-        .decide(&order.actor, &target, order.max_reactions)
-    {
-        Err(refusal) => return Ok(Err(refusal)),
-        Ok(Decision::Unchanged) => return Ok(Ok(Changed::Unchanged(message))),
-        Ok(Decision::Apply) => {}
-    }
 
     let seq = Seq(last_seq + 1);
     let at = now();
