@@ -275,12 +275,15 @@ impl Streams {
             },
         };
         heartbeat.cancel();
-        self.finish(conv, stream_id, message_id, &req, &assistant, outcome)
+        let last = self
+            .finish(conv, stream_id, message_id, &req, &assistant, outcome)
             .await;
-
+        // The claim goes before the last frame, so a client that asks again
+        // as soon as it sees the answer end is not refused.
         if let Err(e) = self.store.release_stream(conv, stream_id).await {
             tracing::warn!(error = %e, "releasing the stream claim failed; it lapses by itself");
         }
+        self.publish_stream(conv, stream_id, true, &last).await;
         self.active.remove(&stream_id);
         self.release_user(&req.requested_by);
         self.metrics.streams_active.dec();
@@ -441,7 +444,8 @@ impl Streams {
         self.publish_stream(conv, stream_id, false, &frame).await;
     }
 
-    /// Stores what was produced and tells the conversation how it ended.
+    /// Stores what was produced; returns the frame that tells the
+    /// conversation how it ended (`stream_complete` or `stream_error`).
     async fn finish(
         &self,
         conv: ConversationId,
@@ -450,7 +454,7 @@ impl Streams {
         req: &StartStream,
         assistant: &Assistant,
         out: Outcome,
-    ) {
+    ) -> ServerFrame {
         let finish_reason = if out.cancelled {
             "cancelled".to_string()
         } else if out.error.is_some() {
@@ -487,24 +491,19 @@ impl Streams {
                 Err(ChatError::NotFound(_)) => {}
                 Err(err) => {
                     tracing::warn!(error = %err, "storing the assistant answer failed");
-                    self.end_with_error(conv, stream_id, err.code(), err.client_message(), None)
-                        .await;
-                    return;
+                    return error_frame(conv, stream_id, err.code(), err.client_message(), None);
                 }
             }
         }
         match out.error {
-            None => {
-                let frame = ServerFrame::StreamComplete {
-                    stream_id,
-                    conversation_id: conv,
-                    message_id,
-                    message: stored,
-                    usage,
-                    finish_reason,
-                };
-                self.publish_stream(conv, stream_id, true, &frame).await;
-            }
+            None => ServerFrame::StreamComplete {
+                stream_id,
+                conversation_id: conv,
+                message_id,
+                message: stored,
+                usage,
+                finish_reason,
+            },
             Some(e) => {
                 let (code, retry) = match &e {
                     ProviderError::RateLimited { retry_after } => (
@@ -527,28 +526,9 @@ impl Streams {
                     .with_label_values(&[kind])
                     .inc();
                 tracing::warn!(assistant = %assistant.id, error = %e, "assistant stream failed");
-                self.end_with_error(conv, stream_id, code, e.to_string(), retry)
-                    .await;
+                error_frame(conv, stream_id, code, e.to_string(), retry)
             }
         }
-    }
-
-    async fn end_with_error(
-        &self,
-        conv: ConversationId,
-        stream_id: StreamId,
-        code: ErrorCode,
-        message: String,
-        retry_after_ms: Option<u64>,
-    ) {
-        let frame = ServerFrame::StreamError {
-            stream_id,
-            conversation_id: conv,
-            code,
-            message,
-            retry_after_ms,
-        };
-        self.publish_stream(conv, stream_id, true, &frame).await;
     }
 
     /// Tells every node the stream is alive and keeps the claim, until stopped.
@@ -676,5 +656,22 @@ async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+/// The `stream_error` that ends a stream.
+fn error_frame(
+    conv: ConversationId,
+    stream_id: StreamId,
+    code: ErrorCode,
+    message: String,
+    retry_after_ms: Option<u64>,
+) -> ServerFrame {
+    ServerFrame::StreamError {
+        stream_id,
+        conversation_id: conv,
+        code,
+        message,
+        retry_after_ms,
     }
 }
