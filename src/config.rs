@@ -33,6 +33,7 @@ pub struct Settings {
     pub bus: BusSettings,
     pub auth: AuthSettings,
     pub limits: LimitSettings,
+    pub presence: PresenceSettings,
     pub assistants: BTreeMap<String, AssistantSettings>,
     pub streaming: StreamingSettings,
     pub telemetry: TelemetrySettings,
@@ -106,6 +107,25 @@ pub struct AuthSettings {
     pub leeway_secs: u64,
     /// Serve `POST /api/v1/dev/token` (anyone may sign in as anyone).
     pub dev_tokens: bool,
+}
+
+/// Who is here: how long a node's entries live without renewal, how long
+/// a departure waits before it is announced, and where announcements stop.
+#[derive(Clone, Debug, Deserialize)]
+pub struct PresenceSettings {
+    pub ttl_secs: u64,
+    pub grace_secs: u64,
+    pub max_members_for_events: usize,
+}
+
+impl PresenceSettings {
+    pub fn ttl(&self) -> Duration {
+        Duration::from_secs(self.ttl_secs.max(3))
+    }
+
+    pub fn grace(&self) -> Duration {
+        Duration::from_secs(self.grace_secs)
+    }
 }
 
 /// What one user or socket may do; every bound on memory and abuse.

@@ -4,8 +4,8 @@
 
 use prometheus::core::Collector;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::model::CloseReason;
@@ -15,6 +15,12 @@ pub struct Metrics {
     registry: Registry,
     pub sockets_open: IntGauge,
     pub sockets_opened: IntCounter,
+    /// Authenticated connections open, by transport (`websocket`, `http`).
+    pub connections_by_transport: IntGaugeVec,
+    /// (conversation, user) presence entries this node holds.
+    pub presence_entries: IntGauge,
+    /// `presence_changed` announcements this node made, by change.
+    pub presence_announcements: IntCounterVec,
     sockets_closed: IntCounterVec,
     slow_consumer_closes: IntCounter,
     pub frames_in: IntCounterVec,
@@ -98,6 +104,26 @@ impl Metrics {
         Self {
             sockets_open: gauge("sockets_open", "WebSockets open and authenticated"),
             sockets_opened: counter("sockets_opened_total", "WebSockets authenticated"),
+            connections_by_transport: register(
+                &registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "connections_by_transport",
+                        "Authenticated connections open, by transport",
+                    ),
+                    &["transport"],
+                )
+                .expect("valid metric"),
+            ),
+            presence_entries: gauge(
+                "presence_entries",
+                "Users this node holds present, summed over conversations",
+            ),
+            presence_announcements: counter_vec(
+                "presence_announcements_total",
+                "presence_changed announcements made by this node, by change",
+                "change",
+            ),
             sockets_closed: counter_vec(
                 "sockets_closed_total",
                 "WebSockets closed, by close code",

@@ -13,12 +13,13 @@ use tokio_util::task::TaskTracker;
 use crate::assistant::{Streams, StreamsParts};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::bus::{Bus, LocalBus, RedisBus, Topic};
-use crate::chat::{Assistants, Chat, Events, StoredHistory};
+use crate::chat::{Assistants, Chat, Events, PresenceTracker, StoredHistory};
 use crate::config::Settings;
 use crate::http::{Readiness, State};
-use crate::hub::{Hub, HubSettings, NodeBudget, StreamEvents};
+use crate::hub::{Attendance, Hub, HubSettings, NodeBudget, StreamEvents};
 use crate::metrics::Metrics;
 use crate::model::CloseReason;
+use crate::presence::{MemoryPresence, Presence, RedisPresence, Timing};
 use crate::server::{Gate, Options};
 use crate::store::Store;
 use crate::tasks::Tasks;
@@ -36,6 +37,8 @@ pub enum StartError {
     Auth(#[from] AuthConfigError),
     #[error("bus: {0}")]
     Bus(String),
+    #[error("presence: {0}")]
+    Presence(#[from] crate::presence::PresenceError),
     #[error("configuration: {0}")]
     Config(String),
 }
@@ -54,10 +57,12 @@ pub struct Node {
     /// streams), stopped after the drain.
     pub tasks: Tasks,
     /// The sockets' context (their tasks among it).
-    sockets: Arc<crate::ws::Context>,
+    sockets: Arc<crate::transport::Context>,
     draining: Arc<AtomicBool>,
     /// Held so the hub's weak handle on the assistants stays valid.
     _streams: Arc<Streams>,
+    /// Held so the hub's weak handle on presence stays valid.
+    _presence: Arc<PresenceTracker>,
 }
 
 impl Node {
@@ -85,6 +90,15 @@ impl Node {
             RedisBus::connect(&settings.bus, &node_id, &tasks)
                 .await
                 .map_err(|e| StartError::Bus(e.to_string()))?
+        };
+        let timing = Timing {
+            ttl: settings.presence.ttl().as_millis() as u64,
+            grace: settings.presence.grace().as_millis() as u64,
+        };
+        let presence: Arc<dyn Presence> = if settings.bus.redis_url.is_empty() {
+            Arc::new(MemoryPresence::new(&node_id, timing))
+        } else {
+            RedisPresence::connect(&settings.bus, &node_id, timing, &tasks).await?
         };
         let limits = &settings.limits;
         let hub = Hub::new(
@@ -129,6 +143,17 @@ impl Node {
         bus.subscribe(&Topic::Streams)
             .await
             .map_err(|e| StartError::Bus(e.to_string()))?;
+        let tracker = PresenceTracker::start(
+            presence.clone(),
+            events.clone(),
+            &hub,
+            store.clone(),
+            metrics.clone(),
+            settings.presence.clone(),
+            &tasks,
+        );
+        let attendance: Arc<dyn Attendance> = tracker.clone();
+        hub.set_attendance(Arc::downgrade(&attendance));
         let assistants: Arc<dyn Assistants> = streams.clone();
         let chat = Arc::new(Chat::new(
             store.clone(),
@@ -137,13 +162,16 @@ impl Node {
             metrics.clone(),
             settings.limits.clone(),
             assistants,
+            tracker.clone(),
         ));
         let draining = Arc::new(AtomicBool::new(false));
-        let sockets = Arc::new(crate::ws::Context {
+        let sockets = Arc::new(crate::transport::Context {
             chat: chat.clone(),
             hub: hub.clone(),
+            bus: bus.clone(),
             auth: auth.clone(),
             metrics: metrics.clone(),
+            presence,
             settings: settings.clone(),
             node_id: node_id.clone(),
             draining: draining.clone(),
@@ -162,6 +190,7 @@ impl Node {
             sockets,
             draining,
             _streams: streams,
+            _presence: tracker,
         }))
     }
 

@@ -8,8 +8,8 @@ use serde_json::value::RawValue;
 
 use crate::error::{ChatError, ErrorCode};
 use crate::model::{
-    Change, ClientMsgId, ConnectionId, Conversation, ConversationId, Emoji, Message, MessageId,
-    MessageType, Seq, StreamId, UpdateReason, Usage, UserId,
+    Change, ClientMsgId, CloseReason, ConnectionId, Conversation, ConversationId, Emoji, Message,
+    MessageId, MessageType, Seq, StreamId, UpdateReason, Usage, UserId,
 };
 
 /// A JSON object: the `data` of a `ping`, echoed in its `pong`.
@@ -40,6 +40,7 @@ enum FrameType {
     DeleteMessage,
     AddReaction,
     RemoveReaction,
+    Presence,
     #[serde(other)]
     Unknown,
 }
@@ -169,6 +170,7 @@ pub enum ClientFrame {
     Delete(MessageRef),
     /// `add_reaction` (`add`) or `remove_reaction`.
     React(React, bool),
+    Presence(ConversationRef),
 }
 
 impl ClientFrame {
@@ -189,6 +191,7 @@ impl ClientFrame {
             ClientFrame::Delete(_) => "delete_message",
             ClientFrame::React(_, true) => "add_reaction",
             ClientFrame::React(_, false) => "remove_reaction",
+            ClientFrame::Presence(_) => "presence",
         }
     }
 }
@@ -277,6 +280,9 @@ pub fn decode(text: &str) -> Result<(Option<String>, ClientFrame), DecodeError> 
             parse(data("remove_reaction")?, "remove_reaction").map_err(fail)?,
             false,
         ),
+        FrameType::Presence => {
+            ClientFrame::Presence(parse(data("presence")?, "presence").map_err(fail)?)
+        }
         FrameType::Ping => ClientFrame::Ping(match env.data {
             // Only an object: the `ref` of the answer goes inside it, so
             // the `pong` is never nested deeper than the `ping` was.
@@ -391,6 +397,19 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
     },
+    /// The answer to `presence`: the present participants, sorted.
+    Presence {
+        conversation_id: ConversationId,
+        users: Vec<UserId>,
+        #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
+        reply_to: Option<String>,
+    },
+    /// A user became present in the conversation, or stopped being.
+    PresenceChanged {
+        conversation_id: ConversationId,
+        user_id: UserId,
+        present: bool,
+    },
     Ack(Ack),
     Pong(JsonObject),
     Error(ErrorBody),
@@ -420,15 +439,35 @@ pub struct ErrorBody {
     pub reply_to: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub retry_after_ms: Option<u64>,
+    /// On the last frame of an HTTP event stream: the WebSocket close code
+    /// that would have said why the connection ends.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub close_code: Option<u16>,
 }
 
-impl ServerFrame {
-    pub fn error(err: &ChatError, reply_to: Option<String>) -> Self {
-        ServerFrame::Error(ErrorBody {
+impl ErrorBody {
+    fn of(err: &ChatError, reply_to: Option<String>) -> Self {
+        ErrorBody {
             code: err.code(),
             message: err.client_message(),
             reply_to,
             retry_after_ms: err.retry_after_ms(),
+            close_code: None,
+        }
+    }
+}
+
+impl ServerFrame {
+    pub fn error(err: &ChatError, reply_to: Option<String>) -> Self {
+        ServerFrame::Error(ErrorBody::of(err, reply_to))
+    }
+
+    /// The last frame of a connection the node closes for `reason`: an
+    /// error saying why, with the close code a socket would get.
+    pub fn closing(err: &ChatError, reason: CloseReason) -> Self {
+        ServerFrame::Error(ErrorBody {
+            close_code: Some(reason.code()),
+            ..ErrorBody::of(err, None)
         })
     }
 

@@ -20,9 +20,9 @@ const LAYERS: &[&[&str]] = &[
     &["telemetry"],
     &["bus", "store"],
     &["error"],
-    &["protocol", "hub", "auth", "server"],
+    &["protocol", "hub", "auth", "server", "presence"],
     &["chat"],
-    &["assistant", "ws"],
+    &["assistant", "transport"],
     &["http"],
     &["node"],
 ];

@@ -4,7 +4,7 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use confab::ws::fuzzing::{Decoder, Incoming};
+use confab::transport::ws::fuzzing::{Decoder, Incoming};
 use libfuzzer_sys::fuzz_target;
 
 /// One run: the message limit, where the bytes are cut, and the bytes.

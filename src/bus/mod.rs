@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 pub use local::LocalBus;
-pub use redis::RedisBus;
+pub use redis::{client_builder, RedisBus};
 
 use crate::model::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 
@@ -56,6 +56,10 @@ pub enum EventKind {
     Stream { stream_id: StreamId, end: bool },
     /// On `Topic::Streams`: a participant asks to stop a stream.
     Cancel { stream_id: StreamId, by: UserId },
+    /// On a user's topic: client frames POSTed on another node for this
+    /// connection of the user (the HTTP transport); the payload is their
+    /// JSON array. The node holding the connection handles them.
+    Frames { connection: ConnectionId },
 }
 
 /// One event on the bus.
@@ -128,6 +132,7 @@ impl EventKind {
             EventKind::Notice { .. } => "notice",
             EventKind::Stream { .. } => "stream",
             EventKind::Cancel { .. } => "cancel",
+            EventKind::Frames { .. } => "frames",
         }
     }
 }

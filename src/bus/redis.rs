@@ -74,28 +74,7 @@ impl RedisBus {
         node_id: &str,
         tasks: &Tasks,
     ) -> Result<Arc<Self>, BusError> {
-        let url = match (
-            settings.cluster,
-            settings.redis_url.strip_prefix("redis://"),
-        ) {
-            (true, Some(rest)) => format!("redis-cluster://{rest}"),
-            _ => settings.redis_url.clone(),
-        };
-        let config = Config::from_url(&url).map_err(unavailable)?;
-        let mut builder = Builder::from_config(config);
-        builder
-            .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
-            .with_connection_config(|c| {
-                c.connection_timeout = COMMAND_TIMEOUT;
-                c.internal_command_timeout = COMMAND_TIMEOUT;
-            })
-            .with_performance_config(|p| {
-                p.default_command_timeout = COMMAND_TIMEOUT;
-                // Each of fred's event channels preallocates this many
-                // slots (about 100 KiB each): the publishers receive
-                // nothing, so a few do.
-                p.broadcast_channel_capacity = 16;
-            });
+        let mut builder = client_builder(settings)?;
         let publisher = builder.build_pool(2).map_err(unavailable)?;
         // The subscriber's messages arrive on one of those channels; a
         // receiver that lags resyncs from the store.
@@ -258,6 +237,33 @@ impl RedisBus {
             }
         });
     }
+}
+
+/// A client builder for the Redis (or Redis Cluster) the settings name,
+/// with the bus's reconnect policy and timeouts; shared with `presence`.
+pub fn client_builder(settings: &BusSettings) -> Result<Builder, BusError> {
+    let url = match (
+        settings.cluster,
+        settings.redis_url.strip_prefix("redis://"),
+    ) {
+        (true, Some(rest)) => format!("redis-cluster://{rest}"),
+        _ => settings.redis_url.clone(),
+    };
+    let config = Config::from_url(&url).map_err(unavailable)?;
+    let mut builder = Builder::from_config(config);
+    builder
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .with_connection_config(|c| {
+            c.connection_timeout = COMMAND_TIMEOUT;
+            c.internal_command_timeout = COMMAND_TIMEOUT;
+        })
+        .with_performance_config(|p| {
+            p.default_command_timeout = COMMAND_TIMEOUT;
+            // Each of fred's event channels preallocates this many slots
+            // (about 100 KiB each): clients that receive nothing need few.
+            p.broadcast_channel_capacity = 16;
+        });
+    Ok(builder)
 }
 
 #[async_trait]

@@ -206,6 +206,17 @@ impl Events {
         self.publish(Topic::User(user.clone()), kind, frame).await;
     }
 
+    /// `user` became present in `conv`, or stopped being.
+    pub async fn presence_changed(&self, conv: ConversationId, user: &UserId, present: bool) {
+        let frame = encode(&ServerFrame::PresenceChanged {
+            conversation_id: conv,
+            user_id: user.clone(),
+            present,
+        });
+        let kind = EventKind::Ephemeral { except: None };
+        self.publish(Topic::Conversation(conv), kind, frame).await;
+    }
+
     /// An assistant stream's frame (None: a heartbeat, which only says it
     /// is alive); `end` for its last.
     pub async fn stream(
@@ -304,7 +315,7 @@ mod tests {
 
     use super::*;
     use crate::bus::LocalBus;
-    use crate::hub::{HubSettings, NodeBudget};
+    use crate::hub::{HubSettings, Inbound, NodeBudget};
     use crate::model::{ClientMsgId, MessageType};
     use crate::tasks::Tasks;
 
@@ -334,7 +345,7 @@ mod tests {
         let events = Events::new(store.clone(), bus, hub.clone(), metrics);
         let ann = UserId::parse("ann").unwrap();
         let conv = store.create_chat(&ann, None, &[], None).await.unwrap();
-        let (conn, rx) = hub.register(ann.clone()).await.unwrap();
+        let (conn, rx) = hub.register(ann.clone(), Inbound::Socket).await.unwrap();
         hub.join(&conn, conv.id, None, |seq| format!("joined {seq}").into())
             .await
             .unwrap();

@@ -12,6 +12,7 @@ mod access;
 mod assistants;
 mod events;
 mod limits;
+mod presence;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +23,7 @@ pub use crate::store::{Changed, ChatsPage, ListCursor};
 pub use assistants::{Assistants, StartStream};
 pub use events::{Events, StoredHistory};
 pub use limits::{Bucket, UserRateLimiter};
+pub use presence::PresenceTracker;
 
 use access::not_a_participant;
 
@@ -111,6 +113,7 @@ pub struct Chat {
     limits: LimitSettings,
     sends: UserRateLimiter,
     assistants: Arc<dyn Assistants>,
+    presence: Arc<PresenceTracker>,
     /// Access rules being loaded, shared by everyone who asks meanwhile.
     loading: access::Loading,
 }
@@ -123,6 +126,7 @@ impl Chat {
         metrics: Arc<Metrics>,
         limits: LimitSettings,
         assistants: Arc<dyn Assistants>,
+        presence: Arc<PresenceTracker>,
     ) -> Self {
         let sends = UserRateLimiter::new(limits.send_rate_per_sec, limits.send_burst);
         Self {
@@ -133,6 +137,7 @@ impl Chat {
             limits,
             sends,
             assistants,
+            presence,
             loading: access::Loading::default(),
         }
     }
@@ -578,6 +583,22 @@ impl Chat {
     /// sent a message or left).
     pub async fn stop_typing(&self, conn: &Conn, conv: ConversationId) {
         self.events.typing(conn.id, &conn.user, conv, false).await;
+    }
+
+    /// The conversation's present participants, sorted.
+    pub async fn presence(
+        &self,
+        user: &UserId,
+        conv: ConversationId,
+    ) -> Result<Vec<UserId>, ChatError> {
+        self.require_member(user, conv).await?;
+        self.presence.present(conv).await
+    }
+
+    /// Draws on the user's send bucket for something else a client can
+    /// ask for in a loop and that costs the node memory (a ticket).
+    pub fn take_send_token(&self, user: &UserId) -> Result<(), ChatError> {
+        self.check_rate(user)
     }
 
     /// Records how far the user has read and tells the conversation and the

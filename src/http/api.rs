@@ -18,14 +18,18 @@ use crate::auth::Identity;
 use crate::chat::{ListCursor, NewChat, Outgoing, Page};
 use crate::error::{ChatError, ErrorCode};
 use crate::model::{
-    ChangeRequest, ClientMsgId, Conversation, ConversationId, Emoji, Message, MessageId, Seq,
-    UserId,
+    ChangeRequest, ClientMsgId, ConnectionId, Conversation, ConversationId, Emoji, Message,
+    MessageId, Seq, UserId,
 };
+use crate::transport::sse;
 
 #[derive(Tags)]
 enum ApiTags {
     /// Conversations, messages and participants.
     Chats,
+    /// The HTTP transport, where WebSockets are blocked: tickets for the
+    /// event stream (`GET /api/v1/chat/events`) and frame POSTs.
+    Transport,
 }
 
 /// `Authorization: Bearer <JWT>`, the same token a socket sends first.
@@ -111,7 +115,7 @@ impl From<ChatError> for ApiError {
     }
 }
 
-fn error_body(e: ChatError) -> Response {
+pub(super) fn error_body(e: ChatError) -> Response {
     ApiError::from(e).into_response()
 }
 
@@ -612,6 +616,83 @@ impl ChatApi {
             .await?;
         Ok(Json(conv))
     }
+
+    /// The conversation's present participants (a user is present while
+    /// any connection of theirs, on any node, is joined to it).
+    #[oai(path = "/chats/:id/presence", method = "get")]
+    async fn presence(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        id: Path<ConversationId>,
+    ) -> ApiResult<Json<PresenceAnswer>> {
+        let users = state(req)?.chat.presence(&auth.0.user_id, id.0).await?;
+        Ok(Json(PresenceAnswer {
+            conversation_id: id.0,
+            users,
+        }))
+    }
+
+    /// A single-use ticket, valid 30 s, for opening the event stream with
+    /// `EventSource` (`GET /api/v1/chat/events?ticket=...`), which cannot
+    /// send an `Authorization` header.
+    #[oai(path = "/tickets", method = "post", tag = "ApiTags::Transport")]
+    async fn ticket(&self, req: &Request, auth: BearerAuth) -> ApiResult<TicketIssued> {
+        let ticket = sse::issue_ticket(&state(req)?.sockets, &auth.0).await?;
+        Ok(TicketIssued::Created(Json(TicketBody {
+            ticket: ticket.ticket,
+            expires_at: ticket.expires_at,
+        })))
+    }
+
+    /// Client frames for an HTTP-transport connection (the
+    /// `connection_id` of its stream's `auth_success`): one frame object
+    /// or an array of them, handled in order as if they came on a socket.
+    /// Their replies arrive on the event stream. Any node takes the POST.
+    #[oai(
+        path = "/connections/:connection_id/frames",
+        method = "post",
+        tag = "ApiTags::Transport"
+    )]
+    async fn frames(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        connection_id: Path<ConnectionId>,
+        body: Json<serde_json::Value>,
+    ) -> ApiResult<Accepted> {
+        let state = state(req)?;
+        sse::post(&state.sockets, &auth.0.user_id, connection_id.0, body.0).await?;
+        Ok(Accepted::Queued)
+    }
+}
+
+/// `GET /chats/{id}/presence`.
+#[derive(Debug, Object)]
+pub struct PresenceAnswer {
+    pub conversation_id: ConversationId,
+    /// Sorted.
+    pub users: Vec<UserId>,
+}
+
+/// A ticket for the event stream.
+#[derive(Debug, Object)]
+pub struct TicketBody {
+    pub ticket: String,
+    pub expires_at: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(ApiResponse)]
+pub enum TicketIssued {
+    #[oai(status = 201)]
+    Created(Json<TicketBody>),
+}
+
+#[derive(ApiResponse)]
+pub enum Accepted {
+    /// Queued for the connection's session; replies come on its stream.
+    #[oai(status = 202)]
+    Queued,
 }
 
 /// The routes' state, which `http::routes` gives every request.

@@ -4,6 +4,7 @@
 
 mod api;
 mod dev;
+mod events;
 mod ops;
 mod web;
 
@@ -30,7 +31,7 @@ pub struct State {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub readiness: Arc<dyn Readiness>,
-    pub sockets: Arc<crate::ws::Context>,
+    pub sockets: Arc<crate::transport::Context>,
 }
 
 /// Whether the node should get traffic (`GET /ready`).
@@ -61,7 +62,8 @@ pub fn routes(state: Arc<State>) -> impl poem::Endpoint + 'static {
         .at("/", get(web::index))
         .at("/app.js", get(web::script))
         .at("/style.css", get(web::style))
-        .at("/api/v1/chat/ws", get(crate::ws::upgrade))
+        .at("/api/v1/chat/ws", get(crate::transport::ws::upgrade))
+        .at("/api/v1/chat/events", get(events::stream))
         .nest_no_strip(
             "/api/v1/chat",
             api.around(move |ep, req| limit_body(ep, req, max_body, body_timeout))

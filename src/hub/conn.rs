@@ -3,20 +3,47 @@
 //! way to close it. The transport's writer is the one consumer of the queue.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use super::outbox::{self, PushError, Reservation};
-use crate::model::{CloseReason, ConnectionId, ConversationId, UserId};
+use crate::model::{CloseReason, ConnectionId, ConversationId, Transport, UserId};
 
-/// A socket's handle, shared by its reader, its writer and the hub.
+/// The client frames of one POST to an HTTP-transport connection, in order.
+pub type Posted = Vec<Utf8Bytes>;
+
+/// Where a connection's client frames come from.
+pub enum Inbound {
+    /// Its socket, which its session reads itself.
+    Socket,
+    /// POSTs (the HTTP transport), from any node: queued here for its
+    /// session, a bounded number of POSTs at a time.
+    Posts(mpsc::Sender<Posted>),
+}
+
+/// Why POSTed frames were not queued.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PostError {
+    /// The connection's queue of POSTs is full: the client must wait.
+    Busy,
+    /// The connection is closed, or takes no POSTs (a socket).
+    Gone,
+}
+
+/// A connection's handle, shared by its session, its writer and the hub.
 pub struct Conn {
     pub id: ConnectionId,
     pub user: UserId,
+    inbound: Inbound,
+    /// POSTed frames were dropped on a full queue since the session last
+    /// looked (it tells the client).
+    posts_dropped: AtomicBool,
     tx: outbox::Sender,
     joined: Mutex<HashSet<ConversationId>>,
     reason: OnceLock<CloseReason>,
@@ -26,21 +53,57 @@ pub struct Conn {
 impl Conn {
     /// A handle bounded only in frames (tests, and sockets outside a node).
     pub fn new(user: UserId, queue: usize) -> (Self, outbox::Receiver) {
-        Self::with_limits(user, outbox::Limits::frames(queue))
+        Self::with_limits(user, outbox::Limits::frames(queue), Inbound::Socket)
     }
 
     /// A handle and the receiving end of its outbound queue (for the writer).
-    pub fn with_limits(user: UserId, limits: Arc<outbox::Limits>) -> (Self, outbox::Receiver) {
+    pub fn with_limits(
+        user: UserId,
+        limits: Arc<outbox::Limits>,
+        inbound: Inbound,
+    ) -> (Self, outbox::Receiver) {
         let (tx, rx) = outbox::channel(limits);
         let conn = Conn {
             id: ConnectionId::new(),
             user,
+            inbound,
+            posts_dropped: AtomicBool::new(false),
             tx,
             joined: Mutex::new(HashSet::new()),
             reason: OnceLock::new(),
             closing: CancellationToken::new(),
         };
         (conn, rx)
+    }
+
+    pub fn transport(&self) -> Transport {
+        match self.inbound {
+            Inbound::Socket => Transport::WebSocket,
+            Inbound::Posts(_) => Transport::Http,
+        }
+    }
+
+    /// Queues the frames of one POST for the connection's session, without
+    /// waiting.
+    pub fn post(&self, frames: Posted) -> Result<(), PostError> {
+        let Inbound::Posts(posts) = &self.inbound else {
+            return Err(PostError::Gone);
+        };
+        if self.close_reason().is_some() {
+            return Err(PostError::Gone);
+        }
+        posts.try_send(frames).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                self.posts_dropped.store(true, Ordering::Relaxed);
+                PostError::Busy
+            }
+            mpsc::error::TrySendError::Closed(_) => PostError::Gone,
+        })
+    }
+
+    /// True once after POSTed frames were dropped on a full queue.
+    pub fn take_posts_dropped(&self) -> bool {
+        self.posts_dropped.swap(false, Ordering::Relaxed)
     }
 
     /// Queues a broadcast frame without waiting. A full queue, or one over

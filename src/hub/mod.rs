@@ -35,13 +35,21 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 
-pub use conn::Conn;
+pub use conn::{Conn, Inbound, PostError, Posted};
 pub use history::{Entry, History, HistoryError, Page};
 pub use outbox::{
     Immediate, NodeBudget, Outbound, Receiver as Outbox, Reservation, Written, COALESCE,
 };
 use room::Room;
 pub use router::StreamEvents;
+
+/// What the node's presence hears of the hub: a user's first connection
+/// on this node joining a conversation, and their last one leaving it.
+/// Called under no lock, and must not wait.
+pub trait Attendance: Send + Sync {
+    fn arrived(&self, conv: ConversationId, user: &UserId);
+    fn departed(&self, conv: ConversationId, user: &UserId);
+}
 
 use crate::bus::{Bus, EventSink, Topic};
 use crate::metrics::Metrics;
@@ -92,6 +100,8 @@ pub struct Hub {
     topology: Vec<tokio::sync::Mutex<()>>,
     /// Where stream events and cancels go (the node's assistants).
     streams: OnceLock<Weak<dyn StreamEvents>>,
+    /// Where joins and leaves go (the node's presence).
+    attendance: OnceLock<Weak<dyn Attendance>>,
     /// Every connection's queue bounds, shared.
     outbox: Arc<outbox::Limits>,
     /// Permits for recovery reads (see `RECOVERY_READS`).
@@ -126,6 +136,7 @@ impl Hub {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             streams: OnceLock::new(),
+            attendance: OnceLock::new(),
             outbox,
             recovery_reads: tokio::sync::Semaphore::new(RECOVERY_READS),
         });
@@ -137,6 +148,15 @@ impl Hub {
     /// Where stream events and cancels go (the node's assistants). Set once at start.
     pub fn set_stream_events(&self, streams: Weak<dyn StreamEvents>) {
         let _ = self.streams.set(streams);
+    }
+
+    /// Where joins and leaves go (the node's presence). Set once at start.
+    pub fn set_attendance(&self, attendance: Weak<dyn Attendance>) {
+        let _ = self.attendance.set(attendance);
+    }
+
+    fn attendance(&self) -> Option<Arc<dyn Attendance>> {
+        self.attendance.get().and_then(Weak::upgrade)
     }
 
     /// The lock for opening or closing `topic` on this node.

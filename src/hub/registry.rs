@@ -6,16 +6,20 @@ use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Conn, Hub, Outbox};
+use super::{Conn, Hub, Inbound, Outbox};
 use crate::bus::Topic;
 use crate::error::ChatError;
-use crate::model::{ConversationId, UserId};
+use crate::model::{ConnectionId, ConversationId, UserId};
 
 impl Hub {
     /// Registers an authenticated connection of `user`; subscribes the node
     /// to the user's topic if it is the user's first connection here.
-    pub async fn register(&self, user: UserId) -> Result<(Arc<Conn>, Outbox), ChatError> {
-        let (conn, rx) = Conn::with_limits(user.clone(), self.outbox.clone());
+    pub async fn register(
+        &self,
+        user: UserId,
+        inbound: Inbound,
+    ) -> Result<(Arc<Conn>, Outbox), ChatError> {
+        let (conn, rx) = Conn::with_limits(user.clone(), self.outbox.clone(), inbound);
         let conn = Arc::new(conn);
         // Fast path: the user has connections here, so the node is
         // subscribed. (An empty entry is being torn down: take the slow path.)
@@ -24,7 +28,7 @@ impl Hub {
                 self.check_room_for(conns.len())?;
                 conns.insert(conn.id, conn.clone());
                 drop(conns);
-                self.count_open();
+                self.count_open(&conn);
                 return Ok((conn, rx));
             }
         }
@@ -39,7 +43,7 @@ impl Hub {
             .entry(user)
             .or_default()
             .insert(conn.id, conn.clone());
-        self.count_open();
+        self.count_open(&conn);
         Ok((conn, rx))
     }
 
@@ -53,9 +57,13 @@ impl Hub {
         Ok(())
     }
 
-    fn count_open(&self) {
+    fn count_open(&self, conn: &Conn) {
         self.metrics.sockets_open.inc();
         self.metrics.sockets_opened.inc();
+        self.metrics
+            .connections_by_transport
+            .with_label_values(&[conn.transport().label()])
+            .inc();
     }
 
     /// Forgets a connection: leaves its rooms, and the user's topic if it
@@ -65,6 +73,10 @@ impl Hub {
             self.detach(conn, conv).await;
         }
         self.metrics.sockets_open.dec();
+        self.metrics
+            .connections_by_transport
+            .with_label_values(&[conn.transport().label()])
+            .dec();
         let now_empty = match self.users.get_mut(&conn.user) {
             Some(mut conns) => {
                 conns.remove(&conn.id);
@@ -96,6 +108,11 @@ impl Hub {
             .iter()
             .flat_map(|e| e.value().values().cloned().collect::<Vec<_>>())
             .collect()
+    }
+
+    /// A local connection of `user`, by id.
+    pub fn connection(&self, user: &UserId, id: ConnectionId) -> Option<Arc<Conn>> {
+        self.users.get(user).and_then(|c| c.get(&id).cloned())
     }
 
     /// How many local connections `user` has.

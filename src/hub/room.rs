@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::conn::Conn;
 use super::history::Entry;
 use super::outbox::Reservation;
-use crate::model::{Access, CloseReason, ConnectionId, ConversationId, Seq};
+use crate::model::{Access, CloseReason, ConnectionId, ConversationId, Seq, UserId};
 
 /// A local socket joined to the room.
 pub(super) struct Member {
@@ -62,6 +62,8 @@ pub(super) struct RoomState {
     /// The recovery task (gap fill, catch-up) runs: at most one per room.
     recovering: bool,
     pub members: HashMap<ConnectionId, Member>,
+    /// Members per user: a user is here while they have one (presence).
+    users: HashMap<UserId, usize>,
     pub access: Option<Arc<Access>>,
     /// Bumped on every membership change, so a stale load is not cached.
     pub access_version: u64,
@@ -90,6 +92,7 @@ impl Room {
                 epoch: 0,
                 recovering: false,
                 members: HashMap::new(),
+                users: HashMap::new(),
                 access: None,
                 access_version: 0,
                 closed: false,
@@ -266,28 +269,53 @@ impl RoomState {
                     conn.push(frame.clone());
                 }
             }
-            self.members.insert(
-                conn.id,
-                Member {
-                    conn: conn.clone(),
-                    cursor: last,
-                    replay: None,
-                },
-            );
+            self.add_member(Member {
+                conn: conn.clone(),
+                cursor: last,
+                replay: None,
+            });
             return JoinPlan::Answered;
         };
-        self.members.insert(
-            conn.id,
-            Member {
-                conn: conn.clone(),
-                cursor: from,
-                replay: Some(Vec::new()),
-            },
-        );
+        self.add_member(Member {
+            conn: conn.clone(),
+            cursor: from,
+            replay: Some(Vec::new()),
+        });
         JoinPlan::Replay {
             from,
             position: last,
         }
+    }
+
+    /// Adds a member, counting it under its user.
+    fn add_member(&mut self, member: Member) {
+        let user = member.conn.user.clone();
+        if self.members.insert(member.conn.id, member).is_none() {
+            *self.users.entry(user).or_default() += 1;
+        }
+    }
+
+    /// Removes a member; with it, true if it was its user's last here.
+    pub fn remove_member(&mut self, id: &ConnectionId) -> Option<(Member, bool)> {
+        let member = self.members.remove(id)?;
+        let user = &member.conn.user;
+        let last = match self.users.get_mut(user) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            Some(_) => {
+                self.users.remove(user);
+                true
+            }
+            None => false,
+        };
+        Some((member, last))
+    }
+
+    /// True if `user` has exactly one member here (the one just added).
+    pub fn has_one_of(&self, user: &UserId) -> bool {
+        self.users.get(user) == Some(&1)
     }
 
     /// Ends a member's replay, which sent it every message up to `cursor`:
@@ -435,7 +463,7 @@ impl RoomState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{MessageId, UserId};
+    use crate::model::MessageId;
 
     fn room_with_member() -> (RoomState, crate::hub::Outbox) {
         let room = Room::new(ConversationId::new(), 100, 3);

@@ -40,7 +40,13 @@ impl Hub {
             }
             let plan = st.join(conn, since, &joined);
             conn.set_joined(conv, true);
+            let first = st.has_one_of(&conn.user);
             drop(st);
+            if first {
+                if let Some(attendance) = self.attendance() {
+                    attendance.arrived(conv, &conn.user);
+                }
+            }
             match plan {
                 JoinPlan::Answered => return Ok(()),
                 JoinPlan::Replay { from, position } => break (room, from, position),
@@ -125,11 +131,15 @@ impl Hub {
         let Some(room) = self.rooms.get(&conv).map(|r| r.clone()) else {
             return false;
         };
-        let (was_member, now_empty) = {
+        let (removed, now_empty) = {
             let mut st = room.state.lock();
-            let was = st.members.remove(&conn.id).is_some();
-            (was, st.members.is_empty())
+            let removed = st.remove_member(&conn.id);
+            (removed, st.members.is_empty())
         };
+        let was_member = removed.is_some();
+        if let Some((_, true)) = removed {
+            self.departed(conv, &conn.user);
+        }
         if now_empty {
             self.close_room_if_empty(conv).await;
         }
@@ -223,6 +233,12 @@ impl Hub {
         }
     }
 
+    fn departed(&self, conv: ConversationId, user: &UserId) {
+        if let Some(attendance) = self.attendance() {
+            attendance.departed(conv, user);
+        }
+    }
+
     /// Queues an ephemeral frame made on this node (not carried by the bus)
     /// to every local connection joined to the conversation.
     pub fn deliver_local(&self, conv: ConversationId, frame: &Utf8Bytes) -> usize {
@@ -280,13 +296,16 @@ impl Hub {
                     .map(|m| m.conn.id)
                     .collect();
                 for id in ids {
-                    if let Some(m) = st.members.remove(&id) {
+                    if let Some((m, _)) = st.remove_member(&id) {
                         kicked.push(m.conn);
                     }
                 }
             }
             !kicked.is_empty() && st.members.is_empty()
         };
+        if let (Some(user), false) = (removed, kicked.is_empty()) {
+            self.departed(room.id, user);
+        }
         for conn in kicked {
             conn.set_joined(room.id, false);
             if !left.is_empty() {

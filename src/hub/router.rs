@@ -8,9 +8,9 @@ use std::sync::{Arc, Weak};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use super::{Entry, Hub};
+use super::{Entry, Hub, Posted};
 use crate::bus::{Event, EventKind, EventSink, Topic};
-use crate::model::{ConversationId, StreamId, UserId};
+use crate::model::{ConnectionId, ConversationId, StreamId, UserId};
 
 /// What the node's assistants hear of streams: every stream event seen in
 /// a conversation joined here (to tell a stream whose node went silent),
@@ -69,9 +69,37 @@ impl Hub {
                     room.state.lock().on_ephemeral(&frame, None)
                 }
             }
-            EventKind::Notice { .. } | EventKind::Cancel { .. } => 0,
+            EventKind::Notice { .. } | EventKind::Cancel { .. } | EventKind::Frames { .. } => 0,
         }
     }
+}
+
+impl Hub {
+    /// Hands frames POSTed on another node to the local connection they
+    /// are for. One that is gone drops them (its client reconnects).
+    fn post_frames(&self, user: &UserId, connection: ConnectionId, payload: &[u8]) {
+        let Some(conn) = self.connection(user, connection) else {
+            return;
+        };
+        let Some(frames) = split_frames(payload) else {
+            tracing::warn!("dropped POSTed frames that are not a JSON array");
+            return;
+        };
+        // A full queue is noted on the connection, whose session tells
+        // the client.
+        let _ = conn.post(frames);
+    }
+}
+
+/// The frames of a JSON array, each as its own text.
+pub fn split_frames(payload: &[u8]) -> Option<Posted> {
+    let frames: Vec<&serde_json::value::RawValue> = serde_json::from_slice(payload).ok()?;
+    Some(
+        frames
+            .into_iter()
+            .map(|f| Utf8Bytes::from(f.get().to_owned()))
+            .collect(),
+    )
 }
 
 impl EventSink for Hub {
@@ -96,6 +124,10 @@ impl EventSink for Hub {
             }
             (Topic::User(user), EventKind::Notice { skip_joined }) => {
                 self.notify_user(user, *skip_joined, &frame)
+            }
+            (Topic::User(user), EventKind::Frames { connection }) => {
+                self.post_frames(user, *connection, &event.payload);
+                0
             }
             (Topic::Streams | Topic::User(_), _) => 0,
         };

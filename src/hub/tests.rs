@@ -88,7 +88,7 @@ async fn a_resume_gets_what_it_missed_then_live_entries_once_each() {
     for text in ["m1", "m2", "m3", "m4"] {
         f.history.append(conv, text);
     }
-    let (conn, mut rx) = f.hub.register(user("ann")).await.unwrap();
+    let (conn, mut rx) = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
     // Seen up to 1; the room keeps only 2 recent entries, so it reads the history.
     f.hub.join(&conn, conv, Some(Seq(1)), joined).await.unwrap();
     assert_eq!(next(&mut rx).await, "joined 4");
@@ -111,7 +111,7 @@ async fn a_gap_the_bus_never_fills_is_read_from_the_history() {
     let f = fixture();
     let conv = ConversationId::new();
     f.history.create(conv);
-    let (conn, mut rx) = f.hub.register(user("ann")).await.unwrap();
+    let (conn, mut rx) = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
     f.hub.join(&conn, conv, None, joined).await.unwrap();
     assert_eq!(next(&mut rx).await, "joined 0");
     // Entry 1 is stored but its event is lost; entry 2's arrives.
@@ -127,7 +127,7 @@ async fn after_a_bus_outage_rooms_catch_up_once_the_history_answers() {
     let f = fixture();
     let conv = ConversationId::new();
     f.history.create(conv);
-    let (conn, mut rx) = f.hub.register(user("ann")).await.unwrap();
+    let (conn, mut rx) = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
     f.hub.join(&conn, conv, None, joined).await.unwrap();
     assert_eq!(next(&mut rx).await, "joined 0");
     // Stored while the bus was away, and the store is down at first.
@@ -153,9 +153,9 @@ async fn a_join_whose_first_read_fails_is_answered_with_the_error_only() {
     f.history.append(conv, "m1");
     f.history.append(conv, "m2");
     f.history.append(conv, "m3");
-    let (conn, rx) = f.hub.register(user("ann")).await.unwrap();
+    let (conn, rx) = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
     // Open the room, then take the store down for the resume's read.
-    let (other, _other_rx) = f.hub.register(user("bob")).await.unwrap();
+    let (other, _other_rx) = f.hub.register(user("bob"), Inbound::Socket).await.unwrap();
     f.hub.join(&other, conv, None, joined).await.unwrap();
     f.history.down.store(true, Ordering::Relaxed);
     let err = f.hub.join(&conn, conv, Some(Seq(0)), joined).await;
@@ -169,8 +169,8 @@ async fn a_removed_user_is_told_left_and_gets_nothing_more() {
     let f = fixture();
     let conv = ConversationId::new();
     f.history.create(conv);
-    let (ann, mut ann_rx) = f.hub.register(user("ann")).await.unwrap();
-    let (bob, mut bob_rx) = f.hub.register(user("bob")).await.unwrap();
+    let (ann, mut ann_rx) = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
+    let (bob, mut bob_rx) = f.hub.register(user("bob"), Inbound::Socket).await.unwrap();
     f.hub.join(&ann, conv, None, joined).await.unwrap();
     f.hub.join(&bob, conv, None, joined).await.unwrap();
     assert_eq!(next(&mut ann_rx).await, "joined 0");
@@ -191,9 +191,9 @@ async fn a_removed_user_is_told_left_and_gets_nothing_more() {
 #[tokio::test]
 async fn a_user_may_hold_only_so_many_connections() {
     let f = fixture();
-    let _a = f.hub.register(user("ann")).await.unwrap();
-    let _b = f.hub.register(user("ann")).await.unwrap();
-    let third = f.hub.register(user("ann")).await;
+    let _a = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
+    let _b = f.hub.register(user("ann"), Inbound::Socket).await.unwrap();
+    let third = f.hub.register(user("ann"), Inbound::Socket).await;
     assert!(matches!(third, Err(ChatError::Forbidden(_))));
     assert_eq!(f.hub.connections_of(&user("ann")), 2);
 }

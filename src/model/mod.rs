@@ -24,6 +24,24 @@ pub use log::{
     Change, ChangeRequest, Decision, LogEntry, Reaction, Refusal, Target, MAX_REACTORS_SHOWN,
 };
 
+/// How a connection reaches its node: a WebSocket, or the HTTP transport
+/// (an event stream down, frame POSTs up) where WebSockets are blocked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+impl Transport {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebSocket => "websocket",
+            Transport::Http => "http",
+        }
+    }
+}
+
 /// A stored message as every client sees it, in its current state: edits,
 /// deletion and reactions folded in.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Object)]

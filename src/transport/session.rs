@@ -1,21 +1,22 @@
-//! The reader side of one socket: authenticate the first frame, register
-//! with the hub, then turn each frame into a chat call and answer it.
+//! A connection's session, whatever its transport: it turns each client
+//! frame into a chat call and answers it, keeps the connection's deadlines
+//! (a silent peer, the token's expiry, a typer's lapse) and leaves the hub
+//! when the connection ends. A transport hands it frames through `Inbound`
+//! and writes what it queues on the hub's connection.
 
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use chrono::Utc;
 use opentelemetry::trace::SpanContext;
 use opentelemetry::KeyValue;
-use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 use tracing::Instrument;
 
-use super::frame::{Incoming, ReadError, Reader};
-use super::socket::{ReadSide, WriteSide};
-use super::writer;
 use super::Context;
 use crate::auth::Identity;
 use crate::chat::{Bucket, Changed, Outgoing, Page, PendingSend, Sent};
@@ -23,199 +24,50 @@ use crate::error::ChatError;
 use crate::hub::Conn;
 use crate::model::{ChangeRequest, CloseReason, ConversationId};
 use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
-use crate::server::Admission;
 use crate::telemetry;
 
-/// The reading half of a socket, as frames.
-pub type Stream = Reader<ReadSide>;
-
-/// Most sends of one socket queued for storing at once; beyond it, the
-/// socket's next frame waits for the oldest.
+/// Most sends of one connection queued for storing at once; beyond it, the
+/// connection's next frame waits for the oldest.
 const MAX_SENDS_IN_FLIGHT: usize = 32;
-/// How long a closing socket keeps reading for the client's close frame.
-const LINGER: Duration = Duration::from_secs(2);
+/// How long a client whose POSTed frames were dropped is asked to wait.
+const POSTS_DROPPED_RETRY_MS: u64 = 250;
 
-/// Opens a socket's session (authentication, registration, its writer) in
-/// a `ws.socket` span, then hands it to a task of its own for the rest of
-/// its life. That task holds only the session and its wait for the next
-/// frame: the opening steps' state, and the arguments they took, would
-/// otherwise stay part of every idle socket's memory.
-pub async fn start(
-    ctx: Arc<Context>,
-    admission: Arc<Admission>,
-    sink: writer::Sink,
-    mut stream: Stream,
-) {
-    let span = tracing::info_span!(
-        parent: None,
-        "ws.socket",
-        node = %ctx.node_id,
-        connection_id = tracing::field::Empty,
-        user_id = tracing::field::Empty,
-    );
-    let opened = open(ctx, admission, sink, &mut stream)
-        .instrument(span.clone())
-        .await;
-    if let Some((session, writer)) = opened {
-        let sessions = session.ctx.sessions.clone();
-        sessions.spawn(session.live(stream, writer).instrument(span));
-    }
+/// What a transport's input gives the session next.
+pub enum Input {
+    /// A client frame's text.
+    Frame(Utf8Bytes),
+    /// A socket's ping: answered with a pong; a sign of life.
+    Ping(Bytes),
+    /// Any other sign of life (a socket's pong).
+    Alive,
+    /// Something that is not a frame of the protocol (a binary message).
+    NotText,
+    /// Frames POSTed while the connection's queue was full were dropped.
+    Dropped,
+    /// The client is gone (its close, or the connection's end); the node
+    /// answers a socket's close with this.
+    Gone(CloseReason),
+    /// The input broke (bad framing): the node closes for this reason.
+    Broken(CloseReason),
 }
 
-/// Authenticates the socket, registers it with the hub, starts its writer
-/// and answers `auth_success`. None if the socket was turned away or left.
-async fn open(
-    ctx: Arc<Context>,
-    admission: Arc<Admission>,
-    sink: writer::Sink,
-    stream: &mut Stream,
-) -> Option<(Session, JoinHandle<CloseReason>)> {
-    let identity = match authenticate(&ctx, &sink, stream).await {
-        Ok(identity) => identity,
-        Err(Unauthenticated::Left) => return None,
-        Err(Unauthenticated::Closed(reason)) => {
-            ctx.metrics.socket_closed(reason);
-            writer::close(&sink, reason).await;
-            return None;
-        }
-        Err(Unauthenticated::Refused(err, reason)) => {
-            reject(&ctx, &sink, stream, err, reason).await;
-            return None;
-        }
-    };
-    admission.authenticated();
-    let (conn, rx) = match ctx.hub.register(identity.user_id.clone()).await {
-        Ok(registered) => registered,
-        Err(err) => {
-            let reason = match err {
-                ChatError::Forbidden(_) => CloseReason::Policy,
-                _ => CloseReason::Restart,
-            };
-            reject(&ctx, &sink, stream, err, reason).await;
-            return None;
-        }
-    };
-    let span = tracing::Span::current();
-    span.record("connection_id", tracing::field::display(conn.id));
-    span.record("user_id", tracing::field::display(&identity.user_id));
-    let server = &ctx.settings.server;
-    let ping_every = Duration::from_secs_f64(server.ping_interval_secs.max(1.0));
-    let idle_timeout = Duration::from_secs_f64(server.idle_timeout_secs.max(1.0));
-    let writer = ctx
-        .sessions
-        .spawn(writer::run(sink.clone(), rx, conn.clone(), ping_every));
-    let session = Session {
-        frames: Bucket::full(ctx.settings.limits.frame_burst),
-        ctx,
-        conn,
-        expires_at: deadline_of(&identity),
-        typing: HashMap::new(),
-        sends: VecDeque::new(),
-        idle_timeout,
-        socket_span: telemetry::span_context(&span),
-    };
-    session
-        .reply(ServerFrame::AuthSuccess {
-            user_id: identity.user_id,
-            connection_id: session.conn.id,
-            expires_at: identity.expires_at,
-            node_id: session.ctx.node_id.clone(),
-            reply_to: None,
-        })
-        .await;
-    // From here on, a frame for a socket with nothing queued goes out at once.
-    session.conn.set_immediate(sink);
-    Some((session, writer))
+/// A transport's stream of client frames. `next` must be cancel-safe: the
+/// session waits on it alongside its timers.
+pub trait Frames: Send {
+    fn next(&mut self) -> impl Future<Output = Input> + Send;
 }
 
-/// Sends a socket that never got a queue its error and close frame, then
-/// lingers for the client's close.
-async fn reject(
-    ctx: &Context,
-    sink: &WriteSide,
-    stream: &mut Stream,
-    err: ChatError,
-    reason: CloseReason,
-) {
-    ctx.metrics.socket_closed(reason);
-    let frame = ServerFrame::error(&err, None).encode();
-    writer::reject(sink, frame.into(), reason).await;
-    linger(stream, reason).await;
-}
-
-/// Why a socket ended before it authenticated.
-enum Unauthenticated {
-    /// The connection ended; there is no one to answer.
-    Left,
-    /// The client sent a close frame; the node answers it with this.
-    Closed(CloseReason),
-    /// The client gets this error, then a close frame with the reason.
-    Refused(ChatError, CloseReason),
-}
-
-/// Waits for the auth frame, answering pings meanwhile.
-async fn authenticate(
-    ctx: &Context,
-    sink: &WriteSide,
-    stream: &mut Stream,
-) -> Result<Identity, Unauthenticated> {
-    let timeout = ctx.settings.auth.timeout();
-    let first = tokio::time::timeout(timeout, async {
-        loop {
-            match stream.next().await {
-                Some(Ok(Incoming::Ping(payload))) => writer::pong(sink, &payload).await,
-                Some(Ok(Incoming::Pong)) => continue,
-                other => return other,
-            }
-        }
-    })
-    .await;
-    let auth_required = |why: &str| {
-        Unauthenticated::Refused(ChatError::AuthRequired(why.into()), CloseReason::AuthFailed)
-    };
-    let text = match first {
-        Err(_) => {
-            return Err(auth_required(&format!(
-                "no auth frame within {} s",
-                timeout.as_secs_f64()
-            )))
-        }
-        Ok(None | Some(Err(ReadError::Io(_)))) => return Err(Unauthenticated::Left),
-        Ok(Some(Ok(Incoming::Close(code)))) => {
-            return Err(Unauthenticated::Closed(CloseReason::echoing(code)))
-        }
-        Ok(Some(Err(e))) => {
-            let reason = e.close_reason();
-            return Err(Unauthenticated::Refused(
-                ChatError::InvalidFrame(e.to_string()),
-                reason,
-            ));
-        }
-        Ok(Some(Ok(Incoming::Text(text)))) => text,
-        Ok(Some(Ok(_))) => return Err(auth_required("the first frame must be a text auth frame")),
-    };
-    match protocol::decode(&text) {
-        Ok((_, ClientFrame::Auth { token })) => ctx
-            .auth
-            .verify(&token)
-            .map_err(|e| Unauthenticated::Refused(e, CloseReason::AuthFailed)),
-        _ => Err(auth_required(
-            "the first frame must be {\"type\":\"auth\",\"token\":...}",
-        )),
-    }
-}
-
-fn deadline_of(identity: &Identity) -> Instant {
+pub fn deadline_of(identity: &Identity) -> Instant {
     let left = (identity.expires_at - Utc::now())
         .to_std()
         .unwrap_or(Duration::ZERO);
     Instant::now() + left
 }
 
-/// One authenticated socket's reader state.
-struct Session {
-    ctx: Arc<Context>,
-    conn: Arc<Conn>,
+/// One authenticated connection's state.
+pub struct Session {
+    pub ctx: Arc<Context>,
+    pub conn: Arc<Conn>,
     expires_at: Instant,
     /// Conversations this socket's user is typing in, and when that lapses.
     typing: HashMap<ConversationId, Instant>,
@@ -223,14 +75,15 @@ struct Session {
     /// Sends queued for storing, oldest first; each is acknowledged in
     /// turn once stored and published.
     sends: VecDeque<InFlight>,
-    /// Silence after which the peer counts as dead.
-    idle_timeout: Duration,
-    /// The `ws.socket` span, which each frame's trace links to.
-    socket_span: SpanContext,
+    /// Silence after which the peer counts as dead (none: the transport
+    /// tells a dead peer itself).
+    idle_timeout: Option<Duration>,
+    /// The connection's span, which each frame's trace links to.
+    conn_span: SpanContext,
 }
 
 /// How a session's reading ended.
-enum Ending {
+pub enum Ending {
     /// The client closed, or the connection ended: nothing more to read.
     PeerClosed,
     /// The node closed the socket for this reason; the client's close frame
@@ -239,30 +92,43 @@ enum Ending {
 }
 
 impl Session {
-    /// Reads frames until the socket closes, then leaves the hub and waits
-    /// for the writer's last frames.
-    ///
-    /// Not an `async fn`: its arguments would be stored twice in the
-    /// future, once as passed and once as bound.
-    #[allow(clippy::manual_async_fn)] // see above
-    fn live(
-        mut self,
-        mut stream: Stream,
-        writer: JoinHandle<CloseReason>,
-    ) -> impl Future<Output = ()> {
-        async move {
-            let ending = self.read(&mut stream).await;
-            Box::pin(self.finish()).await;
-            let reason = writer.await.unwrap_or(CloseReason::Normal);
-            self.ctx.metrics.socket_closed(reason);
-            if let Ending::NodeClosed(why) = ending {
-                Box::pin(linger(&mut stream, why)).await;
-            }
-        }
+    /// Registers nothing itself: `conn` is registered already. Answers
+    /// `auth_success`, which every connection gets first.
+    pub async fn open(
+        ctx: Arc<Context>,
+        conn: Arc<Conn>,
+        identity: &Identity,
+        idle_timeout: Option<Duration>,
+        conn_span: &tracing::Span,
+    ) -> Session {
+        let session = Session {
+            frames: Bucket::full(ctx.settings.limits.frame_burst),
+            ctx,
+            conn,
+            expires_at: deadline_of(identity),
+            typing: HashMap::new(),
+            sends: VecDeque::new(),
+            idle_timeout,
+            conn_span: telemetry::span_context(conn_span),
+        };
+        session
+            .reply(ServerFrame::AuthSuccess {
+                user_id: identity.user_id.clone(),
+                connection_id: session.conn.id,
+                expires_at: identity.expires_at,
+                node_id: session.ctx.node_id.clone(),
+                reply_to: None,
+            })
+            .await;
+        session
     }
 
-    async fn read(&mut self, stream: &mut Stream) -> Ending {
-        let mut alive_until = Instant::now() + self.idle_timeout;
+    /// Handles frames until the connection closes.
+    pub async fn read(&mut self, input: &mut impl Frames) -> Ending {
+        // Far enough to never come, for a transport without an idle timeout.
+        let never = Duration::from_secs(86_400 * 365);
+        let idle_timeout = self.idle_timeout.unwrap_or(never);
+        let mut alive_until = Instant::now() + idle_timeout;
         loop {
             // One timer for the three deadlines (a dead peer, the token's
             // expiry, a typer's lapse): it is re-armed after every frame,
@@ -288,8 +154,8 @@ impl Session {
                     Box::pin(self.expire_typing()).await
                 }
                 sent = next_sent(&mut self.sends) => Box::pin(self.finish_send(sent)).await,
-                next = stream.next() => match next {
-                    Some(Ok(Incoming::Text(text))) => {
+                next = input.next() => match next {
+                    Input::Frame(text) => {
                         let span = self.frame_span();
                         // Boxed: handling a frame needs a large future (store,
                         // bus, chat calls); kept inline it would be part of
@@ -310,54 +176,54 @@ impl Session {
                         // Nothing was read while the frame was handled (a
                         // long replay, say): the peer's silence counts from
                         // now, not from when the frame arrived.
-                        alive_until = Instant::now() + self.idle_timeout;
+                        alive_until = Instant::now() + idle_timeout;
                     }
-                    Some(Ok(Incoming::Binary)) => {
+                    Input::NotText => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
                         Box::pin(self.reply(ServerFrame::error(&err, None))).await;
                     }
-                    Some(Ok(Incoming::Ping(payload))) => {
-                        alive_until = Instant::now() + self.idle_timeout;
+                    Input::Dropped => {
+                        let err = ChatError::RateLimited { retry_after_ms: POSTS_DROPPED_RETRY_MS };
+                        Box::pin(self.reply(ServerFrame::error(&err, None))).await;
+                    }
+                    Input::Ping(payload) => {
+                        alive_until = Instant::now() + idle_timeout;
                         self.conn.pong(payload);
                     }
-                    Some(Ok(Incoming::Pong)) => {
-                        alive_until = Instant::now() + self.idle_timeout;
-                    }
-                    Some(Err(ReadError::Io(_))) | None => {
-                        self.conn.close(CloseReason::Normal);
+                    Input::Alive => alive_until = Instant::now() + idle_timeout,
+                    Input::Gone(reason) => {
+                        self.conn.close(reason);
                         return Ending::PeerClosed;
                     }
-                    Some(Err(e)) => {
-                        self.conn.close(e.close_reason());
+                    Input::Broken(reason) => {
+                        self.conn.close(reason);
                         return self.node_closed();
-                    }
-                    Some(Ok(Incoming::Close(code))) => {
-                        self.conn.close(CloseReason::echoing(code));
-                        return Ending::PeerClosed;
                     }
                 },
             }
         }
     }
 
-    /// The node closed the socket (the first reason given wins).
+    /// The node closed the connection (the first reason given wins).
     fn node_closed(&self) -> Ending {
         Ending::NodeClosed(self.conn.close_reason().unwrap_or(CloseReason::Normal))
     }
 
     /// The token expired without renewal: TOKEN_EXPIRED, then close 4003.
     fn expire(&self) {
-        let error = ServerFrame::error(&ChatError::TokenExpired, None).encode();
+        let error =
+            ServerFrame::closing(&ChatError::TokenExpired, CloseReason::TokenExpired).encode();
         self.conn.push_before_close(error.into());
         self.conn.close(CloseReason::TokenExpired);
     }
 
-    /// A `ws.frame` span. A socket may live for hours, so each frame is the
-    /// root of a trace of its own, linked to the socket's span (its logs
-    /// still show the socket's fields).
+    /// A `ws.frame` span (the name is the same on every transport). A
+    /// connection may live for hours, so each frame is the root of a trace
+    /// of its own, linked to the connection's span (its logs still show
+    /// the connection's fields).
     fn frame_span(&self) -> tracing::Span {
         let span = tracing::info_span!("ws.frame", frame.type = tracing::field::Empty);
-        telemetry::set_root_linked(&span, &self.socket_span, || {
+        telemetry::set_root_linked(&span, &self.conn_span, || {
             vec![
                 KeyValue::new("connection_id", self.conn.id.to_string()),
                 KeyValue::new("user_id", self.conn.user.to_string()),
@@ -370,6 +236,8 @@ impl Session {
         let (id, frame) = match protocol::decode(text) {
             Ok(decoded) => decoded,
             Err(e) => {
+                // Answered in turn, after the sends before it.
+                self.finish_sends().await;
                 self.reply(ServerFrame::error(&e.error, e.id)).await;
                 return;
             }
@@ -540,6 +408,15 @@ impl Session {
                     .await?;
                 self.ack_change(id, &changed).await;
             }
+            ClientFrame::Presence(of) => {
+                let users = chat.presence(&user, of.conversation_id).await?;
+                self.reply(ServerFrame::Presence {
+                    conversation_id: of.conversation_id,
+                    users,
+                    reply_to: id,
+                })
+                .await;
+            }
             ClientFrame::React(react, add) => {
                 let request = ChangeRequest::React {
                     emoji: react.emoji,
@@ -641,8 +518,8 @@ impl Session {
         }
     }
 
-    /// The socket is gone: typers stop, rooms and the user topic are left.
-    async fn finish(&mut self) {
+    /// The connection is gone: typers stop, rooms and the user topic are left.
+    pub async fn finish(&mut self) {
         // Sends already queued are stored whatever happens; publish them so
         // no one misses them live.
         self.finish_sends().await;
@@ -674,31 +551,4 @@ async fn next_sent(sends: &mut VecDeque<InFlight>) -> Box<(InFlight, Sent)> {
     // The queue was not empty a moment ago and only this task touches it.
     let sent = sends.pop_front().expect("the oldest send is still queued");
     Box::new((sent, done))
-}
-
-/// After the node's close frame (and the end of its sending side): reads and
-/// drops what the client still sends, until its close frame, the end of the
-/// connection (a client closes its side once it saw the node's) or
-/// `LINGER`. Closing a socket with unread bytes makes the kernel reset it,
-/// and the client would lose the frames still in its receive buffer (the
-/// error and the close frame among them). After a frame that broke the
-/// framing, nothing more can be parsed: bytes are dropped unread.
-async fn linger(stream: &mut Stream, why: CloseReason) {
-    let parseable = !matches!(
-        why,
-        CloseReason::ProtocolError | CloseReason::NotUtf8 | CloseReason::TooBig
-    );
-    let _ = tokio::time::timeout(LINGER, async {
-        if parseable {
-            loop {
-                match stream.next().await {
-                    Some(Ok(Incoming::Close(_)) | Err(ReadError::Io(_))) | None => return,
-                    Some(Err(_)) => break,
-                    Some(Ok(_)) => {}
-                }
-            }
-        }
-        stream.discard().await;
-    })
-    .await;
 }

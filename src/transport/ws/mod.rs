@@ -1,49 +1,20 @@
-//! One socket's life: the HTTP upgrade, first-frame authentication, the
-//! reader that turns frames into chat calls, and the writer that batches
-//! queued frames into one write.
+//! The WebSocket transport: the HTTP upgrade, RFC 6455 framing,
+//! first-frame authentication, the reader that feeds the session, and the
+//! writer that batches queued frames into one write.
 
 mod frame;
 mod session;
 mod socket;
 mod writer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use poem::http::{header, HeaderValue, Method, StatusCode};
 use poem::{handler, web::Data, Request, Response};
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_util::task::TaskTracker;
 
-use crate::auth::Authenticator;
-use crate::chat::Chat;
-use crate::config::Settings;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
+use super::Context;
 use crate::server::{Admission, PendingUpgrade};
-
-/// What a socket's session uses of its node: the use cases, the hub it
-/// registers with, the authenticator, and the settings.
-pub struct Context {
-    pub chat: Arc<Chat>,
-    pub hub: Arc<Hub>,
-    pub auth: Authenticator,
-    pub metrics: Arc<Metrics>,
-    pub settings: Settings,
-    /// This node's id, told to clients in `auth_success`.
-    pub node_id: String,
-    /// Set once the node drains: upgrades are refused.
-    pub draining: Arc<AtomicBool>,
-    /// Every socket's tasks (its reader and writer), so a drain can wait
-    /// for them to end.
-    pub sessions: TaskTracker,
-}
-
-impl Context {
-    fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Relaxed)
-    }
-}
 
 /// `GET /api/v1/chat/ws`: upgrades to a WebSocket and runs its session.
 #[handler]
