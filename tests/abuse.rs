@@ -97,7 +97,7 @@ async fn never_reading_sockets_asking_for_big_pages_are_closed_and_memory_stays_
             let frame = json!({"type": "load_messages", "id": format!("h{round}"),
                                "data": {"conversation_id": conv, "limit": 200}});
             // A socket the node closed refuses more writes: that is fine.
-            let _ = s.ws.send(Message::text(frame.to_string())).await;
+            let _ = s.ws().send(Message::text(frame.to_string())).await;
         }
         assert!(
             node.node.metrics.outbound_bytes.get() as usize <= 4 * budget,
@@ -159,7 +159,7 @@ async fn a_token_expires_on_time_while_a_reply_waits_for_a_reader() {
     for round in 0..40 {
         let frame = json!({"type": "load_messages", "id": format!("h{round}"),
                            "data": {"conversation_id": conv, "limit": 200}});
-        if c.ws.send(Message::text(frame.to_string())).await.is_err() {
+        if c.ws().send(Message::text(frame.to_string())).await.is_err() {
             break;
         }
     }
@@ -191,12 +191,13 @@ async fn frames_before_auth_get_the_error_and_the_close_not_a_reset() {
 
     // A close before auth gets its code back.
     let mut c = node.raw().await;
-    c.ws.close(Some(CloseFrame {
-        code: CloseCode::from(4321),
-        reason: "bye".into(),
-    }))
-    .await
-    .unwrap();
+    c.ws()
+        .close(Some(CloseFrame {
+            code: CloseCode::from(4321),
+            reason: "bye".into(),
+        }))
+        .await
+        .unwrap();
     assert_eq!(c.closed().await.code, Some(4321));
 }
 

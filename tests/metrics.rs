@@ -61,7 +61,7 @@ async fn counters_follow_the_traffic() {
     let appends = r#"confab_store_latency_seconds_count{op="append"}"#;
     assert_eq!(sample(&url, appends).await, 3.0);
 
-    bob.ws.close(None).await.unwrap();
+    bob.ws().close(None).await.unwrap();
     common::procs::wait_until(
         "bob's close counted",
         std::time::Duration::from_secs(10),

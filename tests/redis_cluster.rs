@@ -1,5 +1,6 @@
-//! The bus on a real three-master Redis Cluster (sharded pub/sub), built by
-//! the test from `redis-server` processes.
+//! The bus and presence on a real three-master Redis Cluster (sharded
+//! pub/sub; presence keys hash-tagged by conversation), built by the test
+//! from `redis-server` processes.
 
 mod common;
 
@@ -102,4 +103,34 @@ async fn sharded_pubsub_carries_every_conversation_across_nodes() {
     }
     let frames = bob.sync().await;
     assert!(messages(&frames).is_empty(), "nothing twice: {frames:?}");
+
+    // Presence in every conversation, whichever shard holds its keys: bob
+    // is present everywhere; alice arrives in each, announced once.
+    for conv in &convs {
+        alice.join(conv, None).await;
+    }
+    let mut arrived = 0;
+    while arrived < convs.len() {
+        let f = bob.next_of("presence_changed").await;
+        if f["data"]["user_id"] == "alice" {
+            assert_eq!(f["data"]["present"], true);
+            arrived += 1;
+        }
+    }
+    for conv in &convs {
+        let (reply, _) = alice
+            .request("presence", serde_json::json!({"conversation_id": conv}))
+            .await;
+        assert_eq!(reply["data"]["users"], serde_json::json!(["alice", "bob"]));
+    }
+
+    // An HTTP-transport connection on n1 takes frames POSTed to n0: the
+    // connection directory lives in the cluster too.
+    let mut tab =
+        common::Client::connect_http(&nodes[1].url(""), &nodes[1].token("bob"), "bob").await;
+    tab.http().post_base = nodes[0].url("");
+    let (pong, _) = tab
+        .request("ping", serde_json::json!({"via": "n0"}))
+        .await;
+    assert_eq!(pong["data"]["via"], "n0");
 }

@@ -223,7 +223,7 @@ async fn one_trace_follows_a_message_from_the_storing_node_to_the_delivering_nod
     }
 
     // A socket's span is exported when it closes; each frame links to it.
-    alice.ws.close(None).await.unwrap();
+    alice.ws().close(None).await.unwrap();
     let socket = receiver
         .wait_for("alice's ws.socket span", |spans| {
             spans

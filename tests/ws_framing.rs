@@ -26,7 +26,8 @@ async fn pong_of(c: &mut common::Client) -> Bytes {
 async fn client_pings_get_their_payload_back_before_and_after_auth() {
     let node = start_node(|_| {}).await;
     let mut c = node.raw().await;
-    c.ws.send(Message::Ping(Bytes::from_static(b"early")))
+    c.ws()
+        .send(Message::Ping(Bytes::from_static(b"early")))
         .await
         .unwrap();
     assert_eq!(pong_of(&mut c).await, Bytes::from_static(b"early"));
@@ -34,7 +35,8 @@ async fn client_pings_get_their_payload_back_before_and_after_auth() {
     c.send(json!({"type": "auth", "token": node.token("alice")}))
         .await;
     assert_eq!(c.next().await["type"], "auth_success");
-    c.ws.send(Message::Ping(Bytes::from_static(b"late")))
+    c.ws()
+        .send(Message::Ping(Bytes::from_static(b"late")))
         .await
         .unwrap();
     assert_eq!(pong_of(&mut c).await, Bytes::from_static(b"late"));
@@ -56,7 +58,7 @@ async fn frames_that_break_the_rfc_close_with_1002_or_1007_and_store_nothing() {
     let send = json!({"type": "send_message", "data": {"conversation_id": conv, "content": "x"}});
     let mut frame = Frame::message(send.to_string(), OpCode::Data(Data::Text), true);
     frame.header_mut().rsv1 = true;
-    alice.ws.send(Message::Frame(frame)).await.unwrap();
+    alice.ws().send(Message::Frame(frame)).await.unwrap();
     assert_eq!(alice.closed().await.code, Some(1002));
 
     // A text frame that is not UTF-8: 1007.
@@ -66,13 +68,13 @@ async fn frames_that_break_the_rfc_close_with_1002_or_1007_and_store_nothing() {
         OpCode::Data(Data::Text),
         true,
     );
-    alice.ws.send(Message::Frame(bad)).await.unwrap();
+    alice.ws().send(Message::Frame(bad)).await.unwrap();
     assert_eq!(alice.closed().await.code, Some(1007));
 
     // Before authentication too, and nothing was stored or delivered.
     let mut lurker = node.raw().await;
     let bad = Frame::message(&b"\xFF"[..], OpCode::Data(Data::Text), true);
-    lurker.ws.send(Message::Frame(bad)).await.unwrap();
+    lurker.ws().send(Message::Frame(bad)).await.unwrap();
     assert_eq!(lurker.closed().await.code, Some(1007));
     let frames = bob.sync().await;
     assert!(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod fake_llm;
+pub mod http;
 pub mod procs;
 pub mod raw;
 pub mod relay;
@@ -23,6 +24,51 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for any one expected event.
 pub const WAIT: Duration = Duration::from_secs(10);
+
+/// Which transport `TestNode::connect` opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    WebSocket,
+    Http,
+}
+
+tokio::task_local! {
+    static TRANSPORT: Transport;
+}
+
+/// Runs `test` with `TestNode::connect` opening `transport`.
+pub async fn over<F: std::future::Future>(transport: Transport, test: F) -> F::Output {
+    TRANSPORT.scope(transport, test).await
+}
+
+/// The transport `TestNode::connect` opens (WebSockets unless `over` says).
+pub fn transport() -> Transport {
+    TRANSPORT.try_with(|t| *t).unwrap_or(Transport::WebSocket)
+}
+
+/// A test that runs once per transport, as `name::websocket` and
+/// `name::http`: what a client sees must not depend on the transport.
+#[macro_export]
+macro_rules! on_every_transport {
+    ($(#[$meta:meta])* async fn $name:ident() $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn body() $body
+
+            $(#[$meta])*
+            async fn websocket() {
+                common::over(common::Transport::WebSocket, body()).await
+            }
+
+            $(#[$meta])*
+            async fn http() {
+                common::over(common::Transport::Http, body()).await
+            }
+        }
+    };
+}
 
 /// A node serving on 127.0.0.1 with a fresh SQLite database.
 pub struct TestNode {
@@ -72,9 +118,12 @@ impl TestNode {
         Client::open(&format!("ws://{}/api/v1/chat/ws", self.addr)).await
     }
 
-    /// An authenticated socket of `user`.
+    /// An authenticated connection of `user`, over the test's transport.
     pub async fn connect(&self, user: &str) -> Client {
-        self.raw().await.authenticate(&self.token(user), user).await
+        match transport() {
+            Transport::WebSocket => self.raw().await.authenticate(&self.token(user), user).await,
+            Transport::Http => Client::connect_http(&self.url(""), &self.token(user), user).await,
+        }
     }
 
     /// REST call with the user's token; returns status and JSON body.
@@ -131,13 +180,20 @@ impl Drop for TestNode {
     }
 }
 
-/// A test's WebSocket.
+type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A test's connection: a WebSocket, or the HTTP transport.
 pub struct Client {
-    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    link: Link,
     pub user: String,
     /// The node holding the socket, from `auth_success`.
     pub node_id: String,
     next_id: u64,
+}
+
+enum Link {
+    Ws(Ws),
+    Http(http::HttpLink),
 }
 
 /// How a socket ended.
@@ -157,12 +213,69 @@ impl Client {
         Client::new(ws)
     }
 
-    fn new(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Client {
+    fn new(ws: Ws) -> Client {
+        Client::with(Link::Ws(ws))
+    }
+
+    fn with(link: Link) -> Client {
         Client {
-            ws,
+            link,
             user: String::new(),
             node_id: String::new(),
             next_id: 0,
+        }
+    }
+
+    /// Opens an HTTP-transport connection of `user` on the node at `base`
+    /// (bearer token); its first frame, `auth_success`, is read.
+    pub async fn connect_http(base: &str, token: &str, user: &str) -> Client {
+        let link = http::HttpLink::open(base, token, None)
+            .await
+            .expect("the event stream opens");
+        Client::with(Link::Http(link)).greeted(user).await
+    }
+
+    /// An HTTP-transport connection whose stream is `link`, once greeted.
+    pub async fn over_http(link: http::HttpLink, user: &str) -> Client {
+        Client::with(Link::Http(link)).greeted(user).await
+    }
+
+    async fn greeted(mut self, user: &str) -> Client {
+        let ok = self.next().await;
+        assert_eq!(ok["type"], "auth_success", "{ok}");
+        assert_eq!(ok["data"]["user_id"], user);
+        self.user = user.to_owned();
+        self.node_id = ok["data"]["node_id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        if let Link::Http(link) = &mut self.link {
+            link.connection_id = ok["data"]["connection_id"].as_str().unwrap().to_owned();
+        }
+        self
+    }
+
+    /// The WebSocket (panics on the HTTP transport).
+    pub fn ws(&mut self) -> &mut Ws {
+        match &mut self.link {
+            Link::Ws(ws) => ws,
+            Link::Http(_) => panic!("a WebSocket test on the HTTP transport"),
+        }
+    }
+
+    /// The HTTP-transport link (panics on a WebSocket).
+    pub fn http(&mut self) -> &mut http::HttpLink {
+        match &mut self.link {
+            Link::Http(link) => link,
+            Link::Ws(_) => panic!("an HTTP-transport test on a WebSocket"),
+        }
+    }
+
+    /// The next message of any kind; None once the connection ended.
+    async fn recv(&mut self) -> Option<Message> {
+        match &mut self.link {
+            Link::Ws(ws) => ws.next().await.and_then(Result::ok),
+            Link::Http(link) => link.next().await,
         }
     }
 
@@ -203,24 +316,29 @@ impl Client {
     }
 
     pub async fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .await
-            .unwrap();
+        match &mut self.link {
+            Link::Ws(ws) => ws.send(Message::text(frame.to_string())).await.unwrap(),
+            Link::Http(link) => link.post(vec![frame]).await,
+        }
     }
 
     pub async fn send_text(&mut self, text: String) {
-        self.ws.send(Message::text(text)).await.unwrap();
+        match &mut self.link {
+            Link::Ws(ws) => ws.send(Message::text(text)).await.unwrap(),
+            Link::Http(link) => {
+                let (status, body) = link.post_raw(text).await;
+                assert_eq!(status, 202, "frames POST: {body}");
+            }
+        }
     }
 
-    /// The next WebSocket message of any kind; panics if none comes within
-    /// `WAIT` or the socket ends.
+    /// The next message of any kind; panics if none comes within `WAIT` or
+    /// the connection ends.
     pub async fn next_message(&mut self) -> Message {
-        tokio::time::timeout(WAIT, self.ws.next())
+        tokio::time::timeout(WAIT, self.recv())
             .await
             .expect("a frame within the timeout")
-            .expect("socket open")
-            .expect("no socket error")
+            .expect("connection open")
     }
 
     /// The next text frame; panics if none comes within `WAIT` or the socket closes.
@@ -287,19 +405,19 @@ impl Client {
     pub async fn closed(&mut self) -> Closed {
         let mut frames = Vec::new();
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout(WAIT, self.recv())
                 .await
-                .expect("the socket closes within the timeout");
+                .expect("the connection closes within the timeout");
             match msg {
-                Some(Ok(Message::Text(t))) => frames.push(serde_json::from_str(&t).unwrap()),
-                Some(Ok(Message::Close(c))) => {
+                Some(Message::Text(t)) => frames.push(serde_json::from_str(&t).unwrap()),
+                Some(Message::Close(c)) => {
                     return Closed {
                         code: c.map(|c| u16::from(c.code)),
                         frames,
                     }
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Closed { code: None, frames },
+                Some(_) => continue,
+                None => return Closed { code: None, frames },
             }
         }
     }
@@ -320,29 +438,37 @@ impl Client {
     ) -> Result<(Value, Vec<Value>), Closed> {
         self.next_id += 1;
         let id = format!("r{}", self.next_id);
-        let frame = json!({"type": kind, "id": id, "data": data}).to_string();
-        let _ = self.ws.send(Message::text(frame)).await;
+        let frame = json!({"type": kind, "id": id, "data": data});
+        match &mut self.link {
+            Link::Ws(ws) => {
+                let _ = ws.send(Message::text(frame.to_string())).await;
+            }
+            Link::Http(link) => {
+                // A connection that is gone answers 404; the stream says why.
+                let _ = link.post_raw(json!([frame]).to_string()).await;
+            }
+        }
         let mut frames = Vec::new();
         loop {
-            let msg = tokio::time::timeout(WAIT, self.ws.next())
+            let msg = tokio::time::timeout(WAIT, self.recv())
                 .await
                 .expect("a reply or a close within the timeout");
             match msg {
-                Some(Ok(Message::Text(t))) => {
+                Some(Message::Text(t)) => {
                     let f: Value = serde_json::from_str(&t).unwrap();
                     if f["data"]["ref"] == id.as_str() {
                         return Ok((f, frames));
                     }
                     frames.push(f);
                 }
-                Some(Ok(Message::Close(c))) => {
+                Some(Message::Close(c)) => {
                     return Err(Closed {
                         code: c.map(|c| u16::from(c.code)),
                         frames,
                     })
                 }
-                Some(Ok(_)) => continue,
-                Some(Err(_)) | None => return Err(Closed { code: None, frames }),
+                Some(_) => continue,
+                None => return Err(Closed { code: None, frames }),
             }
         }
     }
