@@ -1,10 +1,13 @@
 //! The demo page in a real browser: Redis, two node processes and nginx in
 //! front, driven by `tests/browser/e2e.mjs` (Playwright with the system
-//! Chromium). Two tabs of Alice and one of Bob chat, type, stream an
-//! assistant answer, clear unread badges across tabs, edit, react, reply,
-//! rename and delete (the conversation log: every other tab follows),
-//! render Markdown with HTML kept as text, and survive a SIGKILL of the
-//! node behind one tab, catching up on messages and an edit made meanwhile.
+//! Chromium). Over WebSockets, two tabs of Alice and one of Bob chat, type,
+//! see each other present, stream an assistant answer, clear unread badges
+//! across tabs, edit, react, reply, rename and delete (the conversation log:
+//! every other tab follows), render Markdown with HTML kept as text, and
+//! survive a SIGKILL of the node behind one tab, catching up on messages and
+//! an edit made meanwhile. Behind an nginx that refuses WebSocket upgrades,
+//! Alice and Bob end up on the HTTP transport and still chat in real time:
+//! messages, typing, presence and a streamed answer.
 //! Screenshots land in `target/browser-shots/`.
 //!
 //! Needs `node` (18 or newer, as in Debian 12), `npm ci --prefix tests/browser` and Chromium at
@@ -20,9 +23,13 @@ use std::time::{Duration, Instant};
 
 use common::procs::{Nginx, ProcCluster};
 
-/// The whole browser run, start to finish (it normally takes about a minute;
-/// e2e.mjs gives up after 120 s by itself).
+/// One browser run, start to finish (the WebSocket one normally takes about
+/// a minute; e2e.mjs gives up after 120 s by itself).
 const RUN_LIMIT: Duration = Duration::from_secs(180);
+
+/// The runs take turns: each drives its own cluster and Chromium, and two
+/// at once would slow each other down past their waits.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 const INSTALL: &str = "install them with: apt-get install -y chromium nodejs npm && \
                        npm ci --prefix tests/browser (.ci/run does both)";
@@ -77,31 +84,35 @@ fn check_prerequisites() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_demo_page_works_in_a_browser_across_tabs_nodes_and_a_node_kill() {
-    check_prerequisites();
-    let echo_fast = [(
+/// The echo assistant answering quickly, for every node.
+fn echo_fast() -> [(String, String); 1] {
+    [(
         "CONFAB_ASSISTANTS__DEFAULT__ECHO_DELAY_MS".to_owned(),
         "20".to_owned(),
-    )];
-    let cluster = ProcCluster::start_with(2, 1, &echo_fast).await;
-    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
-    let lb = Nginx::start(&ports).await;
-    let pids: BTreeMap<&str, u32> = cluster
+    )]
+}
+
+/// node id -> pid of each node, for e2e.mjs to kill the one behind a tab.
+fn node_pids(cluster: &ProcCluster) -> BTreeMap<&str, u32> {
+    cluster
         .nodes
         .iter()
         .map(|n| (n.node_id.as_str(), n.pid().expect("node running")))
-        .collect();
-    let shots = shots_dir();
-    std::fs::create_dir_all(&shots).unwrap();
+        .collect()
+}
 
+/// Runs one scenario of e2e.mjs against the balancer at `url`; fails with
+/// its output when it fails.
+async fn run_e2e(scenario: &str, url: &str, pids: &BTreeMap<&str, u32>, shots: &Path) {
+    std::fs::create_dir_all(shots).unwrap();
     let started = Instant::now();
     let run = tokio::process::Command::new("node")
         .arg("e2e.mjs")
         .current_dir(browser_dir())
-        .env("CONFAB_E2E_URL", lb.url())
-        .env("CONFAB_E2E_SHOTS", &shots)
-        .env("CONFAB_E2E_NODES", serde_json::to_string(&pids).unwrap())
+        .env("CONFAB_E2E_URL", url)
+        .env("CONFAB_E2E_SHOTS", shots)
+        .env("CONFAB_E2E_NODES", serde_json::to_string(pids).unwrap())
+        .env("CONFAB_E2E_SCENARIO", scenario)
         .env("CONFAB_E2E_CHROMIUM", chromium_path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -110,19 +121,47 @@ async fn the_demo_page_works_in_a_browser_across_tabs_nodes_and_a_node_kill() {
         .output();
     let out = tokio::time::timeout(RUN_LIMIT, run)
         .await
-        .unwrap_or_else(|_| panic!("e2e.mjs did not finish within {RUN_LIMIT:?}"))
+        .unwrap_or_else(|_| panic!("e2e.mjs ({scenario}) did not finish within {RUN_LIMIT:?}"))
         .expect("node e2e.mjs runs");
     println!("{}", String::from_utf8_lossy(&out.stdout));
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
     println!(
-        "e2e.mjs took {:.1} s; screenshots in {}",
+        "e2e.mjs ({scenario}) took {:.1} s; screenshots in {}",
         started.elapsed().as_secs_f64(),
         shots.display()
     );
     assert!(
         out.status.success(),
-        "the browser scenario failed ({}); its output is above, screenshots in {}",
+        "the browser scenario {scenario} failed ({}); its output is above, screenshots in {}",
         out.status,
         shots.display()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_works_in_a_browser_across_tabs_nodes_and_a_node_kill() {
+    check_prerequisites();
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = ProcCluster::start_with(2, 1, &echo_fast()).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let lb = Nginx::start(&ports).await;
+    run_e2e("websocket", &lb.url(), &node_pids(&cluster), &shots_dir()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_page_falls_back_to_the_http_transport_behind_a_proxy_refusing_websockets() {
+    check_prerequisites();
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let cluster = ProcCluster::start_with(2, 1, &echo_fast()).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    // As tests/lb/nginx.conf, but every WebSocket upgrade gets 403.
+    let proxy = Nginx::start_with(include_str!("lb/nginx-no-websocket.conf"), &ports).await;
+    // The proxy does refuse sockets, so the page cannot be on one.
+    let ws = format!("ws://127.0.0.1:{}/api/v1/chat/ws", proxy.port);
+    match tokio_tungstenite::connect_async(&ws).await {
+        Ok(_) => panic!("the proxy let a WebSocket through"),
+        Err(e) => assert!(e.to_string().contains("403"), "not refused with 403: {e}"),
+    }
+    let shots = shots_dir().join("http-transport");
+    run_e2e("http", &proxy.url(), &node_pids(&cluster), &shots).await;
 }

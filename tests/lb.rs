@@ -1,14 +1,15 @@
 //! Three node processes behind a real nginx (round robin, no stickiness):
 //! clients spread over the nodes stay in sync, and stay in sync when one node
-//! is restarted behind the balancer.
+//! is restarted behind the balancer; the HTTP transport works through it.
 
 mod common;
 
 use std::time::Duration;
 
+use common::http::HttpLink;
 use common::procs::{create_chat, token, Nginx, ProcCluster};
-use common::{messages, Client, Closed};
-use serde_json::Value;
+use common::{messages, Client, Closed, WAIT};
+use serde_json::{json, Value};
 
 /// `confab_sockets_open` of one node.
 async fn sockets_open(metrics_url: String) -> i64 {
@@ -220,4 +221,120 @@ async fn a_rolling_restart_under_traffic_loses_nothing() {
     for t in &tabs[1..] {
         assert_eq!(t.seen, tabs[0].seen);
     }
+}
+
+/// An HTTP-transport connection of `user` through the balancer, opened
+/// with a ticket. While a restart leaves the balancer no node to offer, it
+/// is asked again, as a real client would with backoff.
+async fn connect_http(lb: &Nginx, user: &str) -> Client {
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let resp = http
+            .post(format!("{}/api/v1/chat/tickets", lb.url()))
+            .bearer_auth(token(user))
+            .send()
+            .await
+            .unwrap();
+        if resp.status() == 201 {
+            let body: Value = resp.json().await.unwrap();
+            let query = format!("ticket={}", body["ticket"].as_str().unwrap());
+            if let Ok(link) = HttpLink::open(&lb.url(), &token(user), Some(&query)).await {
+                return Client::over_http(link, user).await;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no event stream");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn send_frame(id: &str, conv: &str, content: &str) -> Value {
+    json!({"type": "send_message", "id": id, "data": {"conversation_id": conv, "content": content}})
+}
+
+/// The HTTP transport through nginx: the event stream is passed on as it
+/// comes; frame POSTs reach the stream whichever node each lands on, and
+/// keep their order (one at a time, or several in one array); a draining
+/// node ends the stream with a last frame saying 1012, after which a POST
+/// to that connection is 404, and the client resumes on another node with a
+/// new ticket and `since_seq`, missing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_transport_works_through_nginx_and_a_node_drain() {
+    let mut cluster = ProcCluster::start(3, 1).await;
+    let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    let lb = Nginx::start(&ports).await;
+    let conv = create_chat(&lb.url(), "h0", &["h1"]).await;
+    let mut h0 = connect_http(&lb, "h0").await;
+    h0.join(&conv, None).await;
+    let mut h1 = Client::connect(&lb.ws_url(), &token("h1"), "h1").await;
+    h1.join(&conv, None).await;
+
+    // What the stream's client holds: (seq, content) of each message received.
+    let mut seen = Vec::new();
+    // A message from the socket comes down the stream.
+    h1.say(&conv, "from the socket").await;
+    let (got, _) = h0.until(|f| f["type"] == "message_received").await;
+    seen.extend(messages(&[got]));
+
+    // Six POSTs, each after the previous one's 202: round robin spreads
+    // them over the nodes, and they are stored in the order sent.
+    for i in 0..6 {
+        let (ack, before) = h0
+            .request(
+                "send_message",
+                json!({"conversation_id": conv, "content": format!("post {i}")}),
+            )
+            .await;
+        assert_eq!(ack["type"], "ack", "{ack}");
+        assert_eq!(ack["data"]["seq"], i + 2, "{ack}");
+        seen.extend(messages(&before));
+    }
+    // Three in one POST: handled in order.
+    let batch = (0..3)
+        .map(|i| send_frame(&format!("b{i}"), &conv, &format!("batch {i}")))
+        .collect();
+    h0.http().post(batch).await;
+    for i in 0..3 {
+        let id = format!("b{i}");
+        let (ack, before) = h0.until(|f| f["data"]["ref"] == id.as_str()).await;
+        assert_eq!(ack["data"]["seq"], i + 8, "{ack}");
+        seen.extend(messages(&before));
+    }
+
+    // Drain the node holding the stream: the stream's last frame says so.
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.node_id == h0.node_id)
+        .expect("the stream's node is one of ours");
+    cluster.nodes[victim].signal("TERM");
+    let closed = h0.closed().await;
+    assert_eq!(closed.code, Some(1012), "{closed:?}");
+    seen.extend(messages(&closed.frames));
+    let late = json!([{"type": "ping", "id": "late"}]).to_string();
+    let (status, body) = h0.http().post_raw(late).await;
+    assert_eq!(status, 404, "a POST to the ended connection: {body}");
+    assert_eq!(
+        cluster.nodes[victim]
+            .wait_exit(Duration::from_secs(20))
+            .await,
+        Some(0)
+    );
+
+    // Meanwhile the socket goes on; the stream's client resumes elsewhere.
+    h1.say(&conv, "while the stream was away").await;
+    let mut h0 = connect_http(&lb, "h0").await;
+    let since = seen.last().map(|(s, _)| *s).unwrap_or(0);
+    h0.join(&conv, Some(since)).await;
+    while seen.len() < 11 {
+        let (f, _) = h0.until(|f| f["type"] == "message_received").await;
+        seen.extend(messages(&[f]));
+    }
+
+    let mut want = vec!["from the socket".to_owned()];
+    want.extend((0..6).map(|i| format!("post {i}")));
+    want.extend((0..3).map(|i| format!("batch {i}")));
+    want.push("while the stream was away".to_owned());
+    let want: Vec<(i64, String)> = (1..).zip(want).collect();
+    assert_eq!(seen, want, "every message once, in order");
 }

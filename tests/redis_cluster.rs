@@ -129,8 +129,6 @@ async fn sharded_pubsub_carries_every_conversation_across_nodes() {
     let mut tab =
         common::Client::connect_http(&nodes[1].url(""), &nodes[1].token("bob"), "bob").await;
     tab.http().post_base = nodes[0].url("");
-    let (pong, _) = tab
-        .request("ping", serde_json::json!({"via": "n0"}))
-        .await;
+    let (pong, _) = tab.request("ping", serde_json::json!({"via": "n0"})).await;
     assert_eq!(pong["data"]["via"], "n0");
 }

@@ -1,5 +1,7 @@
-// confab demo client: one WebSocket per tab (docs/protocol.md), REST for the
-// chat list, chat creation and as a fallback while the socket is down.
+// confab demo client: one connection per tab (docs/protocol.md), a WebSocket
+// or, where a proxy refuses WebSockets, the HTTP transport (an event stream
+// down, frame POSTs up); REST for the chat list, chat creation and for
+// changes made while no connection is up.
 // Plain ES module, no dependencies. User content only ever goes through
 // textContent (Markdown included: it is built as DOM nodes, never as HTML).
 
@@ -9,11 +11,18 @@ const OPEN_KEY = 'confab.open'; // the open chat survives a reload too
 const BACKOFF_MIN_MS = 500;
 const BACKOFF_MAX_MS = 10_000;
 const REQUEST_TIMEOUT_MS = 10_000; // also the longest wait for auth_success
-const HEARTBEAT_MS = 20_000; // a ping unanswered for REQUEST_TIMEOUT_MS drops the socket
+const HEARTBEAT_MS = 20_000; // a ping unanswered for REQUEST_TIMEOUT_MS drops the connection
 const TYPING_RESEND_MS = 2_500; // refresh `typing: true` while typing goes on
 const TYPING_IDLE_MS = 3_000; // quiet this long: `typing: false`
 const TYPER_TTL_MS = 6_500; // a remote typer expires without news (server typing_ttl + margin)
-const POLL_MS = 3_000; // REST fallback polling
+const WS_FAILURES_FOR_HTTP = 3; // sockets in a row that heard nothing: move to the HTTP transport
+const WS_RETRY_MS = 60_000; // on the HTTP transport, a socket is tried again this often
+const BATCH_BYTES = 32_768; // frames POSTed together, at most (half the server's body limit)
+const BATCH_FRAMES = 32;
+const POST_TRIES = 3; // a frame POST answered 429 or 502-504 is tried this often
+const PRESENCE_LIVE_MAX = 200; // larger chats get no presence_changed...
+const PRESENCE_POLL_MS = 30_000; // ...so their presence is asked again this often while shown
+const PEOPLE_LISTED = 8; // the header names participants up to this many, else counts them
 const HISTORY_WINDOW = 50; // log entries loaded per chat at first
 const HISTORY_CAP = 500; // unread entries replayed at most
 const GAP_WAIT_MS = 800; // a seq gap that does not fill by itself this long is fetched
@@ -27,13 +36,16 @@ const state = {
   session: null, // {token, user_id, name}
   chats: new Map(), // id -> chat (see newChat)
   openId: null,
-  ws: null,
-  connected: false, // authenticated socket
+  conn: null, // the live connection (see connect)
+  mode: 'websocket', // the transport the next connection uses: 'websocket' or 'http'
+  wsFailures: 0, // sockets in a row on which nothing arrived
+  probe: null, // on the HTTP transport: a socket being tried on the side
+  probeTimer: null,
+  connected: false, // authenticated connection
   nodeId: null,
   attempt: 0,
   reconnectTimer: null,
   heartbeat: null,
-  pollTimer: null,
   renewTimer: null,
   replies: new Map(), // frame id -> {resolve, reject, timer}
   streams: new Map(), // stream_id -> {id, convId, messageId, assistantId, parts, el}
@@ -373,10 +385,10 @@ async function signIn(event) {
 function signOut() {
   sessionStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(OPEN_KEY);
-  location.reload(); // drops the socket, timers and every chat at once
+  location.reload(); // drops the connection, timers and every chat at once
 }
 
-/** A fresh dev token for the same name, sent on the socket before the old one expires. */
+/** A fresh dev token for the same name, sent on the connection before the old one expires. */
 async function renewToken() {
   try {
     state.session = await fetchDevToken(state.session.name);
@@ -421,7 +433,21 @@ async function apiRaw(method, path, body, retried = false) {
 
 const api = (method, path, body) => apiRaw(method, path, body).then((r) => r.data);
 
-// ------------------------------------------------------------------ socket
+// ------------------------------------------------------------------ connection
+//
+// One live connection per tab, over one of two transports; the rest of the
+// page sends through `send(frame)` and receives through `onFrame(frame)`:
+//  - websocket: `GET /ws`, frames both ways, `auth` first;
+//  - http, for proxies that refuse WebSocket upgrades: the server's frames
+//    arrive as server-sent events (`GET /events`, opened with a single-use
+//    ticket), the client's are POSTed to `/connections/{connection_id}/frames`,
+//    one request at a time so that they keep their order.
+// A tab starts on the socket. After WS_FAILURES_FOR_HTTP sockets in a row on
+// which nothing arrived it moves to HTTP, and from there tries a socket on the
+// side every WS_RETRY_MS, moving back as soon as one authenticates.
+//
+// A connection is {kind, authed, heard, send(frame), close()}; whatever ends
+// it calls `closed(conn, code)` (a WebSocket close code).
 
 function wsUrl() {
   return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${API}/ws`;
@@ -429,19 +455,106 @@ function wsUrl() {
 
 function connect() {
   clearTimeout(state.reconnectTimer);
-  const ws = new WebSocket(wsUrl());
-  state.ws = ws;
-  ws.onopen = () => ws.send(JSON.stringify({ type: 'auth', token: state.session.token }));
-  ws.onmessage = (e) => ws === state.ws && onFrame(JSON.parse(e.data));
-  ws.onclose = (e) => onClose(ws, e);
-  // A socket that never authenticates (a hung node, a lost handshake) is dropped.
-  setTimeout(() => ws === state.ws && !state.connected && drop(ws), REQUEST_TIMEOUT_MS);
+  const conn = state.mode === 'http' ? openHttp() : openSocket();
+  state.conn = conn;
+  // A connection that never authenticates (a hung node, a lost handshake, a
+  // proxy holding frames back) is dropped.
+  setTimeout(() => conn === state.conn && !conn.authed && drop(conn), REQUEST_TIMEOUT_MS);
 }
 
-/** Treats the socket as closed now, without waiting for a closing handshake. */
-function drop(ws) {
-  ws.close();
-  onClose(ws, { code: 1006 });
+/** Sends one client frame on the live connection, whatever its transport. */
+function send(frame) {
+  state.conn.send(frame);
+}
+
+/** Every server frame of every connection passes here; the live one's go on to onFrame. */
+function receive(conn, frame) {
+  conn.heard = true;
+  if (conn === state.probe) {
+    if (frame.type === 'auth_success') adoptProbe(conn, frame.data);
+    return;
+  }
+  if (conn !== state.conn) return;
+  if (frame.type === 'auth_success' && !frame.data?.ref) conn.authed = true;
+  onFrame(frame);
+}
+
+/** Treats a connection as ended now, without waiting for its transport to say so. */
+function drop(conn, code = 1006) {
+  conn.close();
+  closed(conn, code);
+}
+
+function closed(conn, code) {
+  if (conn === state.probe) {
+    state.probe = null;
+    return;
+  }
+  if (conn !== state.conn) return;
+  state.conn = null;
+  if (conn.kind === 'websocket' && !conn.heard) state.wsFailures += 1;
+  resetSession();
+  if (state.mode === 'websocket' && state.wsFailures >= WS_FAILURES_FOR_HTTP) {
+    // Sockets do not get through (a proxy refusing upgrades): HTTP, at once.
+    state.mode = 'http';
+    state.attempt = 0;
+    state.probeTimer = setInterval(probe, WS_RETRY_MS);
+    setStatus('connecting');
+    connect();
+  } else if (code === 4001 || code === 4003) {
+    // Refused or expired token: get a fresh one before trying again.
+    renewToken().finally(scheduleReconnect);
+  } else {
+    scheduleReconnect();
+  }
+}
+
+/** The connection is gone: requests waiting for an answer fail, no chat is
+ *  joined any more, and what only a connection tells (typing, streams,
+ *  presence) is unknown until the next one. */
+function resetSession() {
+  state.connected = false;
+  for (const { reject, timer } of state.replies.values()) {
+    clearTimeout(timer);
+    reject(Object.assign(new Error('connection lost'), { code: 'DISCONNECTED' }));
+  }
+  state.replies.clear();
+  clearInterval(state.heartbeat);
+  for (const chat of state.chats.values()) {
+    chat.joined = false;
+    chat.typers.clear();
+    chat.present = null;
+  }
+  state.streams.clear(); // stored answers come back through the replay
+  state.typing.convId = null;
+  renderChatList();
+  renderChat();
+}
+
+function scheduleReconnect() {
+  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
+  const delay = Math.min(BACKOFF_MAX_MS, base * (1 + Math.random() * 0.5));
+  state.attempt += 1;
+  setStatus(state.attempt > 2 ? 'offline' : 'reconnecting');
+  clearTimeout(state.reconnectTimer);
+  state.reconnectTimer = setTimeout(connect, delay);
+}
+
+async function onAuthenticated(data) {
+  const conn = state.conn;
+  state.connected = true;
+  state.attempt = 0;
+  if (conn.kind === 'websocket') state.wsFailures = 0;
+  state.nodeId = data.node_id || '?';
+  setStatus('connected');
+  scheduleRenewal(data.expires_at);
+  state.heartbeat = setInterval(() => {
+    request('ping', {}).catch((e) => e.code === 'TIMEOUT' && conn === state.conn && drop(conn));
+  }, HEARTBEAT_MS);
+  await refreshChats();
+  await Promise.all([...state.chats.values()].map(join));
+  markRead(state.chats.get(state.openId)); // a mark set while offline
+  renderChat();
 }
 
 /** Sends a frame with an id; resolves with the frame answering it (`ref`). */
@@ -457,66 +570,186 @@ function request(type, data, extra = {}) {
       reject(Object.assign(new Error(`${type}: no answer`), { code: 'TIMEOUT' }));
     }, REQUEST_TIMEOUT_MS);
     state.replies.set(id, { resolve, reject, timer });
-    state.ws.send(JSON.stringify({ type, id, ...(data ? { data } : {}), ...extra }));
+    send({ type, id, ...(data ? { data } : {}), ...extra });
   });
 }
 
 /** Sends a frame that needs no answer (typing, mark_read); dropped while offline. */
 function fire(type, data) {
-  if (state.connected) state.ws.send(JSON.stringify({ type, data }));
+  if (state.connected) send({ type, data });
 }
 
-function onClose(ws, event) {
-  if (ws !== state.ws) return;
-  state.ws = null;
-  state.connected = false;
-  for (const { reject, timer } of state.replies.values()) {
-    clearTimeout(timer);
-    reject(Object.assign(new Error('connection lost'), { code: 'DISCONNECTED' }));
-  }
-  state.replies.clear();
-  clearInterval(state.heartbeat);
-  for (const chat of state.chats.values()) {
-    chat.joined = false;
-    chat.typers.clear();
-  }
-  state.streams.clear(); // stored answers come back through the replay
-  state.typing.convId = null;
-  renderChat();
-  if (event.code === 4001 || event.code === 4003) {
-    // Refused or expired token: get a fresh one before trying again.
-    renewToken().finally(scheduleReconnect);
-  } else {
-    scheduleReconnect();
-  }
+// ------------------------------------------------------------------ the WebSocket transport
+
+function openSocket() {
+  const ws = new WebSocket(wsUrl());
+  const conn = {
+    kind: 'websocket',
+    authed: false,
+    heard: false,
+    send: (frame) => ws.send(JSON.stringify(frame)),
+    close: () => ws.close(),
+  };
+  ws.onopen = () => conn.send({ type: 'auth', token: state.session.token });
+  ws.onmessage = (e) => receive(conn, JSON.parse(e.data));
+  ws.onclose = (e) => closed(conn, e.code);
+  return conn;
 }
 
-function scheduleReconnect() {
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-  const delay = Math.min(BACKOFF_MAX_MS, base * (1 + Math.random() * 0.5));
-  state.attempt += 1;
-  // The first retries are quick; beyond that the tab works over REST meanwhile.
-  setStatus(state.attempt > 2 ? 'fallback' : 'reconnecting');
-  startPolling();
+/** On the HTTP transport: a socket tried on the side, adopted if it authenticates. */
+function probe() {
+  if (state.probe) return;
+  const conn = openSocket();
+  state.probe = conn;
+  setTimeout(() => {
+    if (state.probe !== conn) return;
+    state.probe = null;
+    conn.close();
+  }, REQUEST_TIMEOUT_MS);
+}
+
+/** The socket tried on the side authenticated: it replaces the HTTP
+ *  connection, and the chats are joined again on it (with since_seq, as
+ *  after any reconnect). Requests still waiting on HTTP fail and are retried
+ *  by their senders. */
+function adoptProbe(conn, data) {
+  state.probe = null;
+  clearInterval(state.probeTimer);
+  state.probeTimer = null;
   clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = setTimeout(connect, delay);
+  state.mode = 'websocket';
+  state.conn?.close();
+  resetSession();
+  conn.authed = true;
+  state.conn = conn;
+  onAuthenticated(data);
 }
 
-async function onAuthenticated(data) {
-  state.connected = true;
-  state.attempt = 0;
-  state.nodeId = data.node_id || '?';
-  stopPolling();
-  setStatus('connected');
-  scheduleRenewal(data.expires_at);
-  const ws = state.ws;
-  state.heartbeat = setInterval(() => {
-    request('ping', {}).catch((e) => e.code === 'TIMEOUT' && ws === state.ws && drop(ws));
-  }, HEARTBEAT_MS);
-  await refreshChats();
-  await Promise.all([...state.chats.values()].map(join));
-  markRead(state.chats.get(state.openId)); // a mark set while offline
-  renderChat();
+// ------------------------------------------------------------------ the HTTP transport
+
+function openHttp() {
+  const conn = {
+    kind: 'http',
+    authed: false,
+    heard: false,
+    id: null, // connection_id, from auth_success: where frames are POSTed
+    source: null, // the EventSource
+    queue: [], // client frames (JSON text) not POSTed yet
+    posting: false,
+    ended: false,
+    send: (frame) => {
+      conn.queue.push(JSON.stringify(frame));
+      postFrames(conn);
+    },
+    close: () => {
+      conn.ended = true;
+      conn.source?.close();
+    },
+  };
+  openEvents(conn);
+  return conn;
+}
+
+/** A ticket, then the event stream opened with it. */
+async function openEvents(conn) {
+  let ticket;
+  try {
+    ({ ticket } = await api('POST', '/tickets'));
+  } catch (e) {
+    return closed(conn, e.code === 'AUTH_FAILED' || e.code === 'TOKEN_EXPIRED' ? 4001 : 1006);
+  }
+  if (conn.ended) return;
+  const source = new EventSource(`${API}/events?ticket=${encodeURIComponent(ticket)}`);
+  conn.source = source;
+  source.onmessage = (e) => {
+    let frame;
+    try {
+      frame = JSON.parse(e.data);
+    } catch {
+      return;
+    }
+    const d = frame.data || {};
+    if (frame.type === 'error' && d.close_code) {
+      // The node's last frame before it ends the stream: what a socket's
+      // close code would say (1012 restarting, 4003 token expired...).
+      source.close();
+      closed(conn, d.close_code);
+      return;
+    }
+    if (frame.type === 'auth_success' && !d.ref) conn.id = d.connection_id;
+    receive(conn, frame);
+  };
+  // EventSource would retry by itself, with the same URL, but a ticket is
+  // single use: close it and reconnect with a fresh ticket instead.
+  source.onerror = () => {
+    source.close();
+    closed(conn, 1006);
+  };
+}
+
+/** POSTs the queued frames, one request at a time so that they keep their
+ *  order; frames queued meanwhile go together in the next one. Answers
+ *  arrive on the event stream. */
+async function postFrames(conn) {
+  if (conn.posting || conn.ended || !conn.queue.length) return;
+  conn.posting = true;
+  const batch = takeBatch(conn);
+  for (let tries = 1; ; tries++) {
+    let r = null;
+    try {
+      r = await fetch(`${API}/connections/${encodeURIComponent(conn.id)}/frames`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${state.session.token}`, 'content-type': 'application/json' },
+        body: `[${batch.join(',')}]`,
+      });
+    } catch {
+      // No answer at all: handled below with the failures.
+    }
+    if (conn.ended) return;
+    if (r?.status === 202) break;
+    if (r?.status === 413) {
+      // One frame over the server's limit (batches stay well below it):
+      // answered as a socket would answer a frame it refuses.
+      refuseFrames(conn, batch, 'MESSAGE_TOO_LONG', 'frame too large');
+      break;
+    }
+    if (tries < POST_TRIES && [429, 502, 503, 504].includes(r?.status)) {
+      const wait = Number(r.headers.get('retry-after')) * 1000 || 1000;
+      await new Promise((resolve) => setTimeout(resolve, wait));
+      if (conn.ended) return;
+      continue;
+    }
+    // 404 (the connection ended), 401, 403, no answer, a server still failing:
+    // the connection is lost. Requests waiting on it fail, and their senders
+    // retry them (over REST meanwhile); a new stream is opened.
+    return drop(conn, r?.status === 401 ? 4001 : 1006);
+  }
+  conn.posting = false;
+  postFrames(conn);
+}
+
+/** The oldest queued frames, as many as fit in one POST (at least one). */
+function takeBatch(conn) {
+  const batch = [conn.queue.shift()];
+  let bytes = utf8Length(batch[0]);
+  while (batch.length < BATCH_FRAMES && conn.queue.length) {
+    const next = utf8Length(conn.queue[0]);
+    if (bytes + next > BATCH_BYTES) break;
+    bytes += next;
+    batch.push(conn.queue.shift());
+  }
+  return batch;
+}
+
+const utf8 = new TextEncoder();
+const utf8Length = (text) => utf8.encode(text).length;
+
+/** Answers the frames among `batch` that wait for a reply with an error, through onFrame. */
+function refuseFrames(conn, batch, code, message) {
+  for (const text of batch) {
+    const { id } = JSON.parse(text);
+    if (id) receive(conn, { type: 'error', data: { ref: id, code, message } });
+  }
 }
 
 function onFrame(frame) {
@@ -566,6 +799,9 @@ function onFrame(frame) {
     case 'read_receipt':
       onReadReceipt(d);
       break;
+    case 'presence_changed':
+      onPresenceChanged(d);
+      break;
     case 'left':
       removeChat(d.conversation_id);
       break;
@@ -577,44 +813,75 @@ function onFrame(frame) {
 
 // ------------------------------------------------------------------ status pill
 
+const TRANSPORT_NAMES = { websocket: 'websocket', http: 'http stream' };
+
 function setStatus(status) {
   const pill = $('status');
   pill.dataset.state = status;
   if (status === 'connected') {
+    const kind = state.conn.kind;
     pill.dataset.nodeId = state.nodeId;
-    pill.textContent = `Connected · ${state.nodeId}`;
-    pill.title = `WebSocket open on node ${state.nodeId}`;
+    pill.dataset.transport = kind;
+    pill.textContent = `Connected · ${TRANSPORT_NAMES[kind]} · ${state.nodeId}`;
+    pill.title = kind === 'http'
+      ? `Connected to node ${state.nodeId} over HTTP (an event stream and POSTs): WebSockets do not get through; one is tried every minute`
+      : `WebSocket open on node ${state.nodeId}`;
   } else {
     delete pill.dataset.nodeId;
-    pill.textContent = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', fallback: 'REST fallback' }[status];
-    pill.title = status === 'fallback'
-      ? 'The socket is down: messages go over REST and the chat is polled, while reconnecting'
-      : 'Opening the WebSocket';
+    delete pill.dataset.transport;
+    pill.textContent = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', offline: 'Offline · retrying' }[status];
+    pill.title = status === 'offline'
+      ? 'No connection: messages and changes go over REST meanwhile'
+      : `Opening the connection (${TRANSPORT_NAMES[state.mode]})`;
   }
   $('ask').disabled = status !== 'connected';
 }
 
-// ------------------------------------------------------------------ REST fallback
+// ------------------------------------------------------------------ presence
+//
+// Who is present in a chat: the users with a connection joined to it (every
+// tab joins all its chats, so in effect the participants who are online).
+// `presence` is asked after each join and `presence_changed` keeps it live,
+// for the sidebar's dots too, since every chat is joined. Chats with more
+// than PRESENCE_LIVE_MAX participants get no `presence_changed`: they are
+// asked again every PRESENCE_POLL_MS while open or in view in the sidebar.
+// With no connection up presence is unknown, and no dot shows.
 
-function startPolling() {
-  if (state.pollTimer) return;
-  state.pollTimer = setInterval(poll, POLL_MS);
-}
-
-function stopPolling() {
-  clearInterval(state.pollTimer);
-  state.pollTimer = null;
-}
-
-async function poll() {
-  if (state.connected) return stopPolling();
+async function askPresence(chat) {
   try {
-    await refreshChats();
-    const chat = state.chats.get(state.openId);
-    if (chat && (!chat.synced || chat.serverSeq > chat.contig)) await syncWindow(chat);
+    const d = await request('presence', { conversation_id: chat.id });
+    if (!chat.joined) return; // answered after the connection was lost
+    chat.present = new Set(d.users);
+    scheduleRender(chat);
   } catch (e) {
-    console.warn('poll failed', e);
+    // Lost with the connection (the next join asks again), or refused.
+    if (e.code !== 'DISCONNECTED') console.warn('presence failed', e);
   }
+}
+
+function onPresenceChanged(d) {
+  const chat = state.chats.get(d.conversation_id);
+  if (!chat?.present) return; // the answer to `presence`, still to come, includes it
+  if (d.present) chat.present.add(d.user_id);
+  else chat.present.delete(d.user_id);
+  scheduleRender(chat);
+}
+
+/** Asks again for the presence of the large chats that are shown. */
+function pollPresence() {
+  if (!state.connected || !reading()) return;
+  const view = document.querySelector('.chat-list-wrap').getBoundingClientRect();
+  for (const chat of state.chats.values()) {
+    if (!chat.joined || chat.participants.length <= PRESENCE_LIVE_MAX) continue;
+    const item = document.querySelector(`[data-testid=chat-item][data-chat-id="${chat.id}"]`)?.getBoundingClientRect();
+    const inView = item && item.height > 0 && item.bottom > view.top && item.top < view.bottom;
+    if (chat.id === state.openId || inView) askPresence(chat);
+  }
+}
+
+/** The other users present in a chat. */
+function othersPresent(chat) {
+  return chat.present ? [...chat.present].filter((u) => u !== me()) : [];
 }
 
 // ------------------------------------------------------------------ chats
@@ -649,6 +916,7 @@ function newChat(conv) {
     pending: new Map(), // client_msg_id -> {cmid, content, replyTo, state, error}
     replyTo: null, // id of the message the composer answers
     typers: new Map(), // user_id -> expiry timer
+    present: null, // ids of the users present (a Set), null while unknown
     joined: false,
     joining: null,
     gapTimer: null,
@@ -736,6 +1004,7 @@ function join(chat) {
         if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
         if (chat.id === state.openId) renderHeader();
         scheduleRender(chat);
+        askPresence(chat);
       })
       .catch((e) => {
         if (e.code === 'FORBIDDEN' || e.code === 'NOT_FOUND') removeChat(chat.id);
@@ -952,7 +1221,7 @@ async function deliver(chat, p) {
         if (e.code !== 'DISCONNECTED' && e.code !== 'TIMEOUT') throw e;
       }
     }
-    // No socket: the REST fallback (deduplicated by client_msg_id too).
+    // No connection: over REST (deduplicated by client_msg_id too).
     const { conversation_id: _, ...body } = data;
     ingest(await api('POST', `/chats/${chat.id}/messages`, body));
   } catch (e) {
@@ -962,7 +1231,7 @@ async function deliver(chat, p) {
   scheduleRender(chat);
 }
 
-/** An edit, deletion or reaction: over the socket, or REST while it is down.
+/** An edit, deletion or reaction: over the connection, or REST while none is up.
  *  The result arrives as `message_updated` (REST answers it directly).
  *  Resolves true once the server took it. */
 async function changeMessage(chat, type, messageId, extra = {}) {
@@ -1007,7 +1276,7 @@ function markRead(chat) {
   if (state.connected) {
     fire('mark_read', { conversation_id: chat.id, seq });
   } else {
-    // The REST fallback has a read call too; on failure the next render retries.
+    // REST has a read call too; on failure the next render retries.
     api('POST', `/chats/${chat.id}/read`, { seq }).catch(() => {
       if (chat.readSent === seq) chat.readSent = Math.min(seq - 1, chat.lastRead);
     });
@@ -1294,6 +1563,7 @@ function renderChatList() {
   list.replaceChildren(
     ...chats.map((chat) => {
       const unread = chat.id === state.openId && reading() ? 0 : unreadCount(chat);
+      const here = othersPresent(chat);
       return el('li', {},
         el('button', {
           type: 'button',
@@ -1303,7 +1573,9 @@ function renderChatList() {
           'aria-current': chat.id === state.openId ? 'true' : null,
           onclick: () => openChat(chat.id),
         },
-        avatarFor(chat.assistantId ? '✦' : chatTitle(chat)),
+        el('span', { className: 'avatar-wrap' },
+          avatarFor(chat.assistantId ? '✦' : chatTitle(chat)),
+          here.length ? el('span', { className: 'presence-dot', 'data-testid': 'presence-dot', title: `Here: ${here.join(', ')}` }) : null),
         el('span', { className: 'chat-item-text' },
           el('span', { className: 'chat-item-title', 'data-testid': 'chat-item-title', text: chatTitle(chat) }),
           el('span', { className: 'chat-item-preview', text: previewOf(lastMessage(chat)) })),
@@ -1337,9 +1609,30 @@ function renderHeader() {
   $('title-row').hidden = renaming;
   $('rename-form').hidden = !renaming;
   $('chat-title').textContent = chatTitle(chat);
-  const people = chat.participants.map((p) => (p === me() ? `${p} (you)` : p));
-  if (chat.assistantId) people.push(assistantName(chat.assistantId));
-  $('chat-people').textContent = people.join(' · ');
+  $('chat-people').replaceChildren(...people(chat));
+}
+
+/** The header's participants, each with a presence dot; in a large chat,
+ *  how many are here. */
+function people(chat) {
+  const present = chat.present || new Set();
+  const dot = (on) => el('span', { className: `dot${on ? ' on' : ''}`, 'aria-hidden': 'true' });
+  let items;
+  if (chat.participants.length > PEOPLE_LISTED) {
+    const here = chat.participants.filter((p) => present.has(p)).length;
+    items = [el('span', { className: 'person', 'data-testid': 'presence-count', 'data-here': here },
+      dot(here > 0), `${here} here of ${chat.participants.length}`)];
+  } else {
+    items = chat.participants.map((p) => {
+      const on = present.has(p);
+      return el('span', {
+        className: 'person', 'data-testid': 'participant', 'data-user': p, 'data-present': String(on),
+        title: chat.present ? `${p} ${on ? 'is here' : 'is away'}` : null,
+      }, dot(on), p === me() ? `${p} (you)` : p);
+    });
+  }
+  if (chat.assistantId) items.push(el('span', { className: 'person' }, assistantName(chat.assistantId)));
+  return items;
 }
 
 function renderTyping() {
@@ -1665,6 +1958,7 @@ function start() {
   $('me-id').textContent = `@${state.session.user_id}`;
   $('me-avatar').replaceWith(Object.assign(avatarFor(state.session.user_id), { id: 'me-avatar' }));
   setStatus('connecting');
+  setInterval(pollPresence, PRESENCE_POLL_MS);
   const saved = sessionStorage.getItem(OPEN_KEY);
   refreshChats().then(() => {
     if (!state.openId && state.chats.has(saved)) openChat(saved);

@@ -3,14 +3,20 @@
 //   CONFAB_E2E_URL     the balancer's base URL, e.g. http://127.0.0.1:8080
 //   CONFAB_E2E_SHOTS   folder for screenshots (written at the end and on failure)
 //   CONFAB_E2E_NODES   JSON map node_id -> pid, to SIGKILL the node behind a tab
+//   CONFAB_E2E_SCENARIO (optional) `websocket` (the default) or `http`
 //   CONFAB_E2E_CHROMIUM (optional) the browser binary, default /usr/bin/chromium
 //
-// Alice has two tabs (same user, one browser context), Bob one (another
-// context). Every step waits for a condition with a timeout; none sleeps.
-// Besides messages, typing, streaming, unread badges and a node kill, it
-// drives the conversation log (docs/protocol.md, v1.1) through the page's
-// own controls: edit, reactions, reply, rename, delete, and checks that
-// Markdown renders while HTML in a message stays text.
+// Every step waits for a condition with a timeout; none sleeps.
+//
+// `websocket`: Alice has two tabs (same user, one browser context), Bob one
+// (another context). Besides messages, typing, streaming, presence, unread
+// badges and a node kill, it drives the conversation log (docs/protocol.md,
+// v1.1) through the page's own controls: edit, reactions, reply, rename,
+// delete, and checks that Markdown renders while HTML in a message stays text.
+//
+// `http`: behind a proxy that refuses WebSocket upgrades, Alice and Bob (a
+// tab each) find themselves on the HTTP transport and chat in real time:
+// messages, typing, presence, an assistant answer streaming into both.
 
 import { mkdirSync, readdirSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
@@ -19,6 +25,7 @@ import { chromium } from 'playwright-core';
 const BASE = must('CONFAB_E2E_URL');
 const SHOTS = must('CONFAB_E2E_SHOTS');
 const NODES = JSON.parse(must('CONFAB_E2E_NODES'));
+const SCENARIO = process.env.CONFAB_E2E_SCENARIO || 'websocket';
 const CHROMIUM = process.env.CONFAB_E2E_CHROMIUM || '/usr/bin/chromium';
 const STEP_MS = 10_000; // any single wait
 const TOTAL_MS = 120_000; // the whole scenario
@@ -84,10 +91,20 @@ async function openTab(context, label) {
   });
   // Every log entry each socket of the tab received: [socket, seq, type].
   page.e2eEntries = [];
+  // Frames any socket of the tab received; event streams and frame POSTs of the HTTP transport.
+  page.e2eSocketFrames = 0;
+  page.e2eStreams = 0;
+  page.e2eFramePosts = 0;
+  page.on('request', (r) => {
+    const path = new URL(r.url()).pathname;
+    if (path.endsWith('/chat/events')) page.e2eStreams += 1;
+    if (r.method() === 'POST' && /\/connections\/[^/]+\/frames$/.test(path)) page.e2eFramePosts += 1;
+  });
   let sockets = 0;
   page.on('websocket', (ws) => {
     const socket = ++sockets;
     ws.on('framereceived', ({ payload }) => {
+      page.e2eSocketFrames += 1;
       let f;
       try {
         f = JSON.parse(String(payload));
@@ -116,6 +133,68 @@ async function connected(page, notOn) {
     return pill.dataset.state === 'connected' && pill.dataset.nodeId && pill.dataset.nodeId !== not;
   }, notOn ?? null);
   return page.getByTestId('status').getAttribute('data-node-id');
+}
+
+/** Waits for the status pill to say connected over `transport` (`websocket` or `http`). */
+async function over(page, transport) {
+  await until(page, `status connected over ${transport}`, ([t, text]) => {
+    const pill = document.querySelector('[data-testid=status]');
+    return pill.dataset.state === 'connected' && pill.dataset.transport === t && pill.textContent.includes(text);
+  }, [transport, transport === 'http' ? 'http stream' : 'websocket']);
+}
+
+/** Waits until `page` shows `user` present: a dot by their name in the open
+ *  chat's header, and a dot on chat `id` in the sidebar. */
+async function seesPresent(page, user, id) {
+  await until(page, `${user} present in the header and the sidebar`, ([u, cid]) =>
+    document.querySelector(`#chat-people [data-testid=participant][data-user="${u}"]`)?.dataset.present === 'true' &&
+    !!document.querySelector(`[data-testid=chat-item][data-chat-id="${cid}"] [data-testid=presence-dot]`), [user, id]);
+}
+
+/** Creates a chat in `page`, with `invite` (a user id); returns its id once open. */
+async function createChat(page, title, invite) {
+  await click(page, 'new-chat-toggle');
+  await fill(page, 'new-chat-title', title);
+  await fill(page, 'new-chat-invite', invite);
+  await click(page, 'new-chat-create');
+  const open = await until(page, `chat "${title}" open`, (t) =>
+    document.querySelector('[data-testid=chat-item][aria-current=true] [data-testid=chat-item-title]')?.textContent === t &&
+    document.querySelector('[data-testid=chat-item][aria-current=true]').dataset.chatId, title);
+  return open.jsonValue();
+}
+
+/** From now on, each page records whether a stream bubble showed partial
+ *  text and a Cancel button while the answer streamed. */
+async function watchStreams(pages) {
+  for (const p of pages) {
+    await p.evaluate(() => {
+      window.e2eStream = { bubbles: 0, cancel: false, partial: false };
+      new MutationObserver(() => {
+        const bubble = document.querySelector('[data-testid=stream-bubble]');
+        if (!bubble) return;
+        window.e2eStream.bubbles += 1;
+        window.e2eStream.cancel ||= !!bubble.querySelector('[data-testid=cancel-stream]');
+        window.e2eStream.partial ||= bubble.querySelector('[data-testid=stream-text]').textContent.length > 0;
+      }).observe(document.getElementById('messages'), { childList: true, subtree: true, characterData: true });
+    });
+  }
+}
+
+/** Asks the echo assistant in `asker` to answer `prompt` (sent already);
+ *  waits until every page watched the answer stream in and stored it. */
+async function streamedEverywhere(asker, prompt, pages) {
+  await click(asker, 'ask-assistant');
+  expected.push(prompt);
+  for (const p of pages) {
+    await until(p, 'the streamed answer, stored', (t) =>
+      [...document.querySelectorAll('#messages .msg.assistant[data-seq] [data-testid=message-text]')]
+        .some((e) => e.textContent === t), prompt);
+    const s = await p.evaluate(() => window.e2eStream);
+    if (!s.bubbles || !s.cancel || !s.partial) {
+      throw new Error(`${p.label}: no stream bubble with text and a Cancel button was seen while streaming (${JSON.stringify(s)})`);
+    }
+    if (await p.getByTestId('stream-bubble').count()) throw new Error(`${p.label}: stream bubble left behind`);
+  }
 }
 
 const chatItem = (page, id) => page.locator(`[data-testid=chat-item][data-chat-id="${id}"]`);
@@ -199,7 +278,7 @@ async function screenshots(suffix = '') {
   }
 }
 
-async function scenario(browser) {
+async function overWebSocket(browser) {
   const viewport = { width: 1180, height: 760 };
   const alice = await browser.newContext({ viewport });
   const bob = await browser.newContext({ viewport });
@@ -215,16 +294,18 @@ async function scenario(browser) {
   await signIn(a1, 'Alice');
   await signIn(a2, 'Alice');
   await signIn(b, 'Bob');
+  for (const p of all) await over(p, 'websocket');
   log(`signed in: alice-tab1 on ${await connected(a1)}, alice-tab2 on ${await connected(a2)}, bob on ${await connected(b)}`);
 
   // Alice creates a chat with Bob; it shows up in every tab.
-  await click(a1, 'new-chat-toggle');
-  await fill(a1, 'new-chat-title', 'Team');
-  await fill(a1, 'new-chat-invite', 'bob');
-  await click(a1, 'new-chat-create');
-  const team = await a1.locator('[data-testid=chat-item][aria-current=true]').getAttribute('data-chat-id');
+  const team = await createChat(a1, 'Team', 'bob');
   for (const p of [a2, b]) await openChat(p, team);
   log(`chat ${team} open in every tab`);
+
+  // Presence: Bob sees Alice's dot, Alice (both tabs) Bob's.
+  await seesPresent(b, 'alice', team);
+  for (const p of [a1, a2]) await seesPresent(p, 'bob', team);
+  log('presence dots shown in the header and the sidebar');
 
   // A message typed in one tab appears in all three.
   await say(a1, 'Hello from Alice, tab one', all);
@@ -260,31 +341,9 @@ async function scenario(browser) {
 
   // The echo assistant answers; the answer streams into all three tabs.
   const prompt = 'Please echo these words back one by one so that every tab can watch the answer stream in live';
-  for (const p of all) {
-    await p.evaluate(() => {
-      window.e2eStream = { bubbles: 0, cancel: false, partial: false };
-      new MutationObserver(() => {
-        const bubble = document.querySelector('[data-testid=stream-bubble]');
-        if (!bubble) return;
-        window.e2eStream.bubbles += 1;
-        window.e2eStream.cancel ||= !!bubble.querySelector('[data-testid=cancel-stream]');
-        window.e2eStream.partial ||= bubble.querySelector('[data-testid=stream-text]').textContent.length > 0;
-      }).observe(document.getElementById('messages'), { childList: true, subtree: true, characterData: true });
-    });
-  }
+  await watchStreams(all);
   await say(a1, prompt, all);
-  await click(a1, 'ask-assistant');
-  expected.push(prompt);
-  for (const p of all) {
-    await until(p, 'the streamed answer, stored', (t) =>
-      [...document.querySelectorAll('#messages .msg.assistant[data-seq] [data-testid=message-text]')]
-        .some((e) => e.textContent === t), prompt);
-    const s = await p.evaluate(() => window.e2eStream);
-    if (!s.bubbles || !s.cancel || !s.partial) {
-      throw new Error(`${p.label}: no stream bubble with text and a Cancel button was seen while streaming (${JSON.stringify(s)})`);
-    }
-    if (await p.getByTestId('stream-bubble').count()) throw new Error(`${p.label}: stream bubble left behind`);
-  }
+  await streamedEverywhere(a1, prompt, all);
   log('assistant answer streamed into every tab');
 
   // Unread: both Alice tabs look at another chat while Bob writes; reading in
@@ -490,6 +549,97 @@ async function scenario(browser) {
   await b.screenshot({ path: join(SHOTS, 'bob-narrow-list.png') });
 }
 
+// Behind a proxy that refuses WebSocket upgrades (tests/lb/nginx-no-websocket.conf):
+// the page moves to the HTTP transport by itself, and stays real-time on it.
+async function overHttp(browser) {
+  const viewport = { width: 1180, height: 760 };
+  const a = await openTab(await browser.newContext({ viewport }), 'alice');
+  const b = await openTab(await browser.newContext({ viewport }), 'bob');
+  const both = [a, b];
+  await signIn(a, 'Alice');
+  await signIn(b, 'Bob');
+  for (const p of both) await over(p, 'http');
+  log(`both on the HTTP transport: alice on ${await connected(a)}, bob on ${await connected(b)}`);
+
+  const chat = await createChat(a, 'Over HTTP', 'bob');
+  await openChat(b, chat);
+  // Presence, while the chat is open in both: each sees the other's dot.
+  await seesPresent(b, 'alice', chat);
+  await seesPresent(a, 'bob', chat);
+  log('presence dots shown in the header and the sidebar');
+
+  await say(a, 'Hello from Alice, no WebSocket needed', both);
+  await say(b, 'Hi Alice, Bob here, over HTTP too', both);
+  log('messages reach both tabs');
+
+  // Typing, each way; an emptied input ends it.
+  await (await front(b)).getByTestId('message-input').pressSequentially('Bob is typ', { delay: 5 });
+  await until(a, 'typing indicator for bob', () =>
+    document.querySelector('[data-testid=typing-indicator]').textContent.includes('bob is typing'));
+  await (await front(a)).getByTestId('message-input').pressSequentially('Alice is typ', { delay: 5 });
+  await until(b, 'typing indicator for alice', () =>
+    document.querySelector('[data-testid=typing-indicator]').textContent.includes('alice is typing'));
+  await fill(a, 'message-input', '');
+  await fill(b, 'message-input', '');
+  for (const p of both) {
+    await until(p, 'typing indicator cleared', () =>
+      document.querySelector('[data-testid=typing-indicator]').textContent === '');
+  }
+  log('typing shown to the other tab, and cleared');
+
+  const prompt = 'Echo these words back one by one over the HTTP transport so both tabs watch it stream';
+  await watchStreams(both);
+  await say(a, prompt, both);
+  await streamedEverywhere(a, prompt, both);
+  log('assistant answer streamed into both tabs');
+
+  // Sends in quick succession, queued behind each other's POSTs: stored in
+  // the order they were sent.
+  for (const text of ['First of three quick ones', 'Second of three', 'Third of three']) {
+    await fill(a, 'message-input', text);
+    await click(a, 'send-button');
+    expected.push(text);
+  }
+  const lists = [await assertTranscript(a), await assertTranscript(b)];
+  if (JSON.stringify(lists[0]) !== JSON.stringify(lists[1])) {
+    throw new Error(`seqs differ between the tabs\n  ${JSON.stringify(lists[0])}\n  ${JSON.stringify(lists[1])}`);
+  }
+  log(`both tabs show the same ${expected.length} messages, in the order sent`);
+
+  // The node behind Alice's stream drains (SIGTERM): the stream's last frame
+  // says 1012, and the page opens a new one, with a fresh ticket, on the
+  // other node, catching up on what Bob sent meanwhile.
+  const victim = await connected(a);
+  const streams = a.e2eStreams;
+  log(`draining ${victim} (pid ${NODES[victim]}) behind alice's stream`);
+  process.kill(NODES[victim], 'SIGTERM');
+  await until(a, 'status to leave connected', () =>
+    document.querySelector('[data-testid=status]').dataset.state !== 'connected');
+  if ((await connected(b)) !== victim) await say(b, 'Sent while Alice was away', [b]);
+  await connected(a, victim);
+  await over(a, 'http');
+  await connected(b, victim);
+  await say(b, 'Welcome back, Alice', both);
+  if (a.e2eStreams <= streams) throw new Error('alice: no new event stream was opened');
+  const after = [await assertTranscript(a), await assertTranscript(b)];
+  if (JSON.stringify(after[0]) !== JSON.stringify(after[1])) {
+    throw new Error(`seqs differ between the tabs\n  ${JSON.stringify(after[0])}\n  ${JSON.stringify(after[1])}`);
+  }
+  log(`alice back on ${await connected(a)} over a new stream; both tabs show the same ${expected.length} messages`);
+
+  for (const p of both) {
+    await over(p, 'http');
+    if (p.e2eSocketFrames) throw new Error(`${p.label}: a socket got ${p.e2eSocketFrames} frames through the proxy`);
+    if (!p.e2eFramePosts) throw new Error(`${p.label}: no frame was POSTed`);
+  }
+  log(`no socket got through; frame POSTs: alice ${a.e2eFramePosts}, bob ${b.e2eFramePosts}`);
+  if (pageErrors.length) throw new Error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
+  await screenshots();
+}
+
+const scenarios = { websocket: overWebSocket, http: overHttp };
+if (!scenarios[SCENARIO]) fail(`unknown CONFAB_E2E_SCENARIO ${SCENARIO} (websocket or http)`);
+
 const timer = setTimeout(async () => {
   console.error(`e2e FAILED: the scenario took longer than ${TOTAL_MS / 1000} s`);
   await screenshots('-timeout');
@@ -503,8 +653,8 @@ for (const f of readdirSync(SHOTS)) if (/-(failure|timeout)\.png$/.test(f)) rmSy
 let browser;
 try {
   browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: ['--no-sandbox'] });
-  await scenario(browser);
-  log('e2e passed');
+  await scenarios[SCENARIO](browser);
+  log(`e2e (${SCENARIO}) passed`);
 } catch (e) {
   console.error(`e2e FAILED: ${e.message}`);
   if (pageErrors.length) console.error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);

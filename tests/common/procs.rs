@@ -337,7 +337,8 @@ pub async fn create_chat(base: &str, owner: &str, others: &[&str]) -> String {
     body["id"].as_str().unwrap().to_owned()
 }
 
-/// nginx in front of the given node ports, rendered from tests/lb/nginx.conf.
+/// nginx in front of the given node ports, rendered from tests/lb/nginx.conf
+/// (or another template with its placeholders).
 pub struct Nginx {
     pub port: u16,
     child: Child,
@@ -346,6 +347,12 @@ pub struct Nginx {
 
 impl Nginx {
     pub async fn start(upstreams: &[u16]) -> Nginx {
+        Self::start_with(include_str!("../lb/nginx.conf"), upstreams).await
+    }
+
+    /// nginx from `template`: `{{DIR}}`, `{{PORT}}` and `{{UPSTREAMS}}`
+    /// filled in.
+    pub async fn start_with(template: &str, upstreams: &[u16]) -> Nginx {
         let dir = tempfile::tempdir().unwrap();
         #[cfg(unix)]
         {
@@ -357,7 +364,7 @@ impl Nginx {
             .iter()
             .map(|p| format!("        server 127.0.0.1:{p} max_fails=1 fail_timeout=1s;\n"))
             .collect();
-        let conf = include_str!("../lb/nginx.conf")
+        let conf = template
             .replace("{{DIR}}", &dir.path().display().to_string())
             .replace("{{PORT}}", &port.to_string())
             .replace("{{UPSTREAMS}}", &servers);
@@ -396,7 +403,11 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // TERM, not KILL: the master then stops its workers, which would
+        // otherwise live on, holding the port.
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         let _ = self.child.wait();
     }
 }
