@@ -372,3 +372,25 @@ async fn until_seq(c: &mut Client, kept: &[Value], seq: i64) -> Vec<Value> {
     before.push(last);
     before
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_client_posts_nothing_ends_as_a_dead_peer() {
+    let node = start_node(|s| {
+        s.server.idle_timeout_secs = 1.0;
+        s.presence.grace_secs = 1;
+    })
+    .await;
+    let conv = node.create_chat("alice", &[]).await;
+    let mut alice = node_http(&node, "alice").await;
+    alice.join(&conv, None).await;
+    // Silent: no POST, so no sign of life.
+    let closed = alice.closed().await;
+    assert_eq!(closed.code, Some(1001));
+    // And she is not left present.
+    let path = format!("/api/v1/chat/chats/{conv}/presence");
+    common::procs::wait_until("alice to be gone", common::WAIT, || {
+        let (node, path) = (&node, &path);
+        async move { node.rest("alice", "GET", path, None).await.1["users"] == json!([]) }
+    })
+    .await;
+}

@@ -160,7 +160,7 @@ impl PresenceTracker {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut all_ok = true;
+        let mut failed = 0;
         for (conv, live, departed, result) in results {
             match result {
                 Ok(outcome) => {
@@ -171,18 +171,17 @@ impl PresenceTracker {
                     self.announce(conv, outcome).await;
                 }
                 Err(e) => {
-                    all_ok = false;
-                    tracing::warn!(error = %e, %conv, "presence update failed; retrying");
+                    if failed == 0 {
+                        tracing::warn!(error = %e, "presence updates failed; retrying");
+                    }
+                    failed += 1;
                     let mut local = self.state.lock();
-                    local
-                        .dirty
-                        .entry(conv)
-                        .or_default()
-                        .extend(live.into_iter().chain(departed));
+                    let dirty = local.dirty.entry(conv).or_default();
+                    dirty.extend(live.into_iter().chain(departed));
                 }
             }
         }
-        all_ok
+        failed == 0
     }
 
     /// Sweeps the conversations whose departures are due.
@@ -239,10 +238,15 @@ impl PresenceTracker {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
+        let mut failed = false;
         for (conv, result) in results {
             match result {
                 Ok(outcome) => self.announce(conv, outcome).await,
-                Err(e) => tracing::warn!(error = %e, %conv, "presence renewal failed"),
+                Err(e) if !failed => {
+                    failed = true;
+                    tracing::warn!(error = %e, "presence renewals failed; retried next round");
+                }
+                Err(_) => {}
             }
         }
     }

@@ -123,14 +123,15 @@ pub async fn open(
         .hub
         .register(user.clone(), Inbound::Posts(posts_tx))
         .await?;
+    // Without the entry, POSTs to other nodes are 404 until the keepalive
+    // renews it; POSTs to this node work regardless (and while Redis is
+    // away, the bus could not carry the others anyway).
     if let Err(e) = ctx
         .presence
         .hold_connection(conn.id, &user, DIRECTORY_TTL)
         .await
     {
-        conn.close(CloseReason::Restart);
-        ctx.hub.unregister(&conn).await;
-        return Err(e.into());
+        tracing::warn!(error = %e, "connection directory unavailable; POSTs must reach this node");
     }
     let span = tracing::info_span!(
         parent: None,
@@ -139,7 +140,18 @@ pub async fn open(
         connection_id = %conn.id,
         user_id = %user,
     );
-    let session = Session::open(ctx.clone(), conn.clone(), &identity, None, &span).await;
+    // The client's frames are its signs of life (it POSTs a ping when it
+    // has nothing else to say): a client that vanished without closing its
+    // connection is found as on a socket, not when TCP gives up.
+    let idle_timeout = Duration::from_secs_f64(ctx.settings.server.idle_timeout_secs.max(1.0));
+    let session = Session::open(
+        ctx.clone(),
+        conn.clone(),
+        &identity,
+        Some(idle_timeout),
+        &span,
+    )
+    .await;
     let frames = PostedFrames {
         conn: conn.clone(),
         posts: posts_rx,

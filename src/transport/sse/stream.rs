@@ -124,7 +124,7 @@ impl Body {
                 .hold_connection(conn.id, &conn.user, super::DIRECTORY_TTL)
                 .await
             {
-                tracing::warn!(error = %e, "renewing a connection's directory entry failed");
+                tracing::debug!(error = %e, "renewing a connection's directory entry failed");
             }
         });
     }
