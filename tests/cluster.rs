@@ -8,27 +8,16 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::procs::{wait_until, Redis};
-use common::{messages, start_node, Client, TestNode};
+use common::{messages, start_cluster, Client, TestNode};
 use serde_json::{json, Value};
 
 /// `n` in-process nodes on one Redis and one SQLite file.
 async fn cluster(n: usize, redis: &Redis, db: &tempfile::TempDir) -> Vec<TestNode> {
-    let url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let (url, redis) = (url.clone(), redis.url());
-        nodes.push(
-            start_node(move |s| {
-                s.database.url = url;
-                s.bus.redis_url = redis;
-                s.server.node_id = format!("n{i}");
-                s.limits.send_burst = 10_000;
-                s.limits.send_rate_per_sec = 10_000.0;
-            })
-            .await,
-        );
-    }
-    nodes
+    start_cluster(n, &redis.url(), db, |s| {
+        s.limits.send_burst = 10_000;
+        s.limits.send_rate_per_sec = 10_000.0;
+    })
+    .await
 }
 
 /// How many frames of `kind` are in `frames`.

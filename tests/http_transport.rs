@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::http::HttpLink;
 use common::procs::Redis;
-use common::{messages, start_node, Client, TestNode};
+use common::{messages, start_cluster, start_node, Client, TestNode};
 use serde_json::{json, Value};
 
 /// A ticket for `user`, bought with their bearer token.
@@ -243,21 +243,11 @@ async fn a_drain_ends_the_stream_with_1012_and_the_limits_hold() {
 
 /// Two nodes on one Redis and one database.
 async fn pair(redis: &Redis, db: &tempfile::TempDir) -> (TestNode, TestNode) {
-    let url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
-    let mut nodes = Vec::new();
-    for i in 0..2 {
-        let (url, redis) = (url.clone(), redis.url());
-        nodes.push(
-            start_node(move |s| {
-                s.database.url = url;
-                s.bus.redis_url = redis;
-                s.server.node_id = format!("n{i}");
-                s.limits.send_burst = 10_000;
-                s.limits.send_rate_per_sec = 10_000.0;
-            })
-            .await,
-        );
-    }
+    let mut nodes = start_cluster(2, &redis.url(), db, |s| {
+        s.limits.send_burst = 10_000;
+        s.limits.send_rate_per_sec = 10_000.0;
+    })
+    .await;
     let second = nodes.pop().unwrap();
     (nodes.pop().unwrap(), second)
 }

@@ -10,37 +10,27 @@
 mod common;
 
 use common::procs::{token, wait_until, ProcCluster, Redis};
-use common::{start_node, Client, TestNode, WAIT};
+use common::{start_cluster, Client, TestNode, WAIT};
 use serde_json::{json, Value};
 
 /// Short timings, so departures are announced within a test's wait.
 const TTL_SECS: u64 = 3;
 const GRACE_SECS: u64 = 2;
 
-/// `n` in-process nodes on one Redis and one SQLite file.
+/// `n` in-process nodes on one Redis and one SQLite file, with short
+/// presence timings.
 async fn cluster(
     n: usize,
     redis: &Redis,
     db: &tempfile::TempDir,
     max_members: usize,
 ) -> Vec<TestNode> {
-    let url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
-    let mut nodes = Vec::new();
-    for i in 0..n {
-        let (url, redis) = (url.clone(), redis.url());
-        nodes.push(
-            start_node(move |s| {
-                s.database.url = url;
-                s.bus.redis_url = redis;
-                s.server.node_id = format!("n{i}");
-                s.presence.ttl_secs = TTL_SECS;
-                s.presence.grace_secs = GRACE_SECS;
-                s.presence.max_members_for_events = max_members;
-            })
-            .await,
-        );
-    }
-    nodes
+    start_cluster(n, &redis.url(), db, |s| {
+        s.presence.ttl_secs = TTL_SECS;
+        s.presence.grace_secs = GRACE_SECS;
+        s.presence.max_members_for_events = max_members;
+    })
+    .await
 }
 
 /// The `presence_changed` frames among `frames`, as (user, present).

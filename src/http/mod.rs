@@ -1,5 +1,6 @@
 //! HTTP: the REST API (documented with OpenAPI), health, readiness, metrics,
-//! and the WebSocket route. Requests become chat calls; errors become JSON
+//! and the routes of both transports (the WebSocket upgrade, the event
+//! stream). Requests become chat calls; errors become JSON
 //! `{code, message}` with the status `ChatError::status` gives.
 
 mod api;
@@ -44,7 +45,7 @@ pub trait Readiness: Send + Sync {
 /// Every route of a node.
 pub fn routes(state: Arc<State>) -> impl poem::Endpoint + 'static {
     let api = OpenApiService::new(ChatApi, "confab", env!("CARGO_PKG_VERSION"))
-        .description("REST API of the confab chat hub. WebSocket protocol: GET /api/v1/chat/ws (see docs/protocol.md).");
+        .description("REST API of the confab chat hub. WebSocket protocol: GET /api/v1/chat/ws; the same frames over HTTP where WebSockets are blocked: GET /api/v1/chat/events (text/event-stream) with the Transport routes below (see docs/protocol.md).");
     let docs = api.swagger_ui();
     let spec = api.spec_endpoint();
     let max_body = state.settings.limits.max_frame_bytes;

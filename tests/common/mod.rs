@@ -101,6 +101,30 @@ pub async fn start_node(tweak: impl FnOnce(&mut Settings)) -> TestNode {
     }
 }
 
+/// `n` in-process nodes (`n0`, `n1`, ...) sharing Redis at `redis_url` and
+/// one SQLite file in `db`, each also set up by `tweak`.
+pub async fn start_cluster(
+    n: usize,
+    redis_url: &str,
+    db: &tempfile::TempDir,
+    tweak: impl Fn(&mut Settings),
+) -> Vec<TestNode> {
+    let url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(
+            start_node(|s| {
+                s.database.url = url.clone();
+                s.bus.redis_url = redis_url.to_owned();
+                s.server.node_id = format!("n{i}");
+                tweak(s);
+            })
+            .await,
+        );
+    }
+    nodes
+}
+
 impl TestNode {
     pub fn token(&self, user: &str) -> String {
         self.node
