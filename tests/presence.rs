@@ -33,6 +33,33 @@ async fn cluster(
     .await
 }
 
+/// Nodes on a fresh Redis, and a conversation of bob, alice and carol
+/// with bob joined on the first node. Bind every field: Redis and the
+/// database go when theirs is dropped.
+struct Scene {
+    redis: Redis,
+    _db: tempfile::TempDir,
+    nodes: Vec<TestNode>,
+    conv: String,
+    bob: Client,
+}
+
+async fn scene(n: usize, max_members: usize) -> Scene {
+    let redis = Redis::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let nodes = cluster(n, &redis, &db, max_members).await;
+    let conv = nodes[0].create_chat("bob", &["alice", "carol"]).await;
+    let mut bob = nodes[0].connect("bob").await;
+    bob.join(&conv, None).await;
+    Scene {
+        redis,
+        _db: db,
+        nodes,
+        conv,
+        bob,
+    }
+}
+
 /// The `presence_changed` frames among `frames`, as (user, present).
 fn changes(frames: &[Value]) -> Vec<(String, bool)> {
     frames
@@ -70,12 +97,13 @@ async fn present(c: &mut Client, conv: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_announcement_per_change_wherever_the_tabs_are_and_none_for_a_reload() {
-    let redis = Redis::start().await;
-    let db = tempfile::tempdir().unwrap();
-    let nodes = cluster(3, &redis, &db, 200).await;
-    let conv = nodes[0].create_chat("bob", &["alice", "carol"]).await;
-    let mut bob = nodes[0].connect("bob").await;
-    bob.join(&conv, None).await;
+    let Scene {
+        redis: _redis,
+        _db,
+        nodes,
+        conv,
+        mut bob,
+    } = scene(3, 200).await;
     let mut seen = until_change(&mut bob, "bob", true).await;
 
     // Alice opens a tab on n1, then another on n2: one arrival.
@@ -144,12 +172,13 @@ async fn one_announcement_per_change_wherever_the_tabs_are_and_none_for_a_reload
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_restart_loses_no_presence_and_announces_nothing() {
-    let mut redis = Redis::start().await;
-    let db = tempfile::tempdir().unwrap();
-    let nodes = cluster(2, &redis, &db, 200).await;
-    let conv = nodes[0].create_chat("bob", &["alice", "carol"]).await;
-    let mut bob = nodes[0].connect("bob").await;
-    bob.join(&conv, None).await;
+    let Scene {
+        mut redis,
+        _db,
+        nodes,
+        conv,
+        mut bob,
+    } = scene(2, 200).await;
     let mut alice = nodes[1].connect("alice").await;
     alice.join(&conv, None).await;
     let mut seen = until_change(&mut bob, "alice", true).await;
@@ -189,13 +218,14 @@ async fn a_redis_restart_loses_no_presence_and_announces_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_conversation_gets_no_presence_events_but_presence_answers() {
-    let redis = Redis::start().await;
-    let db = tempfile::tempdir().unwrap();
     // More than 2 participants: too big for events.
-    let nodes = cluster(2, &redis, &db, 2).await;
-    let conv = nodes[0].create_chat("bob", &["alice", "carol"]).await;
-    let mut bob = nodes[0].connect("bob").await;
-    bob.join(&conv, None).await;
+    let Scene {
+        redis: _redis,
+        _db,
+        nodes,
+        conv,
+        mut bob,
+    } = scene(2, 2).await;
     let mut alice = nodes[1].connect("alice").await;
     alice.join(&conv, None).await;
     wait_until("alice to be present", WAIT, || {
@@ -274,12 +304,13 @@ async fn a_killed_nodes_users_are_announced_gone_once_and_never_return() {
 /// is, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_announces_only_the_users_who_do_not_come_back() {
-    let redis = Redis::start().await;
-    let db = tempfile::tempdir().unwrap();
-    let nodes = cluster(3, &redis, &db, 200).await;
-    let conv = nodes[0].create_chat("bob", &["alice", "carol"]).await;
-    let mut bob = nodes[0].connect("bob").await;
-    bob.join(&conv, None).await;
+    let Scene {
+        redis: _redis,
+        _db,
+        nodes,
+        conv,
+        mut bob,
+    } = scene(3, 200).await;
     let mut alice = nodes[1].connect("alice").await;
     alice.join(&conv, None).await;
     let mut seen = until_change(&mut bob, "alice", true).await;
