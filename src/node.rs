@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 use crate::assistant::{Streams, StreamsParts};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::bus::{Bus, LocalBus, RedisBus, Topic};
-use crate::chat::{Assistants, Chat, Events, PresenceTracker, StoredHistory};
+use crate::chat::{Assistants, Chat, Events, PresenceTracker, StoredHistory, UserRateLimiter};
 use crate::config::Settings;
 use crate::http::{Readiness, State};
 use crate::hub::{Attendance, Hub, HubSettings, NodeBudget, StreamEvents};
@@ -176,6 +176,7 @@ impl Node {
             node_id: node_id.clone(),
             draining: draining.clone(),
             sessions: TaskTracker::new(),
+            posts: UserRateLimiter::new(limits.frame_rate_per_sec, limits.frame_burst),
         });
         Ok(Arc::new(Node {
             settings,

@@ -384,3 +384,28 @@ async fn a_stream_whose_client_posts_nothing_ends_as_a_dead_peer() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_posts_is_rate_limited_before_it_reaches_the_bus() {
+    let node = start_node(|s| {
+        s.limits.frame_rate_per_sec = 0.5;
+        s.limits.frame_burst = 3;
+    })
+    .await;
+    let mut alice = node_http(&node, "alice").await;
+    let id = alice.http().connection_id.clone();
+    let token = node.token("alice");
+    for _ in 0..3 {
+        let (status, body) = post_as(&node, &token, &id, json!({"type": "ping"})).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let resp = reqwest::Client::new()
+        .post(node.url(&format!("/api/v1/chat/connections/{id}/frames")))
+        .bearer_auth(&token)
+        .json(&json!({"type": "ping"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 429);
+    assert!(resp.headers().contains_key("retry-after"));
+}

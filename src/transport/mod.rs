@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::bus::Bus;
-use crate::chat::Chat;
+use crate::chat::{Chat, UserRateLimiter};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -39,6 +39,10 @@ pub struct Context {
     /// Every connection's tasks (a socket's reader and writer, an event
     /// stream's session), so a drain can wait for them to end.
     pub sessions: TaskTracker,
+    /// Frame POSTs per user taken by this node, at the frame rate: a POST
+    /// this node hands on over the bus costs the cluster before the
+    /// connection's own frame limit sees it.
+    pub posts: UserRateLimiter,
 }
 
 impl Context {

@@ -219,6 +219,10 @@ pub async fn post(
             ))
         }
     };
+    ctx.posts.check(user).map_err(|retry_after_ms| {
+        ctx.metrics.rate_limited.inc();
+        ChatError::RateLimited { retry_after_ms }
+    })?;
     if frames.is_empty() {
         return Ok(());
     }
