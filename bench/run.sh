@@ -7,6 +7,7 @@
 #   SCALE=0.1 bash bench/run.sh  # a quick smoke run with fewer sockets
 #   ONLY="idle storm" bash bench/run.sh   # some scenarios only
 #   ONLY=log bash bench/run.sh   # the conversation log: sends with edits and reactions mixed in, seqs checked on every socket
+#   ONLY=presence bash bench/run.sh  # a presence storm: 10k users move from node a to node b at once
 #   BIN=path bash bench/run.sh   # another build of the node (before/after)
 #   NO_BUILD=1 bash bench/run.sh # no cargo build: the binaries already in $CARGO_TARGET_DIR (or target)
 #
@@ -15,6 +16,14 @@
 # "1000 2000", operations/s) the log runs:
 #
 #   ONLY=fanout RATES="250 1000" SECONDS_PER_RUN=5 BIN=path bash bench/run.sh
+#
+# The fan-out runs on each transport of TRANSPORTS (default "websocket
+# http": the receivers on sockets, then on the HTTP transport's event
+# streams), alternating at each rate, RUNS times (default 1), and ends
+# with a table per rate: websocket | http | http/ws (medians):
+#
+#   ONLY=fanout RUNS=2 bash bench/run.sh
+#   ONLY=fanout TRANSPORTS=websocket bash bench/run.sh   # sockets only
 #
 # Side by side with Socket.IO (bench/peer: Socket.IO 4, its Redis adapter,
 # JWT auth), the same generator and scenarios on both, each run on fresh
@@ -216,12 +225,11 @@ standard() {
   # storm puts all its sockets on one node, so it stays at 18k.
   if want idle; then $BENCH "${both[@]}" idle --sockets "$(scale 20000)" --procs 2; fi
   # One sender, 200 receivers: 250, 500 and 2200 messages/s are 50k, 100k
-  # and 440k deliveries/s offered.
-  if want fanout; then
-    for rate in ${RATES:-250 500 2200}; do
-      $BENCH "${both[@]}" fanout --receivers "${RECEIVERS:-200}" --rate "$rate" --seconds "${SECONDS_PER_RUN:-5}"
-    done
-  fi
+  # and 440k deliveries/s offered. The receivers on each transport of
+  # TRANSPORTS in turn (sockets, then event streams: the HTTP transport),
+  # at the same rates, the order swapped every other run; then one table
+  # per rate, side by side.
+  if want fanout; then standard_fanout; fi
   # The kernel's cost of a write here, no node involved: one frame per write
   # (as at 50k/s, where a socket's frames are 4 ms apart) and four.
   if want floor; then
@@ -246,6 +254,16 @@ standard() {
       $BENCH "${both[@]}" log --conversations 20 --members 10 --rate "$rate" --edits 30 --reactions 20 --seconds 10
     done
   fi
+  # Presence: 10k users, one connection each, in conversations of 100, all
+  # on node a; every connection dropped at once and reconnected to node b.
+  # The presence_changed frames and announcements during it should be about
+  # 0. PRESENCE_TRANSPORT=http runs it over the HTTP transport. One process
+  # holds all the connections: above about 18k (SCALE=1.8) its descriptors
+  # run out here.
+  if want presence; then
+    $BENCH "${both[@]}" presence --connections "$(scale 10000)" --members 100 \
+      --redis-port "$REDIS_PORT" --transport "${PRESENCE_TRANSPORT:-websocket}"
+  fi
   # Last: the storms stop node a, drained (SIGTERM, spread over 2 s), then,
   # started again, killed (SIGKILL).
   if want storm; then
@@ -256,6 +274,92 @@ standard() {
     $BENCH "${both[@]}" storm --sockets "$(scale 18000)" --kill
   fi
   echo "== done"
+}
+
+# The standard set's fan-out: every rate on every transport of TRANSPORTS
+# (default "websocket http"), alternating, RUNS times (default 1; the order
+# of the transports swaps every other run), each run's JSON kept; then a
+# table per rate: websocket | http | http/ws (medians over the runs).
+standard_fanout() {
+  local transports=${TRANSPORTS:-websocket http} runs=${RUNS:-1}
+  local rates=${RATES:-250 500 2200} receivers=${RECEIVERS:-200} seconds=${SECONDS_PER_RUN:-5}
+  local order t rate run out
+  mkdir -p "$WORK/results"
+  for run in $(seq 1 "$runs"); do
+    order=$transports
+    if [ $((run % 2)) -eq 0 ]; then
+      # shellcheck disable=SC2086  # the list is words
+      order=$(printf '%s\n' $transports | tac | tr '\n' ' ')
+    fi
+    for rate in $rates; do
+      for t in $order; do
+        echo "fan-out: $receivers receivers over $t, 1 sender at $rate msgs/s ($((rate * receivers)) deliveries/s offered), ${seconds} s; run $run of $runs"
+        out="$WORK/results/fanout-$rate.$t.$run.json"
+        if ! $BENCH "${both[@]}" --json fanout --receivers "$receivers" --rate "$rate" --seconds "$seconds" --transport "$t" >"$out"; then
+          fail "confab-bench fanout failed ($t, $rate msgs/s)"
+        fi
+        summary "$out"
+      done
+    done
+  done
+  echo
+  # shellcheck disable=SC2086  # the lists are words
+  python3 - "$WORK/results" "$runs" "$receivers" "$seconds" $transports -- $rates <<'EOF'
+import json, os, statistics, sys
+
+results, runs, receivers, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+rest = sys.argv[5:]
+cut = rest.index("--")
+transports, rates = rest[:cut], rest[cut + 1:]
+
+def load(rate, t):
+    out = []
+    for run in range(1, runs + 1):
+        path = os.path.join(results, f"fanout-{rate}.{t}.{run}.json")
+        if os.path.exists(path):
+            out.append(json.load(open(path)))
+    return out
+
+def median(rows, k):
+    vals = [r[k] for r in rows if isinstance(r.get(k), (int, float))]
+    return statistics.median(vals) if vals else None
+
+ROWS = [
+    ("receivers joined", "receivers connected and joined", "{:,.0f}"),
+    ("delivered/s (sustained)", "deliveries/s sustained", "{:,.0f}"),
+    ("lost deliveries", "lost deliveries", "{:,.0f}"),
+    ("duplicates", "duplicate deliveries", "{:,.0f}"),
+    ("latency p50 (ms)", "latency p50 (ms)", "{:.2f}"),
+    ("latency p99 (ms)", "latency p99 (ms)", "{:.2f}"),
+    ("latency p999 (ms)", "latency p999 (ms)", "{:.2f}"),
+    ("node CPU µs/delivery", "node CPU per delivery (µs)", "{:.2f}"),
+    ("server CPU µs/delivery", "server CPU per delivery (µs)", "{:.2f}"),
+    ("node RSS after (MiB, both)", "node RSS after (MiB, all nodes)", "{:.1f}"),
+    ("generator CPU (% of a core)", "generator CPU (% of a core)", "{:.0f}"),
+    ("generator CPU µs/delivery", "generator CPU per delivery (µs)", "{:.2f}"),
+]
+# The second transport against the first (http/ws with the defaults).
+pair = transports[:2] if len(transports) >= 2 else None
+short = {"websocket": "ws"}
+for rate in rates:
+    cols = [load(rate, t) for t in transports]
+    note = f"median of {runs} runs each" if runs > 1 else "one run each"
+    print(f"== fan-out: {receivers} receivers, 1 sender at {rate} msgs/s "
+          f"({int(rate) * receivers:,} deliveries/s offered), {seconds} s ({note})")
+    w = max(len(r[0]) for r in ROWS)
+    head = "".join(f"  {t:>12}" for t in transports)
+    if pair:
+        head += "  " + f"{short.get(pair[1], pair[1])}/{short.get(pair[0], pair[0])}".rjust(9)
+    print(f"{'':<{w}}{head}")
+    for label, k, fmt in ROWS:
+        vals = [median(c, k) for c in cols]
+        line = "".join("  " + ("-" if v is None else fmt.format(v)).rjust(12) for v in vals)
+        if pair:
+            a, b = vals[0], vals[1]
+            line += "  " + (f"{b / a:.2f}" if a and b is not None else "-").rjust(9)
+        print(f"{label:<{w}}{line}")
+    print()
+EOF
 }
 
 # Stops the current run's servers (SIGTERM, then SIGKILL after 5 s) and

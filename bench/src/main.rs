@@ -1,15 +1,19 @@
 //! confab-bench: load for one or more confab nodes, with the figures that
 //! matter (rates, latency percentiles, loss, node CPU and memory), printed
-//! as a table or JSON. Scenarios: idle, fanout, rooms, storm, stream, log
-//! (sends with edits and reactions mixed in, and a check that every socket
-//! gets the conversation log's seqs gap-free and in order), floor (the
-//! kernel's cost of a write on this machine, without a node) and hostile
-//! (what abusive clients cost the first node).
+//! as a table or JSON. Scenarios: idle, fanout (receivers on sockets or on
+//! the HTTP transport's event streams), rooms, storm, stream, log (sends
+//! with edits and reactions mixed in, and a check that every socket gets
+//! the conversation log's seqs gap-free and in order), presence (a
+//! reconnect storm that must announce nothing), floor (the kernel's cost
+//! of a write on this machine, without a node) and hostile (what abusive
+//! clients cost the first node).
 
 mod client;
 mod conversation_log;
+mod events;
 mod floor;
 mod hostile;
+mod presence;
 mod proto;
 mod scenarios;
 mod socketio;
@@ -87,6 +91,11 @@ pub enum Scenario {
         rate: u64,
         #[arg(long, default_value_t = 5)]
         seconds: u64,
+        /// How the receivers connect: WebSockets, or the HTTP transport
+        /// (an event stream each, the join POSTed). The sender is on a
+        /// socket either way. confab only.
+        #[arg(long, value_enum, default_value_t = events::Transport::Websocket)]
+        transport: events::Transport,
     },
     /// Many small conversations, every member sending.
     Rooms {
@@ -108,6 +117,37 @@ pub enum Scenario {
         /// SIGKILL instead of SIGTERM.
         #[arg(long)]
         kill: bool,
+    },
+    /// A presence storm: N users (one connection each) in conversations of
+    /// M, all joined on the first node and present; then every connection
+    /// is dropped at once and reconnects (and rejoins) on the second node.
+    /// Counts the presence_changed frames the clients get and the
+    /// announcements the nodes make (both should be about 0: a move within
+    /// the grace announces nothing), the time until the nodes hold all of
+    /// them again, and the Redis commands it took.
+    Presence {
+        #[arg(long, default_value_t = 10000)]
+        connections: usize,
+        /// Participants per conversation (more than the nodes'
+        /// presence.max_members_for_events, 200 by default, turns events off).
+        #[arg(long, default_value_t = 100)]
+        members: usize,
+        /// The Redis the nodes share, on 127.0.0.1: its command counts
+        /// (`INFO stats`, `INFO commandstats`) are read around the storm.
+        #[arg(long)]
+        redis_port: Option<u16>,
+        /// How long to keep listening after the storm settled, for
+        /// departures wrongly announced once the grace (5 s) ran out.
+        #[arg(long, default_value_t = 8)]
+        watch_secs: u64,
+        /// How long to count Redis's commands at rest before the storm: a
+        /// renewal period of the nodes (a third of presence.ttl_secs) by
+        /// default, so the renewals' cost is in it once.
+        #[arg(long, default_value_t = 10)]
+        rest_secs: u64,
+        /// How the clients connect, before and after the storm.
+        #[arg(long, value_enum, default_value_t = events::Transport::Websocket)]
+        transport: events::Transport,
     },
     /// W watchers of one assistant stream (run the node with a fast echo).
     Stream {

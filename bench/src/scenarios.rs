@@ -13,14 +13,15 @@ use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, now_us, Sources, Tokens, Ws};
+use crate::events::{EventStream, Inbox, Transport};
 use crate::proto::{Incoming, Proto};
 use crate::stats::{
-    cpu_secs, own_cpu_secs, per_sec, rss_kib, total_cpu, CpuWatch, Latencies, Stages,
+    cpu_secs, metric_sum, own_cpu_secs, per_sec, rss_kib, total_cpu, CpuWatch, Latencies, Stages,
 };
 use crate::{Cli, Report, Scenario};
 
 /// Sockets being set up at once.
-const CONNECT_CONCURRENCY: usize = 256;
+pub(crate) const CONNECT_CONCURRENCY: usize = 256;
 
 pub async fn run(cli: &Cli) -> Option<Report> {
     if cli.proto != Proto::Confab
@@ -53,7 +54,32 @@ pub async fn run(cli: &Cli) -> Option<Report> {
             receivers,
             rate,
             seconds,
-        } => fanout(cli, &tokens, &sources, receivers, rate, seconds).await,
+            transport,
+        } => {
+            if transport != Transport::Websocket && cli.proto != Proto::Confab {
+                eprintln!("confab-bench: fanout --transport http speaks confab's protocol only");
+                std::process::exit(2);
+            }
+            fanout(cli, &tokens, &sources, receivers, rate, seconds, transport).await
+        }
+        Scenario::Presence {
+            connections,
+            members,
+            redis_port,
+            watch_secs,
+            rest_secs,
+            transport,
+        } => {
+            let settings = crate::presence::Settings {
+                connections,
+                members,
+                redis_port,
+                watch: Duration::from_secs(watch_secs),
+                rest: Duration::from_secs(rest_secs),
+                transport,
+            };
+            crate::presence::presence(cli, &tokens, &sources, settings).await
+        }
         Scenario::Rooms {
             rooms: n,
             members,
@@ -140,6 +166,54 @@ pub(crate) async fn open_many(
         }
     }
     (socks, auth, start.elapsed())
+}
+
+/// As `open_many`, over either transport (confab's protocol): for the
+/// HTTP transport, an event stream each, joined by a POSTed frame.
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn open_many_over(
+    transport: Transport,
+    cli: &Cli,
+    tokens: &Arc<Tokens>,
+    sources: &Arc<Sources>,
+    n: usize,
+    user: impl Fn(usize) -> String,
+    conv: impl Fn(usize) -> String,
+    node_of: impl Fn(usize) -> usize,
+) -> (Vec<(usize, Inbox)>, Vec<u64>, Duration) {
+    if transport == Transport::Websocket {
+        let (socks, auth, took) = open_many(cli, tokens, sources, n, user, conv, node_of).await;
+        let inboxes = socks
+            .into_iter()
+            .map(|(node, ws)| (node, Inbox::Socket(ws)))
+            .collect();
+        return (inboxes, auth, took);
+    }
+    let http = crate::events::http_client();
+    let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let node = node_of(i);
+        let base = cli.nodes[node].clone();
+        let (token, conv) = (tokens.mint(&user(i)), conv(i));
+        let (gate, http) = (gate.clone(), http.clone());
+        tasks.push(tokio::spawn(async move {
+            let _permit = gate.acquire_owned().await.ok()?;
+            let (mut events, took) = EventStream::open(&http, &base, &token).await.ok()?;
+            events.join(&http, &conv).await?;
+            Some((node, Inbox::Events(events), took.as_micros() as u64))
+        }));
+    }
+    let mut inboxes = Vec::with_capacity(n);
+    let mut auth = Vec::with_capacity(n);
+    for t in tasks {
+        if let Ok(Some((node, inbox, took))) = t.await {
+            inboxes.push((node, inbox));
+            auth.push(took);
+        }
+    }
+    (inboxes, auth, start.elapsed())
 }
 
 /// What the idle scenario opened, wherever the sockets are held.
@@ -448,7 +522,7 @@ struct Tally {
 /// cost per delivery stays small next to the nodes' on the same cores.
 async fn receive(
     proto: Proto,
-    mut ws: Ws,
+    mut inbox: Inbox,
     local: bool,
     expect: Arc<AtomicU64>,
     done: Arc<AtomicU64>,
@@ -470,10 +544,9 @@ async fn receive(
             break;
         }
         let text = tokio::select! {
-            next = ws.next() => match next {
-                Some(Ok(Message::Text(text))) => text,
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
-                Some(Ok(_)) => continue,
+            next = inbox.next_text() => match next {
+                Some(text) => text,
+                None => break,
             },
             _ = tick.tick() => {
                 quiet = if heard { Duration::ZERO } else { quiet + tick.period() };
@@ -497,9 +570,7 @@ async fn receive(
                     t.dups += 1;
                 }
             }
-            Incoming::Ping => {
-                let _ = ws.send(proto.pong()).await;
-            }
+            Incoming::Ping => inbox.pong(proto).await,
             Incoming::Other => {}
         }
     }
@@ -514,6 +585,7 @@ async fn fanout(
     c: usize,
     rate: u64,
     seconds: u64,
+    transport: Transport,
 ) -> Report {
     let proto = cli.proto;
     let users: Vec<String> = (0..c).map(|i| format!("fan{i}")).collect();
@@ -522,7 +594,8 @@ async fn fanout(
         .create_room(&cli.nodes[0], &sender_token, &users)
         .await;
     let nodes = cli.nodes.len();
-    let (socks, _, _) = open_many(
+    let (inboxes, _, _) = open_many_over(
+        transport,
         cli,
         tokens,
         sources,
@@ -532,11 +605,35 @@ async fn fanout(
         |i| i % nodes,
     )
     .await;
+    let opened = inboxes.len();
+    // What the nodes count: the receivers on the transport asked for.
+    let by_transport = if proto == Proto::Confab {
+        Some(
+            metric_sum(
+                &cli.nodes,
+                &format!(
+                    "confab_connections_by_transport{{transport=\"{}\"}}",
+                    transport.name()
+                ),
+            )
+            .await,
+        )
+    } else {
+        None
+    };
     let expect = Arc::new(AtomicU64::new(0));
     let done = Arc::new(AtomicU64::new(0));
-    let receivers: Vec<_> = socks
+    let receivers: Vec<_> = inboxes
         .into_iter()
-        .map(|(node, ws)| tokio::spawn(receive(proto, ws, node == 0, expect.clone(), done.clone())))
+        .map(|(node, inbox)| {
+            tokio::spawn(receive(
+                proto,
+                inbox,
+                node == 0,
+                expect.clone(),
+                done.clone(),
+            ))
+        })
         .collect();
 
     // The sender is on the first node and not in the room. (The peer
@@ -643,7 +740,15 @@ async fn fanout(
     }
     let mut r = Report::new("fanout");
     r.add("protocol", proto.name());
+    r.add("transport (receivers)", transport.name());
     r.add("receivers", c);
+    r.add("receivers connected and joined", opened);
+    if let Some(n) = by_transport {
+        r.add(
+            &format!("node: {} connections (metrics, both)", transport.name()),
+            n,
+        );
+    }
     r.add("messages sent", sent);
     r.add("send rate (msgs/s)", per_sec(sent, send_time));
     r.add("deliveries/s offered", (rate * c as u64) as f64);

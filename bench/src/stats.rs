@@ -181,3 +181,78 @@ impl Stages {
         [mean(self.append, later.append), mean(self.bus, later.bus)]
     }
 }
+
+/// A node's `/metrics` text; empty when the node does not answer.
+pub async fn metrics_text(base: &str) -> String {
+    match reqwest::get(format!("{base}/metrics")).await {
+        Ok(resp) => resp.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// The value of `key` in a `/metrics` text: a name, or a name with labels
+/// (`confab_connections_by_transport{transport="http"}`), summed over the
+/// samples of that name that carry those labels, whatever other labels
+/// they have (the node adds its own `node` label to every sample). None
+/// if no sample matches.
+pub fn metric_in(text: &str, key: &str) -> Option<f64> {
+    let (name, labels) = split_sample(key)?;
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((sample, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Some((sample_name, sample_labels)) = split_sample(sample) else {
+            continue;
+        };
+        if sample_name == name && labels.iter().all(|l| sample_labels.contains(l)) {
+            if let Ok(v) = value.parse::<f64>() {
+                *found.get_or_insert(0.0) += v;
+            }
+        }
+    }
+    found
+}
+
+/// `name{a="x",b="y"}` -> (name, [`a="x"`, `b="y"`]).
+fn split_sample(sample: &str) -> Option<(&str, Vec<&str>)> {
+    match sample.split_once('{') {
+        None => Some((sample, Vec::new())),
+        Some((name, rest)) => {
+            let labels = rest.strip_suffix('}')?;
+            Some((name, labels.split(',').filter(|l| !l.is_empty()).collect()))
+        }
+    }
+}
+
+/// `key`'s value summed over the nodes (a node that does not answer, or
+/// lacks the sample, adds 0).
+pub async fn metric_sum(nodes: &[String], key: &str) -> f64 {
+    let mut sum = 0.0;
+    for base in nodes {
+        sum += metric_in(&metrics_text(base).await, key).unwrap_or(0.0);
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_match_by_name_and_labels() {
+        let text = "# HELP x\nconfab_presence_entries{node=\"a\"} 500\n\
+                    confab_connections_by_transport{node=\"a\",transport=\"http\"} 100\n\
+                    confab_connections_by_transport{node=\"a\",transport=\"websocket\"} 1\n";
+        assert_eq!(metric_in(text, "confab_presence_entries"), Some(500.0));
+        assert_eq!(
+            metric_in(text, "confab_connections_by_transport{transport=\"http\"}"),
+            Some(100.0)
+        );
+        assert_eq!(
+            metric_in(text, "confab_connections_by_transport"),
+            Some(101.0)
+        );
+        assert_eq!(metric_in(text, "confab_sockets_open"), None);
+    }
+}
