@@ -47,11 +47,10 @@ pub struct PresenceTracker {
     wake: Notify,
 }
 
-/// What this node holds, and what the shared presence has yet to hear.
+/// What the shared presence has yet to hear. (What this node holds is the
+/// hub's: `Hub::holds` and `Hub::held`.)
 #[derive(Default)]
 struct Local {
-    /// Users with a connection here, by conversation.
-    held: HashMap<ConversationId, HashSet<UserId>>,
     /// Users whose holding changed since the last batch.
     dirty: HashMap<ConversationId, HashSet<UserId>>,
     /// Conversations to sweep, when (in time order: the delay is fixed).
@@ -133,20 +132,17 @@ impl PresenceTracker {
     /// Tells the shared presence what changed here since the last batch.
     /// False if some of it failed (it is kept for the next batch).
     async fn flush(&self) -> bool {
-        let batch: Vec<(ConversationId, Vec<UserId>, Vec<UserId>)> = {
-            let mut local = self.state.lock();
-            let dirty = std::mem::take(&mut local.dirty);
-            dirty
-                .into_iter()
-                .map(|(conv, users)| {
-                    let held = local.held.get(&conv);
-                    let (live, departed) = users
-                        .into_iter()
-                        .partition(|u| held.is_some_and(|h| h.contains(u)));
-                    (conv, live, departed)
-                })
-                .collect()
+        let dirty = std::mem::take(&mut self.state.lock().dirty);
+        let Some(hub) = self.hub.upgrade() else {
+            return true;
         };
+        let batch: Vec<(ConversationId, Vec<UserId>, Vec<UserId>)> = dirty
+            .into_iter()
+            .map(|(conv, users)| {
+                let (live, departed) = users.into_iter().partition(|u| hub.holds(conv, u));
+                (conv, live, departed)
+            })
+            .collect();
         let results: Vec<_> = stream::iter(batch)
             .map(|(conv, live, departed)| async move {
                 let update = Update {
@@ -214,13 +210,10 @@ impl PresenceTracker {
         if quiet {
             tracing::info!("presence store lost its entries; re-asserting this node's");
         }
-        let held: Vec<(ConversationId, Vec<UserId>)> = self
-            .state
-            .lock()
-            .held
-            .iter()
-            .map(|(conv, users)| (*conv, users.iter().cloned().collect()))
-            .collect();
+        let held = match self.hub.upgrade() {
+            Some(hub) => hub.held(),
+            None => return,
+        };
         self.update_all(held, quiet).await;
     }
 
@@ -289,25 +282,10 @@ impl PresenceTracker {
         }
     }
 
-    fn held_changed(&self, conv: ConversationId, user: &UserId, held: bool) {
+    /// Notes that `user`'s holding of `conv` changed, for the next batch.
+    fn changed(&self, conv: ConversationId, user: &UserId) {
         let mut local = self.state.lock();
-        let users = local.held.entry(conv).or_default();
-        let changed = if held {
-            users.insert(user.clone())
-        } else {
-            users.remove(user)
-        };
-        if users.is_empty() {
-            local.held.remove(&conv);
-        }
-        if changed {
-            if held {
-                self.metrics.presence_entries.inc();
-            } else {
-                self.metrics.presence_entries.dec();
-            }
-            local.dirty.entry(conv).or_default().insert(user.clone());
-        }
+        local.dirty.entry(conv).or_default().insert(user.clone());
         drop(local);
         self.wake.notify_one();
     }
@@ -315,10 +293,12 @@ impl PresenceTracker {
 
 impl Attendance for PresenceTracker {
     fn arrived(&self, conv: ConversationId, user: &UserId) {
-        self.held_changed(conv, user, true);
+        self.metrics.presence_entries.inc();
+        self.changed(conv, user);
     }
 
     fn departed(&self, conv: ConversationId, user: &UserId) {
-        self.held_changed(conv, user, false);
+        self.metrics.presence_entries.dec();
+        self.changed(conv, user);
     }
 }

@@ -318,6 +318,15 @@ impl RoomState {
         self.users.get(user) == Some(&1)
     }
 
+    pub fn has_member_of(&self, user: &UserId) -> bool {
+        self.users.contains_key(user)
+    }
+
+    /// The users with a member here.
+    pub fn member_users(&self) -> Vec<UserId> {
+        self.users.keys().cloned().collect()
+    }
+
     /// Ends a member's replay, which sent it every message up to `cursor`:
     /// the live frames that came meanwhile are queued, none at or below
     /// `cursor`. False if the member has left.

@@ -233,6 +233,23 @@ impl Hub {
         }
     }
 
+    /// Whether a connection of `user` here is joined to `conv`.
+    pub fn holds(&self, conv: ConversationId, user: &UserId) -> bool {
+        self.rooms
+            .get(&conv)
+            .is_some_and(|room| room.state.lock().has_member_of(user))
+    }
+
+    /// Every conversation with connections joined here, and their users.
+    pub fn held(&self) -> Vec<(ConversationId, Vec<UserId>)> {
+        let rooms: Vec<_> = self.rooms.iter().map(|r| r.value().clone()).collect();
+        rooms
+            .into_iter()
+            .map(|room| (room.id, room.state.lock().member_users()))
+            .filter(|(_, users)| !users.is_empty())
+            .collect()
+    }
+
     fn departed(&self, conv: ConversationId, user: &UserId) {
         if let Some(attendance) = self.attendance() {
             attendance.departed(conv, user);

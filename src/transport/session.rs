@@ -125,10 +125,7 @@ impl Session {
 
     /// Handles frames until the connection closes.
     pub async fn read(&mut self, input: &mut impl Frames) -> Ending {
-        // Far enough to never come, for a transport without an idle timeout.
-        let never = Duration::from_secs(86_400 * 365);
-        let idle_timeout = self.idle_timeout.unwrap_or(never);
-        let mut alive_until = Instant::now() + idle_timeout;
+        let mut alive_until = self.alive_from_now();
         loop {
             // One timer for the three deadlines (a dead peer, the token's
             // expiry, a typer's lapse): it is re-armed after every frame,
@@ -176,7 +173,7 @@ impl Session {
                         // Nothing was read while the frame was handled (a
                         // long replay, say): the peer's silence counts from
                         // now, not from when the frame arrived.
-                        alive_until = Instant::now() + idle_timeout;
+                        alive_until = self.alive_from_now();
                     }
                     Input::NotText => {
                         let err = ChatError::InvalidFrame("binary frames are not part of the protocol".into());
@@ -187,10 +184,10 @@ impl Session {
                         Box::pin(self.reply(ServerFrame::error(&err, None))).await;
                     }
                     Input::Ping(payload) => {
-                        alive_until = Instant::now() + idle_timeout;
+                        alive_until = self.alive_from_now();
                         self.conn.pong(payload);
                     }
-                    Input::Alive => alive_until = Instant::now() + idle_timeout,
+                    Input::Alive => alive_until = self.alive_from_now(),
                     Input::Gone(reason) => {
                         self.conn.close(reason);
                         return Ending::PeerClosed;
@@ -202,6 +199,13 @@ impl Session {
                 },
             }
         }
+    }
+
+    /// Until when the peer counts as alive, from now (the idle timeout's
+    /// deadline; far enough to never come for a transport without one).
+    fn alive_from_now(&self) -> Instant {
+        let never = Duration::from_secs(86_400 * 365);
+        Instant::now() + self.idle_timeout.unwrap_or(never)
     }
 
     /// The node closed the connection (the first reason given wins).
