@@ -18,9 +18,11 @@ use futures_util::stream::{self, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use super::Events;
 use crate::config::PresenceSettings;
+use crate::error::ChatError;
 use crate::hub::{Attendance, Hub};
 use crate::metrics::Metrics;
 use crate::model::{ConversationId, UserId};
@@ -89,14 +91,11 @@ impl PresenceTracker {
 
     /// The conversation's present users (who may see them is the caller's
     /// check).
-    pub async fn present(
-        &self,
-        conv: ConversationId,
-    ) -> Result<Vec<UserId>, crate::error::ChatError> {
+    pub async fn present(&self, conv: ConversationId) -> Result<Vec<UserId>, ChatError> {
         Ok(self.shared.present(conv).await?)
     }
 
-    async fn run(&self, stop: tokio_util::sync::CancellationToken) {
+    async fn run(&self, stop: CancellationToken) {
         let renew_every = self.settings.ttl() / 3;
         let mut renew = tokio::time::interval(renew_every);
         renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

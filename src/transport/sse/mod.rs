@@ -32,13 +32,13 @@ use crate::hub::{Conn, Inbound, PostError, Posted};
 use crate::model::{CloseReason, ConnectionId, UserId};
 
 /// How long a ticket may wait to be redeemed.
-pub const TICKET_TTL: Duration = Duration::from_secs(30);
+const TICKET_TTL: Duration = Duration::from_secs(30);
 /// POSTs queued for one connection's session; past it the client is told
 /// to slow down (429). With each POST at most `max_frame_bytes`, this bounds
 /// what a connection's queue holds in bytes.
 const POSTS_QUEUED: usize = 8;
 /// Most frames in one POST.
-pub const MAX_FRAMES_PER_POST: usize = 64;
+const MAX_FRAMES_PER_POST: usize = 64;
 /// A comment line goes down an idle stream this often, so proxies keep it.
 const KEEPALIVE: Duration = Duration::from_secs(15);
 /// The connection directory's entry of a stream lives this long unless
