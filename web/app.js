@@ -15,7 +15,8 @@ const HEARTBEAT_MS = 20_000; // a ping unanswered for REQUEST_TIMEOUT_MS drops t
 const TYPING_RESEND_MS = 2_500; // refresh `typing: true` while typing goes on
 const TYPING_IDLE_MS = 3_000; // quiet this long: `typing: false`
 const TYPER_TTL_MS = 6_500; // a remote typer expires without news (server typing_ttl + margin)
-const WS_FAILURES_FOR_HTTP = 3; // sockets in a row that heard nothing: move to the HTTP transport
+const WS_FAILURES_FOR_HTTP = 3; // sockets in a row that failed: move to the HTTP transport
+const WS_STABLE_MS = 30_000; // a socket cut (1006) sooner than this after auth counts as failed
 const WS_RETRY_MS = 60_000; // on the HTTP transport, a socket is tried again this often
 const BATCH_BYTES = 32_768; // frames POSTed together, at most (half the server's body limit)
 const BATCH_FRAMES = 32;
@@ -38,7 +39,7 @@ const state = {
   openId: null,
   conn: null, // the live connection (see connect)
   mode: 'websocket', // the transport the next connection uses: 'websocket' or 'http'
-  wsFailures: 0, // sockets in a row on which nothing arrived
+  wsFailures: 0, // sockets in a row that heard nothing, or were cut soon after auth
   probe: null, // on the HTTP transport: a socket being tried on the side
   probeTimer: null,
   connected: false, // authenticated connection
@@ -475,7 +476,14 @@ function receive(conn, frame) {
     return;
   }
   if (conn !== state.conn) return;
-  if (frame.type === 'auth_success' && !frame.data?.ref) conn.authed = true;
+  if (frame.type === 'auth_success' && !frame.data?.ref) {
+    conn.authed = true;
+    conn.authedAt = Date.now();
+    // A socket that stays up a while proves sockets get through.
+    if (conn.kind === 'websocket') {
+      setTimeout(() => state.conn === conn && (state.wsFailures = 0), WS_STABLE_MS);
+    }
+  }
   onFrame(frame);
 }
 
@@ -492,7 +500,12 @@ function closed(conn, code) {
   }
   if (conn !== state.conn) return;
   state.conn = null;
-  if (conn.kind === 'websocket' && !conn.heard) state.wsFailures += 1;
+  if (conn.kind === 'websocket') {
+    // A proxy that refuses upgrades: nothing heard. One that cuts them: a
+    // socket that dies without a close frame soon after it authenticated.
+    const cut = code === 1006 && Date.now() - (conn.authedAt ?? 0) < WS_STABLE_MS;
+    if (!conn.heard || cut) state.wsFailures += 1;
+  }
   resetSession();
   if (state.mode === 'websocket' && state.wsFailures >= WS_FAILURES_FOR_HTTP) {
     // Sockets do not get through (a proxy refusing upgrades): HTTP, at once.
@@ -544,7 +557,6 @@ async function onAuthenticated(data) {
   const conn = state.conn;
   state.connected = true;
   state.attempt = 0;
-  if (conn.kind === 'websocket') state.wsFailures = 0;
   state.nodeId = data.node_id || '?';
   setStatus('connected');
   scheduleRenewal(data.expires_at);
@@ -621,6 +633,8 @@ function adoptProbe(conn, data) {
   state.conn?.close();
   resetSession();
   conn.authed = true;
+  conn.authedAt = Date.now();
+  state.wsFailures = 0;
   state.conn = conn;
   onAuthenticated(data);
 }
