@@ -176,7 +176,12 @@ impl Node {
             node_id: node_id.clone(),
             draining: draining.clone(),
             sessions: TaskTracker::new(),
-            posts: UserRateLimiter::new(limits.frame_rate_per_sec, limits.frame_burst),
+            // A POST carries at least one frame, and a socket may send its
+            // frames at the frame rate and its messages at the send rate.
+            posts: UserRateLimiter::new(
+                limits.frame_rate_per_sec + limits.send_rate_per_sec,
+                limits.frame_burst + limits.send_burst,
+            ),
         });
         Ok(Arc::new(Node {
             settings,

@@ -389,7 +389,9 @@ async fn a_stream_whose_client_posts_nothing_ends_as_a_dead_peer() {
 async fn a_flood_of_posts_is_rate_limited_before_it_reaches_the_bus() {
     let node = start_node(|s| {
         s.limits.frame_rate_per_sec = 0.5;
-        s.limits.frame_burst = 3;
+        s.limits.frame_burst = 2;
+        s.limits.send_rate_per_sec = 0.0;
+        s.limits.send_burst = 1;
     })
     .await;
     let mut alice = node_http(&node, "alice").await;

@@ -39,9 +39,10 @@ pub struct Context {
     /// Every connection's tasks (a socket's reader and writer, an event
     /// stream's session), so a drain can wait for them to end.
     pub sessions: TaskTracker,
-    /// Frame POSTs per user taken by this node, at the frame rate: a POST
-    /// this node hands on over the bus costs the cluster before the
-    /// connection's own frame limit sees it.
+    /// Frame POSTs per user taken by this node, at the frame and send
+    /// rates together (what a socket may send): a POST this node hands on
+    /// over the bus costs the cluster before the connection's own limits
+    /// see it.
     pub posts: UserRateLimiter,
 }
 
