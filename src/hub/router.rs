@@ -92,7 +92,7 @@ impl Hub {
 }
 
 /// The frames of a JSON array, each as its own text.
-pub fn split_frames(payload: &[u8]) -> Option<Posted> {
+fn split_frames(payload: &[u8]) -> Option<Posted> {
     let frames: Vec<&serde_json::value::RawValue> = serde_json::from_slice(payload).ok()?;
     Some(
         frames

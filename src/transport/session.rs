@@ -57,7 +57,7 @@ pub trait Frames: Send {
     fn next(&mut self) -> impl Future<Output = Input> + Send;
 }
 
-pub fn deadline_of(identity: &Identity) -> Instant {
+fn deadline_of(identity: &Identity) -> Instant {
     let left = (identity.expires_at - Utc::now())
         .to_std()
         .unwrap_or(Duration::ZERO);
