@@ -202,6 +202,15 @@ async fn a_redis_restart_loses_no_presence_and_announces_nothing() {
     })
     .await;
 
+    // Events cross nodes again once bob's node has resubscribed: a message
+    // stored now reaches him live or through the catch-up that follows
+    // the resubscriptions.
+    alice.say(&conv, "after the restart").await;
+    let (_, before) = bob
+        .until(|f| f["data"]["message"]["content"] == "after the restart")
+        .await;
+    seen.extend(before);
+
     // A later change is still announced, once: the restart itself was not.
     let mut carol = nodes[1].connect("carol").await;
     carol.join(&conv, None).await;

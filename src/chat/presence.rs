@@ -209,10 +209,20 @@ impl PresenceTracker {
         if quiet {
             tracing::info!("presence store lost its entries; re-asserting this node's");
         }
-        let held = match self.hub.upgrade() {
+        let mut held = match self.hub.upgrade() {
             Some(hub) => hub.held(),
             None => return,
         };
+        if quiet {
+            // Who arrived while the store was away has not been announced
+            // yet: the next batch does that, not this quiet re-assertion.
+            let local = self.state.lock();
+            for (conv, users) in &mut held {
+                if let Some(pending) = local.dirty.get(conv) {
+                    users.retain(|u| !pending.contains(u));
+                }
+            }
+        }
         self.update_all(held, quiet).await;
     }
 
