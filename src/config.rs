@@ -171,6 +171,14 @@ pub struct AssistantSettings {
     pub max_history_messages: u64,
     pub timeout_secs: f64,
     pub echo_delay_ms: u64,
+    /// Answers running at once across the cluster; 0: no limit.
+    pub max_concurrent: usize,
+    /// Answers started in any minute across the cluster; 0: no limit.
+    pub requests_per_minute: usize,
+    /// Longest wait in the queue before `stream_error UNAVAILABLE`; 0: none.
+    pub queue_timeout_secs: f64,
+    /// Most requests waiting in the queue (`RATE_LIMITED` beyond); 0: no limit.
+    pub max_queue: usize,
 }
 
 impl Default for AssistantSettings {
@@ -184,6 +192,10 @@ impl Default for AssistantSettings {
             max_history_messages: 20,
             timeout_secs: 60.0,
             echo_delay_ms: 60,
+            max_concurrent: 0,
+            requests_per_minute: 0,
+            queue_timeout_secs: 120.0,
+            max_queue: 100,
         }
     }
 }
@@ -225,6 +237,8 @@ pub struct StreamingSettings {
     pub max_streams_per_user: usize,
     pub retry_budget: u32,
     pub max_retry_wait_secs: f64,
+    /// Longest answer, in characters: generation stops there (`length`).
+    pub max_answer_chars: usize,
 }
 
 /// Logs and traces.

@@ -37,6 +37,20 @@ pub struct Metrics {
     pub streams_active: IntGauge,
     pub assistant_tokens: IntCounter,
     pub assistant_errors: IntCounterVec,
+    /// Tokens the providers counted for assistant answers, by assistant
+    /// (configured ids) and `kind`: `prompt` or `completion`.
+    pub assistant_usage_tokens: IntCounterVec,
+    /// Assistant answers ended, by assistant and `finish`: one of
+    /// [`STREAM_FINISHES`] (a provider's own finish reasons are mapped onto
+    /// them, so the label stays a bounded set).
+    pub assistant_streams: IntCounterVec,
+    /// Requests waiting in each assistant's queue (the cluster's, as this
+    /// node last read it).
+    pub assistant_queue_waiting: IntGaugeVec,
+    /// Requests running for each assistant, cluster-wide, likewise.
+    pub assistant_queue_running: IntGaugeVec,
+    /// How long requests waited before they ran, by assistant.
+    pub assistant_queue_wait: HistogramVec,
     /// Bytes queued for all sockets (the node's outbound budget in use).
     pub outbound_bytes: IntGauge,
     /// TCP connections held, HTTP and WebSocket alike.
@@ -48,6 +62,12 @@ pub struct Metrics {
     /// `accept` failures (most often: out of file descriptors).
     pub accept_errors: IntCounter,
 }
+
+/// The `finish` label values of `assistant_streams_total`, the only ones.
+pub const STREAM_FINISHES: &[&str] = &["stop", "length", "cancelled", "error", "other"];
+
+/// The `kind` label values of `assistant_usage_tokens_total`.
+pub const TOKEN_KINDS: &[&str] = &["prompt", "completion"];
 
 /// Latency buckets from 0.25 ms to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -80,6 +100,10 @@ impl Metrics {
             let c = IntCounterVec::new(Opts::new(name, help), &[label]).expect("valid metric");
             register(&registry, c)
         };
+        let counter_vec2 = |name: &str, help: &str, labels: [&str; 2]| {
+            let c = IntCounterVec::new(Opts::new(name, help), &labels).expect("valid metric");
+            register(&registry, c)
+        };
         let gauge = |name: &str, help: &str| {
             register(&registry, IntGauge::new(name, help).expect("valid metric"))
         };
@@ -101,7 +125,34 @@ impl Metrics {
             )
             .expect("valid metric"),
         );
+        let gauge_vec = |name: &str, help: &str, label: &str| {
+            let g = IntGaugeVec::new(Opts::new(name, help), &[label]).expect("valid metric");
+            register(&registry, g)
+        };
+        let assistant_queue_wait = register(
+            &registry,
+            HistogramVec::new(
+                HistogramOpts::new(
+                    "assistant_queue_wait_seconds",
+                    "How long assistant requests waited in their queue before they ran, by assistant",
+                )
+                .buckets(vec![0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0]),
+                &["assistant"],
+            )
+            .expect("valid metric"),
+        );
         Self {
+            assistant_queue_waiting: gauge_vec(
+                "assistant_queue_waiting",
+                "Requests waiting in each assistant's queue, cluster-wide, as this node last read it",
+                "assistant",
+            ),
+            assistant_queue_running: gauge_vec(
+                "assistant_queue_running",
+                "Requests running for each assistant, cluster-wide, as this node last read it",
+                "assistant",
+            ),
+            assistant_queue_wait,
             sockets_open: gauge("sockets_open", "WebSockets open and authenticated"),
             sockets_opened: counter("sockets_opened_total", "WebSockets authenticated"),
             connections_by_transport: register(
@@ -168,6 +219,16 @@ impl Metrics {
                 "assistant_errors_total",
                 "Assistant upstream errors, by kind",
                 "kind",
+            ),
+            assistant_usage_tokens: counter_vec2(
+                "assistant_usage_tokens_total",
+                "Tokens providers counted for assistant answers, by assistant and kind (prompt, completion)",
+                ["assistant", "kind"],
+            ),
+            assistant_streams: counter_vec2(
+                "assistant_streams_total",
+                "Assistant answers ended, by assistant and finish (stop, length, cancelled, error, other)",
+                ["assistant", "finish"],
             ),
             outbound_bytes: gauge(
                 "outbound_bytes",

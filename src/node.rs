@@ -10,7 +10,9 @@ use poem::EndpointExt;
 use tokio::net::TcpListener;
 use tokio_util::task::TaskTracker;
 
-use crate::assistant::{Streams, StreamsParts};
+use crate::assistant::queue::{MemoryQueueStore, QueueStore, RedisQueueStore};
+use crate::assistant::transcript::{MemoryTranscripts, RedisTranscripts, Transcripts};
+use crate::assistant::{redis_pool, Streams, StreamsParts};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::bus::{Bus, LocalBus, RedisBus, Topic};
 use crate::chat::{Assistants, Chat, Events, PresenceTracker, StoredHistory, UserRateLimiter};
@@ -60,7 +62,7 @@ pub struct Node {
     sockets: Arc<crate::transport::Context>,
     draining: Arc<AtomicBool>,
     /// Held so the hub's weak handle on the assistants stays valid.
-    _streams: Arc<Streams>,
+    streams: Arc<Streams>,
     /// Held so the hub's weak handle on presence stays valid.
     _presence: Arc<PresenceTracker>,
 }
@@ -126,6 +128,19 @@ impl Node {
             hub.clone(),
             metrics.clone(),
         ));
+        let (queue, transcripts): (Arc<dyn QueueStore>, Arc<dyn Transcripts>) =
+            if settings.bus.redis_url.is_empty() {
+                (
+                    Arc::new(MemoryQueueStore::default()),
+                    Arc::new(MemoryTranscripts::default()),
+                )
+            } else {
+                let pool = redis_pool(&settings.bus).await.map_err(StartError::Bus)?;
+                (
+                    Arc::new(RedisQueueStore::new(pool.clone(), &settings.bus.prefix)),
+                    Arc::new(RedisTranscripts::new(pool, &settings.bus.prefix)),
+                )
+            };
         let streams = Streams::new(
             &settings.assistants,
             settings.streaming.clone(),
@@ -135,6 +150,9 @@ impl Node {
                 hub: hub.clone(),
                 metrics: metrics.clone(),
                 tasks: tasks.clone(),
+                node_id: node_id.clone(),
+                queue,
+                transcripts,
             },
         )
         .map_err(StartError::Config)?;
@@ -195,7 +213,7 @@ impl Node {
             tasks,
             sockets,
             draining,
-            _streams: streams,
+            streams,
             _presence: tracker,
         }))
     }
@@ -244,6 +262,7 @@ impl Node {
     /// Stops every background task (message writers commit what is
     /// queued first), then closes the bus.
     pub async fn stop(&self) {
+        self.streams.leave().await;
         if !self.tasks.stop(GRACE).await {
             tracing::warn!("some background tasks did not stop in time");
         }

@@ -364,12 +364,31 @@ pub enum ServerFrame {
         user_id: UserId,
         seq: Seq,
     },
+    /// The request waits in its assistant's queue; `position` counts
+    /// from 1 (next to run). Sent again whenever it changes.
+    StreamQueued {
+        stream_id: StreamId,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        reply_to: MessageId,
+        assistant_id: String,
+        position: usize,
+    },
     StreamStart {
         stream_id: StreamId,
         conversation_id: ConversationId,
         message_id: MessageId,
         reply_to: MessageId,
         assistant_id: String,
+    },
+    /// For a connection that joined mid-answer: the text so far, made of
+    /// the `stream_content` pieces up to `index`.
+    StreamSnapshot {
+        stream_id: StreamId,
+        conversation_id: ConversationId,
+        message_id: MessageId,
+        content: String,
+        index: u64,
     },
     StreamContent {
         stream_id: StreamId,

@@ -6,8 +6,10 @@
 mod common;
 
 use common::fake_llm::{FakeLlm, ANSWER};
-use common::procs::Redis;
-use common::{start_node, Client, TestNode};
+use std::time::Duration;
+
+use common::procs::{self, Redis};
+use common::{start_node, Client, TestNode, WAIT};
 use confab::config::{AssistantSettings, Settings};
 use serde_json::{json, Value};
 
@@ -50,6 +52,17 @@ fn assistants(s: &mut Settings, llm: &FakeLlm) {
 
 /// `n` nodes on one Redis and one SQLite file, with the fake assistants.
 async fn cluster(n: usize, llm: &FakeLlm, redis: &Redis, db: &tempfile::TempDir) -> Vec<TestNode> {
+    cluster_with(n, llm, redis, db, |_, _| {}).await
+}
+
+/// As `cluster`, with more settings.
+async fn cluster_with(
+    n: usize,
+    llm: &FakeLlm,
+    redis: &Redis,
+    db: &tempfile::TempDir,
+    tweak: impl Fn(&mut Settings, &FakeLlm),
+) -> Vec<TestNode> {
     let db_url = format!("sqlite://{}/shared.db?mode=rwc", db.path().display());
     let mut nodes = Vec::new();
     for i in 0..n {
@@ -60,6 +73,7 @@ async fn cluster(n: usize, llm: &FakeLlm, redis: &Redis, db: &tempfile::TempDir)
                 s.bus.redis_url = redis_url;
                 s.server.node_id = format!("n{i}");
                 assistants(s, llm);
+                tweak(s, llm);
             })
             .await,
         );
@@ -67,18 +81,41 @@ async fn cluster(n: usize, llm: &FakeLlm, redis: &Redis, db: &tempfile::TempDir)
     nodes
 }
 
+/// Adds assistant `id` answering with the fake's `model`, one at a time
+/// across the cluster, and lets a user have many requests waiting.
+fn one_at_a_time(s: &mut Settings, llm: &FakeLlm, id: &str, model: &str) {
+    s.assistants.insert(
+        id.into(),
+        AssistantSettings {
+            provider: confab::config::ProviderKind::OpenAi,
+            model: model.into(),
+            base_url: llm.base_url.clone(),
+            timeout_secs: 30.0,
+            max_concurrent: 1,
+            ..AssistantSettings::default()
+        },
+    );
+    s.streaming.max_streams_per_user = 10;
+}
+
 /// What one socket saw of one stream.
 #[derive(Debug)]
 struct Seen {
     start: Value,
+    /// A joiner's catch-up: the text up to an index.
+    snapshot: Option<(u64, String)>,
+    /// The live pieces, by index.
     contents: Vec<(u64, String)>,
     end: Value,
     stored: Vec<Value>,
 }
 
 impl Seen {
+    /// The answer as the socket assembled it.
     fn text(&self) -> String {
-        self.contents.iter().map(|(_, c)| c.as_str()).collect()
+        let mut text = self.snapshot.clone().map(|s| s.1).unwrap_or_default();
+        text.extend(self.contents.iter().map(|(_, c)| c.as_str()));
+        text
     }
 }
 
@@ -87,6 +124,7 @@ impl Seen {
 async fn watch(c: &mut Client, stream_id: Option<&str>) -> Seen {
     let mut id = stream_id.map(str::to_owned);
     let (mut start, mut contents, mut stored) = (Value::Null, Vec::new(), Vec::new());
+    let mut snapshot = None;
     loop {
         let f = c.next().await;
         let kind = f["type"].as_str().unwrap_or("").to_owned();
@@ -104,6 +142,13 @@ async fn watch(c: &mut Client, stream_id: Option<&str>) -> Seen {
             continue;
         }
         match kind.as_str() {
+            "stream_queued" => {}
+            "stream_snapshot" => {
+                snapshot = Some((
+                    f["data"]["index"].as_u64().unwrap(),
+                    f["data"]["content"].as_str().unwrap().to_owned(),
+                ))
+            }
             "stream_start" => start = f,
             "stream_content" => contents.push((
                 f["data"]["index"].as_u64().unwrap(),
@@ -121,6 +166,7 @@ async fn watch(c: &mut Client, stream_id: Option<&str>) -> Seen {
                 }
                 return Seen {
                     start,
+                    snapshot,
                     contents,
                     end,
                     stored,
@@ -347,14 +393,12 @@ async fn another_users_tab_on_another_node_cancels_the_stream() {
     alice.say(&conv, "tell me a long story").await;
     let id = ask(&mut alice, &conv, "slow").await;
 
-    // One active stream per conversation.
-    let (busy, _) = bob
-        .request(
-            "stream_response",
-            json!({"conversation_id": conv, "assistant_id": "ok"}),
-        )
+    // One answer at a time per conversation: Bob's request waits behind it.
+    let next = ask(&mut bob, &conv, "ok").await;
+    let (told, _) = bob
+        .until(|f| f["type"] == "stream_queued" && f["data"]["stream_id"] == next.as_str())
         .await;
-    assert_eq!(busy["data"]["code"], "RATE_LIMITED", "{busy}");
+    assert_eq!(told["data"]["position"], 1, "{told}");
 
     // Bob waits for some tokens, then cancels from his node.
     bob.until(|f| f["type"] == "stream_content" && f["data"]["index"] == 2)
@@ -372,8 +416,7 @@ async fn another_users_tab_on_another_node_cancels_the_stream() {
         );
         assert_eq!(answer["metadata"]["finish_reason"], "cancelled");
     }
-    // The claim is released: a new answer may start.
-    let next = ask(&mut bob, &conv, "ok").await;
+    // Then the request that waited runs.
     let seen = watch(&mut bob, Some(&next)).await;
     assert_eq!(seen.text(), ANSWER);
 }
@@ -425,4 +468,508 @@ async fn the_provider_sees_edits_and_never_a_deleted_message() {
         .map(|m| m["content"].as_str().unwrap())
         .collect();
     assert_eq!(contents, ["Be brief.", "kept, edited", "the question"]);
+}
+
+/// Two users' bursts on three nodes, one answer at a time: users take
+/// turns (the one served least recently goes next), each user's requests
+/// run in the order asked, every tab is told each request's place as it
+/// changes, and never more than one request reaches the provider at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_users_bursts_take_turns_for_one_slot_across_three_nodes() {
+    let llm = FakeLlm::start().await;
+    let redis = Redis::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let nodes = cluster_with(3, &llm, &redis, &db, |s, llm| {
+        one_at_a_time(s, llm, "held", "held")
+    })
+    .await;
+    // Alice's three chats and Bob's two, each shared with Olga, who watches.
+    let mut chats = Vec::new();
+    for owner in ["alice", "alice", "alice", "bob", "bob"] {
+        chats.push((owner, nodes[0].create_chat(owner, &["olga"]).await));
+    }
+    let mut alice = nodes[0].connect("alice").await;
+    let mut bob = nodes[1].connect("bob").await;
+    let mut olga = nodes[2].connect("olga").await;
+    for (owner, conv) in &chats {
+        olga.join(conv, None).await;
+        let tab = if *owner == "alice" {
+            &mut alice
+        } else {
+            &mut bob
+        };
+        tab.join(conv, None).await;
+        tab.say(conv, "a question").await;
+    }
+    // Alice's burst, then Bob's.
+    let mut ids = Vec::new();
+    for (owner, conv) in &chats {
+        let tab = if *owner == "alice" {
+            &mut alice
+        } else {
+            &mut bob
+        };
+        ids.push(ask(tab, conv, "held").await);
+    }
+    let [a1, a2, a3, b1, b2] = [0, 1, 2, 3, 4].map(|i| ids[i].clone());
+    // Alice was served (a1 runs), Bob never: Bob's first goes next, then
+    // the users alternate.
+    let expected: std::collections::HashMap<String, u64> = [(&b1, 1), (&a2, 2), (&b2, 3), (&a3, 4)]
+        .into_iter()
+        .map(|(id, p)| (id.clone(), p))
+        .collect();
+    let mut log: Vec<(String, String)> = Vec::new();
+    let mut told = std::collections::HashMap::new();
+    while told != expected {
+        let f = olga.next().await;
+        let (kind, id) = (f["type"].as_str().unwrap_or(""), &f["data"]["stream_id"]);
+        if kind == "stream_queued" {
+            told.insert(
+                id.as_str().unwrap().to_owned(),
+                f["data"]["position"].as_u64().unwrap(),
+            );
+        }
+        if kind.starts_with("stream_") {
+            log.push((kind.to_owned(), id.as_str().unwrap().to_owned()));
+        }
+    }
+    let order = [&a1, &b1, &a2, &b2, &a3];
+    for running in order {
+        assert!(
+            llm.wait_open(1, WAIT).await,
+            "the next request reaches the provider"
+        );
+        assert!(llm.release_one());
+        loop {
+            let f = olga.next().await;
+            let (kind, id) = (
+                f["type"].as_str().unwrap_or(""),
+                f["data"]["stream_id"].as_str(),
+            );
+            if kind.starts_with("stream_") {
+                log.push((kind.to_owned(), id.unwrap().to_owned()));
+            }
+            if kind == "stream_complete" && id == Some(running.as_str()) {
+                assert_eq!(f["data"]["message"]["content"], "held  done");
+                break;
+            }
+        }
+    }
+    // Each answer started after the one before ended, in the fair order.
+    let runs: Vec<(String, String)> = log
+        .into_iter()
+        .filter(|(kind, _)| kind == "stream_start" || kind == "stream_complete")
+        .collect();
+    let expected_runs: Vec<(String, String)> = order
+        .iter()
+        .flat_map(|id| {
+            [
+                ("stream_start".to_owned(), (*id).clone()),
+                ("stream_complete".to_owned(), (*id).clone()),
+            ]
+        })
+        .collect();
+    assert_eq!(runs, expected_runs);
+    assert_eq!(
+        llm.max_open(),
+        1,
+        "never more than one request at the provider"
+    );
+    assert_eq!(llm.requests(), 5);
+}
+
+/// A waiting request can be cancelled by any participant, from any node:
+/// it ends `cancelled` with nothing stored and never reaches the provider,
+/// and the requests behind it move up. One that waits longer than the
+/// assistant's queue timeout ends with `UNAVAILABLE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_request_is_cancelled_or_gives_up_after_the_queue_timeout() {
+    let llm = FakeLlm::start().await;
+    let redis = Redis::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let nodes = cluster_with(2, &llm, &redis, &db, |s, llm| {
+        one_at_a_time(s, llm, "held", "held");
+        one_at_a_time(s, llm, "brief", "held");
+        s.assistants.get_mut("brief").unwrap().queue_timeout_secs = 1.0;
+    })
+    .await;
+    let mut chats = Vec::new();
+    for _ in 0..3 {
+        chats.push(nodes[0].create_chat("alice", &["bob"]).await);
+    }
+    let mut alice = nodes[0].connect("alice").await;
+    let mut bob = nodes[1].connect("bob").await;
+    for conv in &chats {
+        alice.join(conv, None).await;
+        bob.join(conv, None).await;
+        alice.say(conv, "a question").await;
+    }
+    let s1 = ask(&mut alice, &chats[0], "held").await;
+    let s2 = ask(&mut alice, &chats[1], "held").await;
+    let s3 = ask(&mut alice, &chats[2], "held").await;
+    bob.until(|f| {
+        f["type"] == "stream_queued"
+            && f["data"]["stream_id"] == s3.as_str()
+            && f["data"]["position"] == 2
+    })
+    .await;
+
+    // Bob, on the other node, cancels Alice's waiting request.
+    let (ack, before) = bob.request("cancel_stream", json!({"stream_id": s2})).await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    // The ack and the end travel separately: either may come first.
+    let ended = |f: &Value| f["type"] == "stream_complete" && f["data"]["stream_id"] == s2.as_str();
+    let (end, mut seen) = match before.iter().position(ended) {
+        Some(at) => (before[at].clone(), before.clone()),
+        None => bob.until(ended).await,
+    };
+    seen.extend(before);
+    assert_eq!(end["data"]["finish_reason"], "cancelled");
+    assert!(
+        end["data"].get("message").is_none(),
+        "nothing stored: {end}"
+    );
+    let moved_up = |f: &Value| {
+        f["type"] == "stream_queued"
+            && f["data"]["stream_id"] == s3.as_str()
+            && f["data"]["position"] == 1
+    };
+    // In another conversation: it may come before the end, or after.
+    if !seen.iter().any(moved_up) {
+        bob.until(moved_up).await;
+    }
+    // Cancelled again, or never known: NOT_FOUND.
+    let (again, _) = bob.request("cancel_stream", json!({"stream_id": s2})).await;
+    assert_eq!(again["data"]["code"], "NOT_FOUND", "{again}");
+
+    // The first ends; the third runs, never the second.
+    assert!(llm.release_one());
+    watch(&mut alice, Some(&s1)).await;
+    bob.until(|f| f["type"] == "stream_start" && f["data"]["stream_id"] == s3.as_str())
+        .await;
+    assert!(llm.wait_open(1, WAIT).await);
+    assert!(llm.release_one());
+    let seen = watch(&mut alice, Some(&s3)).await;
+    assert_eq!(seen.text(), "held  done");
+    assert_eq!(
+        llm.requests(),
+        2,
+        "the cancelled request never reached the provider"
+    );
+    let (_, page) = nodes[0]
+        .rest(
+            "alice",
+            "GET",
+            &format!("/api/v1/chat/chats/{}", chats[1]),
+            None,
+        )
+        .await;
+    let messages = page["messages"].as_array().unwrap();
+    assert_eq!(messages.len(), 1, "only the question: {page}");
+
+    // With a one-second queue timeout, a request that waits gives up.
+    let t1 = ask(&mut alice, &chats[0], "brief").await;
+    let t2 = ask(&mut alice, &chats[1], "brief").await;
+    let (gave_up, _) = bob
+        .until(|f| f["type"] == "stream_error" && f["data"]["stream_id"] == t2.as_str())
+        .await;
+    assert_eq!(gave_up["data"]["code"], "UNAVAILABLE", "{gave_up}");
+    assert!(llm.wait_open(1, WAIT).await);
+    assert!(llm.release_one());
+    let seen = watch(&mut alice, Some(&t1)).await;
+    assert_eq!(seen.end["type"], "stream_complete");
+}
+
+/// A provider's 429 with `Retry-After` pauses the assistant for every node:
+/// no request of it reaches the provider before the pause ends, whichever
+/// node asks, and both answers then complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_429_pauses_the_assistant_on_every_node() {
+    let llm = FakeLlm::start().await;
+    let redis = Redis::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let nodes = cluster_with(2, &llm, &redis, &db, |s, llm| {
+        one_at_a_time(s, llm, "limited", "limited-once");
+        let a = s.assistants.get_mut("limited").unwrap();
+        a.max_concurrent = 0;
+        s.streaming.max_retry_wait_secs = 5.0;
+    })
+    .await;
+    let c1 = nodes[0].create_chat("alice", &[]).await;
+    let c2 = nodes[0].create_chat("bob", &[]).await;
+    let mut alice = nodes[0].connect("alice").await;
+    let mut bob = nodes[1].connect("bob").await;
+    alice.join(&c1, None).await;
+    bob.join(&c2, None).await;
+    alice.say(&c1, "a question").await;
+    bob.say(&c2, "another question").await;
+
+    let s1 = ask(&mut alice, &c1, "limited").await;
+    // Once the first node has heard the 429 (and paused the assistant)...
+    procs::wait_until("the 429 to be counted", WAIT, || async {
+        let metrics = reqwest::get(nodes[0].url("/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        metrics.lines().any(|l| {
+            l.starts_with("confab_assistant_errors_total{kind=\"rate_limited\"")
+                && l.ends_with(" 1")
+        })
+    })
+    .await;
+    // ...the other node's request waits for the pause too.
+    let s2 = ask(&mut bob, &c2, "limited").await;
+    let first = watch(&mut alice, Some(&s1)).await;
+    let second = watch(&mut bob, Some(&s2)).await;
+    assert_eq!(first.text(), ANSWER);
+    assert_eq!(second.text(), ANSWER);
+    let arrivals = llm.arrivals();
+    assert_eq!(
+        arrivals.len(),
+        3,
+        "the refused request, its retry, the other"
+    );
+    let refused_at = arrivals[0].1;
+    for (_, at) in &arrivals[1..] {
+        let after = at.duration_since(refused_at);
+        assert!(
+            after >= Duration::from_millis(1900),
+            "a request {after:?} after the 429"
+        );
+    }
+}
+
+/// A tab that joins mid-answer on another node, and a tab reloaded on a
+/// third node resuming with `since_seq`, each get the answer's start, one
+/// snapshot of the text so far, then every later piece once: each ends
+/// with exactly the stored text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tabs_joining_mid_answer_on_other_nodes_end_with_the_stored_text() {
+    let llm = FakeLlm::start().await;
+    let redis = Redis::start().await;
+    let db = tempfile::tempdir().unwrap();
+    let nodes = cluster(3, &llm, &redis, &db).await;
+    let conv = nodes[0].create_chat("alice", &["bob"]).await;
+    let mut writer = nodes[0].connect("alice").await;
+    writer.join(&conv, None).await;
+    let question = writer.say(&conv, "tell me a long story").await;
+    let id = ask(&mut writer, &conv, "slow").await;
+    writer
+        .until(|f| f["type"] == "stream_content" && f["data"]["index"] == 3)
+        .await;
+
+    let mut joiner = nodes[1].connect("bob").await;
+    joiner.join(&conv, None).await;
+    let mut reloaded = nodes[2].connect("alice").await;
+    reloaded
+        .join(&conv, Some(question["data"]["seq"].as_i64().unwrap()))
+        .await;
+    writer
+        .until(|f| f["type"] == "stream_content" && f["data"]["index"] == 12)
+        .await;
+    let (ack, _) = writer
+        .request("cancel_stream", json!({"stream_id": id}))
+        .await;
+    assert_eq!(ack["type"], "ack");
+
+    let full = watch(&mut writer, Some(&id)).await;
+    let stored = full.end["data"]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(stored.starts_with("w0 w1 w2 w3 "), "{stored}");
+    for tab in [&mut joiner, &mut reloaded] {
+        let seen = watch(tab, Some(&id)).await;
+        assert_eq!(
+            seen.start["data"]["message_id"],
+            full.end["data"]["message_id"]
+        );
+        let (upto, _) = seen
+            .snapshot
+            .clone()
+            .expect("a snapshot of the text so far");
+        assert!(
+            upto >= 3,
+            "the snapshot holds what was written before the join"
+        );
+        let idx: Vec<u64> = seen.contents.iter().map(|(i, _)| *i).collect();
+        let next: Vec<u64> = (upto + 1..upto + 1 + idx.len() as u64).collect();
+        assert_eq!(idx, next, "every piece after the snapshot, once");
+        assert_eq!(seen.text(), stored);
+        assert_eq!(seen.end["data"]["message"]["content"], stored.as_str());
+    }
+}
+
+/// A provider's URL citations are stored with the answer and delivered with
+/// it, live and in history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn citations_are_stored_and_delivered_with_the_answer() {
+    let llm = FakeLlm::start().await;
+    let node = start_node(|s| {
+        assistants(s, &llm);
+        one_at_a_time(s, &llm, "cited", "cited");
+    })
+    .await;
+    let conv = node.create_chat("alice", &[]).await;
+    let mut tab = node.connect("alice").await;
+    tab.join(&conv, None).await;
+    tab.say(&conv, "sources please").await;
+    let id = ask(&mut tab, &conv, "cited").await;
+    let seen = watch(&mut tab, Some(&id)).await;
+    let expected = json!([
+        {"url": "https://example.com/a", "title": "Example A", "start": 0, "end": 3},
+        {"url": "https://example.org/b", "start": 4, "end": 10},
+    ]);
+    assert_eq!(
+        seen.end["data"]["message"]["metadata"]["citations"],
+        expected
+    );
+    assert_eq!(seen.stored[0]["metadata"]["citations"], expected);
+    let mut later = node.connect("alice").await;
+    later.join(&conv, Some(0)).await;
+    let (replayed, _) = later
+        .until(|f| f["data"]["message"]["message_type"] == "assistant")
+        .await;
+    assert_eq!(
+        replayed["data"]["message"]["metadata"]["citations"],
+        expected
+    );
+}
+
+/// Each user's token totals are kept and readable by them alone, over
+/// `?since=`; each assistant's are in the metrics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_totals_per_user_and_per_assistant() {
+    let llm = FakeLlm::start().await;
+    let node = start_node(|s| assistants(s, &llm)).await;
+    let before = chrono::Utc::now() - chrono::Duration::seconds(5);
+    for user in ["alice", "alice", "bob"] {
+        let conv = node.create_chat(user, &[]).await;
+        let mut tab = node.connect(user).await;
+        tab.join(&conv, None).await;
+        tab.say(&conv, "a question").await;
+        let id = ask(&mut tab, &conv, "ok").await;
+        watch(&mut tab, Some(&id)).await;
+    }
+    // One without usage counts as a stream with no tokens.
+    let conv = node.create_chat("bob", &[]).await;
+    let mut tab = node.connect("bob").await;
+    tab.join(&conv, None).await;
+    tab.say(&conv, "a question").await;
+    let id = ask(&mut tab, &conv, "no-usage").await;
+    watch(&mut tab, Some(&id)).await;
+
+    let usage = |user: &'static str, query: String| {
+        let node = &node;
+        async move {
+            node.rest(user, "GET", &format!("/api/v1/chat/usage{query}"), None)
+                .await
+        }
+    };
+    assert_eq!(
+        usage("alice", String::new()).await,
+        (
+            200,
+            json!({"prompt_tokens": 22, "completion_tokens": 10, "total_tokens": 32, "streams": 2})
+        )
+    );
+    assert_eq!(
+        usage(
+            "bob",
+            format!(
+                "?since={}",
+                before.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            )
+        )
+        .await,
+        (
+            200,
+            json!({"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16, "streams": 2})
+        )
+    );
+    let later = (chrono::Utc::now() + chrono::Duration::hours(1))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        usage("alice", format!("?since={later}")).await.1["streams"],
+        0
+    );
+    assert_eq!(usage("carol", String::new()).await.1["total_tokens"], 0);
+    let (status, _) = usage("alice", "?since=yesterday".into()).await;
+    assert!((400..500).contains(&status), "{status}");
+
+    let metrics = reqwest::get(node.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = |kind: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("confab_assistant_usage_tokens_total{")
+                    && l.contains("assistant=\"ok\"")
+                    && l.contains(&format!("kind=\"{kind}\""))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    assert_eq!(line("prompt").as_deref(), Some("33"));
+    assert_eq!(line("completion").as_deref(), Some("15"));
+}
+
+/// A node killed while it runs the head of a queue does not leave the queue
+/// stuck: within `stream_timeout_secs` its answer is given up (tabs get
+/// `INTERRUPTED`) and the next request runs, on the node it was asked on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_while_running_the_queue_head_lets_the_queue_move_on() {
+    let llm = FakeLlm::start().await;
+    let env: Vec<(String, String)> = [
+        ("CONFAB_ASSISTANTS__HELD__PROVIDER", "openai"),
+        ("CONFAB_ASSISTANTS__HELD__MODEL", "held"),
+        ("CONFAB_ASSISTANTS__HELD__BASE_URL", llm.base_url.as_str()),
+        ("CONFAB_ASSISTANTS__HELD__MAX_CONCURRENT", "1"),
+        ("CONFAB_STREAMING__STREAM_TIMEOUT_SECS", "3"),
+        ("CONFAB_STREAMING__HEARTBEAT_SECS", "0.5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let cluster = procs::ProcCluster::start_with(3, 1, &env).await;
+    let base = |i: usize| cluster.nodes[i].url("");
+    let first = procs::create_chat(&base(0), "alice", &["bob"]).await;
+    let second = procs::create_chat(&base(0), "bob", &["alice"]).await;
+    let mut alice =
+        Client::connect(&cluster.nodes[1].ws_url(), &procs::token("alice"), "alice").await;
+    let mut bob = Client::connect(&cluster.nodes[2].ws_url(), &procs::token("bob"), "bob").await;
+    for conv in [&first, &second] {
+        bob.join(conv, None).await;
+    }
+    alice.join(&first, None).await;
+    alice.say(&first, "a question").await;
+    bob.say(&second, "another question").await;
+    let head = ask(&mut alice, &first, "held").await;
+    assert!(llm.wait_open(1, WAIT).await, "the head runs");
+    let next = ask(&mut bob, &second, "held").await;
+    bob.until(|f| f["type"] == "stream_queued" && f["data"]["stream_id"] == next.as_str())
+        .await;
+
+    // The node running the head dies.
+    cluster.nodes[1].signal("KILL");
+    let (cut, _) = bob
+        .until(|f| f["type"] == "stream_error" && f["data"]["stream_id"] == head.as_str())
+        .await;
+    assert_eq!(cut["data"]["code"], "INTERRUPTED", "{cut}");
+    bob.until(|f| f["type"] == "stream_start" && f["data"]["stream_id"] == next.as_str())
+        .await;
+    procs::wait_until("the next request at the provider", WAIT, || async {
+        llm.requests() == 2
+    })
+    .await;
+    // The dead node's request may still be held at the fake: release all.
+    while llm.release_one() {}
+    let seen = watch(&mut bob, Some(&next)).await;
+    assert_eq!(seen.end["type"], "stream_complete", "{:?}", seen.end);
+    assert_eq!(seen.text(), "held  done");
 }

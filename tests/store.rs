@@ -679,3 +679,107 @@ async fn sqlite_the_log_migration_keeps_existing_history() {
 async fn postgres_the_log_migration_keeps_existing_history() {
     the_log_migration_keeps_existing_history("postgres").await;
 }
+
+/// An answer's usage is recorded once however often (and from however
+/// many nodes at once) it is recorded, and summed per user, from `since`.
+async fn usage_is_recorded_once_and_summed(backend: &str) {
+    use chrono::{DateTime, Duration, Utc};
+    use confab::model::{StreamId, Usage, UsageRecord, UsageTotals};
+
+    let Some((stores, _dir)) = stores(backend, 2).await else {
+        return;
+    };
+    let store = &stores[0];
+    let at = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let record = |who: &str, prompt: u64, completion: u64, when: &str| UsageRecord {
+        stream_id: StreamId::new(),
+        user_id: user(who),
+        assistant_id: "helper".into(),
+        conversation_id: ConversationId::new(),
+        usage: Usage {
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+            total_tokens: prompt + completion,
+        },
+        created_at: at(when),
+    };
+    let totals = |prompt, completion, streams| UsageTotals {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        total_tokens: prompt + completion,
+        streams,
+    };
+    let (ann, bob) = (user("ann"), user("bob"));
+    assert_eq!(
+        store.usage_of(&ann, None).await.unwrap(),
+        UsageTotals::default(),
+        "nothing recorded: zero"
+    );
+
+    let first = record("ann", 11, 5, "2026-12-01T10:00:00Z");
+    store.record_usage(&first).await.unwrap();
+    // Recorded again, even with other numbers: the first record stands.
+    store.record_usage(&first).await.unwrap();
+    let mut other_numbers = first.clone();
+    other_numbers.usage.prompt_tokens = 1000;
+    store.record_usage(&other_numbers).await.unwrap();
+    let second = record("ann", 20, 7, "2026-12-02T10:00:00.250Z");
+    store.record_usage(&second).await.unwrap();
+    store
+        .record_usage(&record("bob", 1000, 1, "2026-12-03T00:00:00Z"))
+        .await
+        .unwrap();
+
+    assert_eq!(store.usage_of(&ann, None).await.unwrap(), totals(31, 12, 2));
+    assert_eq!(
+        store.usage_of(&bob, None).await.unwrap(),
+        totals(1000, 1, 1)
+    );
+    let since = |when| store.usage_of(&ann, Some(when));
+    assert_eq!(
+        since(at("2026-12-02T00:00:00Z")).await.unwrap(),
+        totals(20, 7, 1)
+    );
+    assert_eq!(
+        since(second.created_at).await.unwrap(),
+        totals(20, 7, 1),
+        "`since` includes its own moment"
+    );
+    assert_eq!(
+        since(second.created_at + Duration::milliseconds(1))
+            .await
+            .unwrap(),
+        UsageTotals::default()
+    );
+    assert_eq!(
+        since(at("2026-12-01T11:00:00+01:00")).await.unwrap(),
+        totals(31, 12, 2),
+        "an offset is a moment like any other"
+    );
+
+    // Two nodes recording the same answer at once: no error, counted once.
+    for _ in 0..10 {
+        let same = record("cy", 3, 4, "2026-12-04T00:00:00Z");
+        let (a, b) = tokio::join!(stores[0].record_usage(&same), stores[1].record_usage(&same));
+        a.unwrap();
+        b.unwrap();
+    }
+    assert_eq!(
+        store.usage_of(&user("cy"), None).await.unwrap(),
+        totals(30, 40, 10)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_usage_is_recorded_once_and_summed() {
+    usage_is_recorded_once_and_summed("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_usage_is_recorded_once_and_summed() {
+    usage_is_recorded_once_and_summed("postgres").await;
+}

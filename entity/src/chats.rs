@@ -16,9 +16,10 @@ pub struct Model {
     pub last_seq: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
-    /// The assistant answer being written, if any.
+    /// Unused since the assistants' queue keeps which answer runs where
+    /// (nodes of earlier versions wrote their claim here; a later
+    /// migration drops both columns once no such node runs).
     pub stream_id: Option<Uuid>,
-    /// When that claim lapses unless a heartbeat extends it.
     pub stream_expires_at: Option<DateTimeUtc>,
     /// When its newest message was stored: its activity, for listings.
     pub last_message_at: Option<DateTimeUtc>,

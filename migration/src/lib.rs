@@ -7,6 +7,7 @@ mod m20261121_000001_create_chats;
 mod m20261121_000002_stream_claim;
 mod m20261201_000003_stream_claim_index;
 mod m20261203_000004_conversation_log;
+mod m20261210_000005_assistant_usage;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -19,6 +20,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261121_000002_stream_claim::Migration),
             Box::new(m20261201_000003_stream_claim_index::Migration),
             Box::new(m20261203_000004_conversation_log::Migration),
+            Box::new(m20261210_000005_assistant_usage::Migration),
         ]
     }
 }

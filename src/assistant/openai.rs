@@ -4,8 +4,10 @@
 //!
 //! The answer arrives as Server-Sent Events; `eventsource-stream` parses the
 //! wire format (including `: keep-alive` comment lines, which it drops) and
-//! this module turns each event's JSON into [`Chunk`]s, maps HTTP failures to
-//! [`ProviderError`]s and enforces an idle timeout between bytes.
+//! this module turns each event's JSON into [`Chunk`]s (text, finish reason,
+//! usage, and the URL citations OpenAI and OpenRouter send as
+//! `annotations`), maps HTTP failures to [`ProviderError`]s and enforces an
+//! idle timeout between bytes.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -19,7 +21,7 @@ use reqwest::header::{HeaderMap, ACCEPT, RETRY_AFTER};
 use reqwest::StatusCode;
 use serde::{Deserialize, Serialize};
 
-use super::provider::{Chunk, CompletionRequest, Provider, ProviderError, Role, Usage};
+use super::provider::{Chunk, Citation, CompletionRequest, Provider, ProviderError, Role, Usage};
 
 /// How much of an error body (in characters) ends up in an error message.
 const MAX_ERROR_CHARS: usize = 200;
@@ -195,6 +197,10 @@ struct WireChunk {
 struct WireChoice {
     #[serde(default)]
     delta: Option<WireDelta>,
+    /// A whole message, which some servers send in the last chunk: only
+    /// its `annotations` are read (its text came in the deltas).
+    #[serde(default)]
+    message: Option<WireMessageOut>,
     #[serde(default)]
     finish_reason: Option<String>,
 }
@@ -203,6 +209,16 @@ struct WireChoice {
 struct WireDelta {
     #[serde(default)]
     content: Option<String>,
+    /// Kept as raw JSON and read entry by entry (`citations_of`): a
+    /// malformed annotation is skipped, never a reason to fail the stream.
+    #[serde(default)]
+    annotations: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct WireMessageOut {
+    #[serde(default)]
+    annotations: Option<serde_json::Value>,
 }
 
 /// Usage as sent: some servers omit `total_tokens` or send `null`s.
@@ -343,10 +359,25 @@ fn decode_event(event: &Event, state: &mut StreamState) -> Result<(), ProviderEr
         return Err(ProviderError::Upstream(error_message_from_value(&error)));
     }
     for choice in chunk.choices.unwrap_or_default() {
-        if let Some(text) = choice.delta.and_then(|d| d.content) {
+        let (text, delta_notes) = match choice.delta {
+            Some(delta) => (delta.content, delta.annotations),
+            None => (None, None),
+        };
+        if let Some(text) = text {
             if !text.is_empty() {
                 state.pending.push_back(Chunk::Delta(text));
             }
+        }
+        let message_notes = choice.message.and_then(|m| m.annotations);
+        let mut citations = citations_of(delta_notes.as_ref());
+        for citation in citations_of(message_notes.as_ref()) {
+            // A server that sends both says the same thing twice.
+            if !citations.contains(&citation) {
+                citations.push(citation);
+            }
+        }
+        if !citations.is_empty() {
+            state.pending.push_back(Chunk::Citations(citations));
         }
         if let Some(reason) = choice.finish_reason.filter(|r| !r.is_empty()) {
             state.finished = true;
@@ -357,6 +388,49 @@ fn decode_event(event: &Event, state: &mut StreamState) -> Result<(), ProviderEr
         state.pending.push_back(Chunk::Usage(usage.into()));
     }
     Ok(())
+}
+
+/// The URL citations of an `annotations` value: an array of
+/// `{"type": "url_citation", "url_citation": {"url", "title"?,
+/// "start_index"?, "end_index"?}}`. Other annotation types, entries without
+/// a URL and anything that is not an array are left out; a field of the
+/// wrong type is dropped, as is a range that ends before it starts.
+fn citations_of(annotations: Option<&serde_json::Value>) -> Vec<Citation> {
+    let Some(entries) = annotations.and_then(|a| a.as_array()) else {
+        return Vec::new();
+    };
+    entries.iter().filter_map(citation_of).collect()
+}
+
+fn citation_of(entry: &serde_json::Value) -> Option<Citation> {
+    if entry.get("type")?.as_str()? != "url_citation" {
+        return None;
+    }
+    // Chat Completions nests the fields; tolerate them flat as well.
+    let fields = entry.get("url_citation").unwrap_or(entry);
+    let url = fields.get("url")?.as_str()?.trim();
+    if url.is_empty() {
+        return None;
+    }
+    let title = fields
+        .get("title")
+        .and_then(|t| t.as_str())
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned);
+    let mut start = fields.get("start_index").and_then(|i| i.as_u64());
+    let mut end = fields.get("end_index").and_then(|i| i.as_u64());
+    if let (Some(s), Some(e)) = (start, end) {
+        if e < s {
+            (start, end) = (None, None);
+        }
+    }
+    Some(Citation {
+        url: url.to_owned(),
+        title,
+        start,
+        end,
+    })
 }
 
 fn event_stream_error(err: EventStreamError<BodyError>, timeout: Duration) -> ProviderError {
@@ -945,6 +1019,180 @@ mod tests {
             Err(other) => panic!("expected Upstream, got {other:?}"),
             Ok(_) => panic!("expected Upstream, got a stream"),
         }
+    }
+
+    // ---- citations ----
+
+    /// A `data:` event whose only choice carries `choice` (delta, message,
+    /// finish_reason as given).
+    fn choice_event(choice: serde_json::Value) -> String {
+        format!(
+            "data: {}\n\n",
+            serde_json::json!({"id": "c1", "object": "chat.completion.chunk", "choices": [choice]})
+        )
+    }
+
+    fn cited(url: &str, title: Option<&str>, start: Option<u64>, end: Option<u64>) -> Citation {
+        Citation {
+            url: url.to_owned(),
+            title: title.map(str::to_owned),
+            start,
+            end,
+        }
+    }
+
+    #[tokio::test]
+    async fn url_annotations_become_citations() {
+        // As OpenRouter streams them: on a delta of their own, before the
+        // finish, next to annotations of other kinds and broken ones.
+        let annotated = choice_event(serde_json::json!({
+            "index": 0,
+            "delta": {"role": "assistant", "content": "", "annotations": [
+                {"type": "url_citation", "url_citation": {
+                    "url": "https://example.com/a", "title": "Example A",
+                    "start_index": 0, "end_index": 3}},
+                {"type": "file_citation", "file_citation": {"file_id": "f1"}},
+                {"type": "url_citation", "url_citation": {"title": "no url"}},
+                {"type": "url_citation"},
+                "not an object",
+                42,
+                {"type": "url_citation", "url_citation": {
+                    "url": "https://example.org/b", "start_index": "4", "end_index": 10}},
+            ]},
+            "finish_reason": null
+        }));
+        let (chunks, error) = stream_through(
+            vec![
+                write(SSE_HEAD),
+                write(ROLE),
+                write(&delta("Hello there")),
+                write(&annotated),
+                write(FINISH),
+                write(USAGE),
+                write(DONE),
+            ],
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(error.is_none(), "unexpected error: {error:?}");
+        assert_eq!(
+            chunks,
+            vec![
+                Chunk::Delta("Hello there".into()),
+                Chunk::Citations(vec![
+                    cited("https://example.com/a", Some("Example A"), Some(0), Some(3)),
+                    // A start that is not a number is dropped, not the source.
+                    cited("https://example.org/b", None, None, Some(10)),
+                ]),
+                Chunk::Finish("stop".into()),
+                Chunk::Usage(Usage {
+                    prompt_tokens: 12,
+                    completion_tokens: 3,
+                    total_tokens: 15
+                }),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn message_annotations_are_read_once() {
+        // Text, delta annotations, the whole message's annotations (which
+        // repeat one of them) and the finish in one event.
+        let a = serde_json::json!({"type": "url_citation", "url_citation": {
+            "url": "https://example.com/a", "title": "A", "start_index": 0, "end_index": 2}});
+        let b = serde_json::json!({"type": "url_citation", "url_citation": {
+            "url": "https://example.com/b"}});
+        let last = choice_event(serde_json::json!({
+            "index": 0,
+            "delta": {"content": "ok", "annotations": [a.clone()]},
+            "message": {"role": "assistant", "content": "ok", "annotations": [a, b]},
+            "finish_reason": "stop"
+        }));
+        let (chunks, error) = stream_through(
+            vec![write(SSE_HEAD), write(&last), write(DONE)],
+            Duration::from_secs(5),
+        )
+        .await;
+        assert!(error.is_none(), "unexpected error: {error:?}");
+        assert_eq!(
+            chunks,
+            vec![
+                Chunk::Delta("ok".into()),
+                Chunk::Citations(vec![
+                    cited("https://example.com/a", Some("A"), Some(0), Some(2)),
+                    cited("https://example.com/b", None, None, None),
+                ]),
+                Chunk::Finish("stop".into()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn malformed_annotations_never_fail_the_stream() {
+        let mut steps = vec![write(SSE_HEAD), write(&delta("a"))];
+        for annotations in [
+            serde_json::json!("oops"),
+            serde_json::json!({"type": "url_citation"}),
+            serde_json::json!(null),
+            serde_json::json!(7),
+            serde_json::json!([]),
+            serde_json::json!([{"type": "url_citation", "url_citation": {"url": ""}}]),
+            serde_json::json!([{"type": "url_citation", "url_citation": {"url": 5}}]),
+        ] {
+            steps.push(write(&choice_event(serde_json::json!({
+                "index": 0, "delta": {"annotations": annotations}, "finish_reason": null
+            }))));
+        }
+        steps.push(write(&choice_event(serde_json::json!({
+            "index": 0, "message": {"annotations": {"not": "a list"}}, "finish_reason": null
+        }))));
+        steps.extend([write(&delta("b")), write(FINISH), write(DONE)]);
+        let (chunks, error) = stream_through(steps, Duration::from_secs(5)).await;
+        assert!(error.is_none(), "unexpected error: {error:?}");
+        assert_eq!(
+            chunks,
+            vec![
+                Chunk::Delta("a".into()),
+                Chunk::Delta("b".into()),
+                Chunk::Finish("stop".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn citation_entries() {
+        let entry = |value: serde_json::Value| citation_of(&value);
+        // Flat fields (as the Responses API has them) are taken too.
+        assert_eq!(
+            entry(
+                serde_json::json!({"type": "url_citation", "url": " https://x.test/ ",
+                "title": "  ", "start_index": 1, "end_index": 1})
+            ),
+            Some(cited("https://x.test/", None, Some(1), Some(1)))
+        );
+        // A range that ends before it starts says nothing.
+        assert_eq!(
+            entry(serde_json::json!({"type": "url_citation", "url_citation": {
+                "url": "https://x.test/", "start_index": 9, "end_index": 2}})),
+            Some(cited("https://x.test/", None, None, None))
+        );
+        // Negative indices are not indices.
+        assert_eq!(
+            entry(serde_json::json!({"type": "url_citation", "url_citation": {
+                "url": "https://x.test/", "start_index": -1, "end_index": 2}})),
+            Some(cited("https://x.test/", None, None, Some(2)))
+        );
+        assert_eq!(
+            entry(
+                serde_json::json!({"type": "URL_CITATION", "url_citation": {"url": "https://x.test/"}})
+            ),
+            None
+        );
+        assert_eq!(
+            entry(serde_json::json!({"url_citation": {"url": "https://x.test/"}})),
+            None
+        );
+        assert_eq!(citations_of(None), vec![]);
     }
 
     #[test]

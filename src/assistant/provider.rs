@@ -1,12 +1,13 @@
 //! What every assistant provider offers: a streamed completion of a
-//! conversation, as chunks of text, then usage and a finish reason.
+//! conversation, as chunks of text, then usage and a finish reason, and
+//! the sources it cited when it says.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 
-pub use crate::model::Usage;
+pub use crate::model::{Citation, Usage};
 
 /// Who said a turn of the context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +40,9 @@ pub enum Chunk {
     Usage(Usage),
     /// Why generation stopped (`stop`, `length`, ...).
     Finish(String),
+    /// Sources the provider cited (URL annotations), as they come: a
+    /// stream may carry several of these, each adding to the others.
+    Citations(Vec<Citation>),
 }
 
 /// Why a provider failed. Display texts never contain secrets.

@@ -51,15 +51,40 @@ pub enum EventKind {
     /// A user-level notice; sockets joined to `skip_joined` are skipped
     /// (they receive the same event on the conversation topic).
     Notice { skip_joined: Option<ConversationId> },
-    /// An assistant stream's event (start, content, heartbeat with an empty
-    /// payload, or its `end`): nodes track which streams are alive.
-    Stream { stream_id: StreamId, end: bool },
+    /// An assistant stream's event (queued, start, content, heartbeat with
+    /// an empty payload, or its `end`): nodes track which streams are
+    /// alive, and rooms which ones a joiner must be caught up on.
+    Stream {
+        stream_id: StreamId,
+        end: bool,
+        #[serde(default)]
+        step: StreamStep,
+    },
+    /// On `Topic::Streams`: the assistants' queue started requests that
+    /// other nodes run; each node looks for its own.
+    QueueMoved,
     /// On `Topic::Streams`: a participant asks to stop a stream.
     Cancel { stream_id: StreamId, by: UserId },
     /// On a user's topic: client frames POSTed on another node for this
     /// connection of the user (the HTTP transport); the payload is their
     /// JSON array. The node holding the connection handles them.
     Frames { connection: ConnectionId },
+}
+
+/// Which frame of a stream an event carries, so a room can tell what a
+/// joiner's catch-up (`stream_queued`, or `stream_start` and
+/// `stream_snapshot`) already covers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StreamStep {
+    /// A heartbeat, an end, or an event of a node that predates catch-up.
+    #[default]
+    Other,
+    /// `stream_queued`, told at this version of the queue.
+    Queued(u64),
+    /// `stream_start`.
+    Start,
+    /// `stream_content` of this index.
+    Content(u64),
 }
 
 /// One event on the bus.
@@ -132,6 +157,7 @@ impl EventKind {
             EventKind::Notice { .. } => "notice",
             EventKind::Stream { .. } => "stream",
             EventKind::Cancel { .. } => "cancel",
+            EventKind::QueueMoved => "queue",
             EventKind::Frames { .. } => "frames",
         }
     }

@@ -21,6 +21,13 @@ pub struct StartStream {
 pub trait Assistants: Send + Sync {
     /// True if an assistant with this id is configured.
     fn has(&self, assistant_id: &str) -> bool;
-    /// Starts an answer; returns its stream id once the conversation is claimed.
+    /// Queues an answer; returns its stream id once it is queued (it may
+    /// already run).
     async fn start(&self, request: StartStream) -> Result<StreamId, ChatError>;
+    /// The conversation of a stream waiting or running; None for one that
+    /// is unknown or ended.
+    async fn conversation_of(&self, stream: StreamId) -> Result<Option<ConversationId>, ChatError>;
+    /// Stops a stream, waiting or running (the caller checked that `by`
+    /// may).
+    async fn cancel(&self, stream: StreamId, by: &UserId) -> Result<(), ChatError>;
 }

@@ -12,7 +12,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
-use crate::bus::{Bus, Event, EventKind, Topic};
+use crate::bus::{Bus, Event, EventKind, StreamStep, Topic};
 use crate::error::ChatError;
 use crate::hub::{Entry, History, HistoryError, Hub, Page};
 use crate::metrics::Metrics;
@@ -218,17 +218,29 @@ impl Events {
     }
 
     /// An assistant stream's frame (None: a heartbeat, which only says it
-    /// is alive); `end` for its last.
+    /// is alive); `end` for its last, `step` says which frame it is.
     pub async fn stream(
         &self,
         conv: ConversationId,
         stream_id: StreamId,
+        step: StreamStep,
         end: bool,
         frame: Option<&ServerFrame>,
     ) {
         let payload = frame.map(encode).unwrap_or_default();
-        let kind = EventKind::Stream { stream_id, end };
+        let kind = EventKind::Stream {
+            stream_id,
+            end,
+            step,
+        };
         self.publish(Topic::Conversation(conv), kind, payload).await;
+    }
+
+    /// Tells every node the assistants' queue started requests, so the
+    /// nodes they belong to run them.
+    pub async fn queue_moved(&self) {
+        self.publish(Topic::Streams, EventKind::QueueMoved, Bytes::new())
+            .await;
     }
 
     /// Asks every node to stop `stream` (the one running it will).

@@ -13,6 +13,7 @@ mod assistants;
 mod events;
 mod limits;
 mod presence;
+mod usage;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -507,16 +508,15 @@ impl Chat {
             .await
     }
 
-    /// Stops a stream on whichever node runs it (any participant may).
-    /// Whether it runs is read from the store, which every node shares: the
-    /// stream's claim on its conversation. An unknown or ended stream, and
-    /// one in a conversation the user is not in, are all `NOT_FOUND`, so a
-    /// stream id tells a non-participant nothing.
+    /// Stops a stream, waiting or running, on whichever node holds it (any
+    /// participant may). An unknown or ended stream, and one in a
+    /// conversation the user is not in, are all `NOT_FOUND`, so a stream id
+    /// tells a non-participant nothing.
     pub async fn cancel_stream(&self, user: &UserId, stream: StreamId) -> Result<(), ChatError> {
         let not_found = || ChatError::NotFound("stream");
         let conv = self
-            .store
-            .stream_conversation(stream)
+            .assistants
+            .conversation_of(stream)
             .await?
             .ok_or_else(not_found)?;
         match self.require_member(user, conv).await {
@@ -524,8 +524,7 @@ impl Chat {
             Err(ChatError::Forbidden(_) | ChatError::NotFound(_)) => return Err(not_found()),
             Err(e) => return Err(e),
         }
-        self.events.cancel_stream(stream, user).await;
-        Ok(())
+        self.assistants.cancel(stream, user).await
     }
 
     /// A page of history, oldest first, and whether more lie beyond it.

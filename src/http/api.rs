@@ -19,7 +19,7 @@ use crate::chat::{ListCursor, NewChat, Outgoing, Page};
 use crate::error::{ChatError, ErrorCode};
 use crate::model::{
     ChangeRequest, ClientMsgId, ConnectionId, Conversation, ConversationId, Emoji, Message,
-    MessageId, Seq, UserId,
+    MessageId, Seq, UsageTotals, UserId,
 };
 use crate::transport::sse;
 
@@ -30,6 +30,8 @@ enum ApiTags {
     /// The HTTP transport, where WebSockets are blocked: tickets for the
     /// event stream (`GET /api/v1/chat/events`) and frame POSTs.
     Transport,
+    /// What assistants' answers cost the caller, in tokens.
+    Assistants,
 }
 
 /// `Authorization: Bearer <JWT>`, the same token a socket sends first.
@@ -633,6 +635,24 @@ impl ChatApi {
         }))
     }
 
+    /// The caller's token usage: the tokens of the assistant answers to
+    /// their messages, and how many answers, summed over the answers
+    /// recorded at or after `since` (all of them without it).
+    #[oai(path = "/usage", method = "get", tag = "ApiTags::Assistants")]
+    async fn usage(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// An RFC 3339 timestamp, e.g. `2026-12-01T00:00:00Z` (a `+` of an
+        /// offset percent-encoded as `%2B`).
+        since: Query<Option<String>>,
+    ) -> ApiResult<Json<UsageTotals>> {
+        let state = state(req)?;
+        let since = since.0.as_deref().map(parse_since).transpose()?;
+        let totals = state.chat.usage(&auth.0.user_id, since).await?;
+        Ok(Json(totals))
+    }
+
     /// A single-use ticket, valid 30 s, for opening the event stream with
     /// `EventSource` (`GET /api/v1/chat/events?ticket=...`), which cannot
     /// send an `Authorization` header.
@@ -778,6 +798,15 @@ fn parse_cursor(text: &str) -> Result<ListCursor, ApiError> {
         activity,
         id: ConversationId(id),
     })
+}
+
+/// `since` of a usage request: an RFC 3339 timestamp.
+fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .map(|at| at.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            ChatError::InvalidFrame(format!("`since` is not an RFC 3339 timestamp: {e}")).into()
+        })
 }
 
 /// A user id given in a request, checked.

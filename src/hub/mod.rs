@@ -41,7 +41,7 @@ pub use outbox::{
     Immediate, NodeBudget, Outbound, Receiver as Outbox, Reservation, Written, COALESCE,
 };
 use room::Room;
-pub use router::StreamEvents;
+pub use router::{CatchUp, Covers, StreamEvents};
 
 /// What the node's presence hears of the hub: a user's first connection
 /// on this node joining a conversation, and their last one leaving it.

@@ -6,7 +6,7 @@
 //! recovery task that catches it up. All methods are synchronous and run
 //! under the room's lock; anything slow (store reads) happens outside it.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
@@ -14,7 +14,9 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::conn::Conn;
 use super::history::Entry;
 use super::outbox::Reservation;
-use crate::model::{Access, CloseReason, ConnectionId, ConversationId, Seq, UserId};
+use super::router::CatchUp;
+use crate::bus::StreamStep;
+use crate::model::{Access, CloseReason, ConnectionId, ConversationId, Seq, StreamId, UserId};
 
 /// A local socket joined to the room.
 pub(super) struct Member {
@@ -26,16 +28,24 @@ pub(super) struct Member {
     pub replay: Option<Vec<(Buffered, Reservation)>>,
 }
 
-/// A live frame that arrived during a replay.
+/// A live frame that arrived during a replay (or a catch-up).
 pub(super) enum Buffered {
     Message(Seq, Utf8Bytes),
+    Stream {
+        stream_id: StreamId,
+        step: StreamStep,
+        end: bool,
+        frame: Utf8Bytes,
+    },
     Other(Utf8Bytes),
 }
 
 impl Buffered {
     fn frame(&self) -> &Utf8Bytes {
         match self {
-            Buffered::Message(_, frame) | Buffered::Other(frame) => frame,
+            Buffered::Message(_, frame)
+            | Buffered::Stream { frame, .. }
+            | Buffered::Other(frame) => frame,
         }
     }
 }
@@ -79,6 +89,13 @@ pub(super) struct RoomState {
     /// state, so such a resume reads the store.
     recent: VecDeque<Entry>,
     recent_limit: usize,
+    /// Assistant streams heard of here, queued or being written, not yet
+    /// ended. With `streams_known`, a join that finds none needs no
+    /// catch-up read.
+    streams: HashSet<StreamId>,
+    /// False until a catch-up read told the streams of the conversation,
+    /// and again once the room may have missed stream events.
+    streams_known: bool,
 }
 
 impl Room {
@@ -99,6 +116,8 @@ impl Room {
                 queue_limit,
                 recent: VecDeque::new(),
                 recent_limit,
+                streams: HashSet::new(),
+                streams_known: false,
             }),
         }
     }
@@ -211,6 +230,47 @@ impl RoomState {
         sent
     }
 
+    /// Delivers a stream's frame (if it has one: heartbeats do not) to
+    /// every joined socket, and notes which streams are alive.
+    pub fn on_stream(
+        &mut self,
+        stream_id: StreamId,
+        step: StreamStep,
+        end: bool,
+        frame: Utf8Bytes,
+    ) -> usize {
+        if end {
+            self.streams.remove(&stream_id);
+        } else {
+            self.streams.insert(stream_id);
+        }
+        if frame.is_empty() {
+            return 0;
+        }
+        let limit = self.queue_limit;
+        let mut sent = 0;
+        for m in self.members.values_mut() {
+            if let Some(buf) = &mut m.replay {
+                let item = Buffered::Stream {
+                    stream_id,
+                    step,
+                    end,
+                    frame: frame.clone(),
+                };
+                push_buffered(&m.conn, buf, item, limit);
+            } else {
+                sent += m.conn.push(frame.clone()) as usize;
+            }
+        }
+        sent
+    }
+
+    /// True if a joiner must read which streams run here: the room has
+    /// not read them since it opened (or fell behind), or some are alive.
+    pub fn needs_catch_up(&self) -> bool {
+        !self.streams_known || !self.streams.is_empty()
+    }
+
     /// The frames of every entry after `since` up to `delivered`, if the
     /// recent ones cover them all (None: read the store).
     pub fn recent_after(&self, since: Seq) -> Option<impl Iterator<Item = &Utf8Bytes>> {
@@ -269,12 +329,19 @@ impl RoomState {
                     conn.push(frame.clone());
                 }
             }
+            // A stream may be running: live frames wait until the
+            // catch-up is read, so none comes before its snapshot.
+            let catch_up = self.needs_catch_up();
             self.add_member(Member {
                 conn: conn.clone(),
                 cursor: last,
-                replay: None,
+                replay: catch_up.then(Vec::new),
             });
-            return JoinPlan::Answered;
+            return if catch_up {
+                JoinPlan::CatchUp { cursor: last }
+            } else {
+                JoinPlan::Answered
+            };
         };
         self.add_member(Member {
             conn: conn.clone(),
@@ -327,14 +394,32 @@ impl RoomState {
         self.users.keys().cloned().collect()
     }
 
-    /// Ends a member's replay, which sent it every message up to `cursor`:
-    /// the live frames that came meanwhile are queued, none at or below
-    /// `cursor`. False if the member has left.
-    pub fn finish_replay(&mut self, id: ConnectionId, mut cursor: Seq) -> bool {
+    /// Ends a member's replay, which sent it every message up to `cursor`,
+    /// and its catch-up (None: it could not be read): the catch-up's frames
+    /// are queued, then the live frames that came meanwhile, none at or
+    /// below `cursor` and none a catch-up covers. False if the member has
+    /// left.
+    pub fn finish_replay(
+        &mut self,
+        id: ConnectionId,
+        mut cursor: Seq,
+        catch_up: Option<Vec<CatchUp>>,
+    ) -> bool {
         let Some(member) = self.members.get_mut(&id) else {
             return false;
         };
-        for (item, held) in member.replay.take().unwrap_or_default() {
+        let buffered = member.replay.take().unwrap_or_default();
+        let known = catch_up.is_some();
+        let catch_up = catch_up.unwrap_or_default();
+        for c in &catch_up {
+            for frame in &c.frames {
+                member.conn.push(frame.clone());
+            }
+        }
+        // What the catch-up read, and what happened since it began, is
+        // every stream alive now.
+        let mut alive: HashSet<StreamId> = catch_up.iter().map(|c| c.stream_id).collect();
+        for (item, held) in buffered {
             // Its bytes move from the reservation to the queue.
             drop(held);
             match item {
@@ -343,12 +428,35 @@ impl RoomState {
                     member.conn.push(frame);
                 }
                 Buffered::Message(..) => {}
+                Buffered::Stream {
+                    stream_id,
+                    step,
+                    end,
+                    frame,
+                } => {
+                    if end {
+                        alive.remove(&stream_id);
+                    } else {
+                        alive.insert(stream_id);
+                    }
+                    let covered = catch_up
+                        .iter()
+                        .find(|c| c.stream_id == stream_id)
+                        .is_some_and(|c| c.covers.covers(step, end));
+                    if !covered {
+                        member.conn.push(frame);
+                    }
+                }
                 Buffered::Other(frame) => {
                     member.conn.push(frame);
                 }
             }
         }
         member.cursor = cursor;
+        if known {
+            self.streams = alive;
+            self.streams_known = true;
+        }
         true
     }
 
@@ -365,6 +473,8 @@ impl RoomState {
     /// recovery task; one already running picks the new fault up.
     pub fn fall_behind(&mut self) -> bool {
         self.behind = true;
+        // Stream events may have been missed too.
+        self.streams_known = false;
         self.epoch += 1;
         self.claim_recovery()
     }
@@ -423,6 +533,9 @@ impl RoomState {
 pub(super) enum JoinPlan {
     /// `joined` and every missed message are queued.
     Answered,
+    /// `joined` and every missed message are queued; live frames wait
+    /// until the streams running are read (`finish_replay` at `cursor`).
+    CatchUp { cursor: Seq },
     /// Nothing is queued yet: read the store after `from`, then answer
     /// `joined` with `position`, the room's position when the socket joined.
     Replay { from: Seq, position: Seq },
@@ -480,6 +593,8 @@ mod tests {
         let conn = Arc::new(conn);
         let mut st = room.state.into_inner();
         st.initialize(Seq(0), Vec::new());
+        // As after a first join's catch-up read found no stream.
+        st.streams_known = true;
         st.members.insert(
             conn.id,
             Member {
@@ -676,8 +791,75 @@ mod tests {
             assert!(drain(&mut rx).is_empty(), "not answered before the read");
         }
         let (conn, mut rx) = new_conn();
+        assert_eq!(
+            st.join(&conn, None, joined),
+            JoinPlan::CatchUp { cursor: Seq(3) },
+            "no replay asked for, but stream events may have been missed"
+        );
+        assert_eq!(drain(&mut rx), ["joined 3"]);
+    }
+
+    fn stream(n: u128) -> StreamId {
+        StreamId(uuid::Uuid::from_u128(n))
+    }
+
+    #[test]
+    fn a_joiner_mid_answer_gets_its_snapshot_then_only_later_pieces() {
+        use crate::hub::router::Covers;
+        let (mut st, _rx) = room_with_member();
+        let (s1, s2) = (stream(1), stream(2));
+        st.on_stream(s1, StreamStep::Start, false, "start".into());
+        let (conn, mut rx) = new_conn();
+        assert_eq!(
+            st.join(&conn, None, joined),
+            JoinPlan::CatchUp { cursor: Seq(0) }
+        );
+        // While the catch-up is read: piece 1 (which the read also saw), a
+        // queued stream's move told before and after the read, piece 2.
+        st.on_stream(s1, StreamStep::Content(1), false, "c1".into());
+        st.on_stream(s2, StreamStep::Queued(7), false, "q7".into());
+        st.on_stream(s2, StreamStep::Queued(9), false, "q9".into());
+        st.on_stream(s1, StreamStep::Content(2), false, "c2".into());
+        assert_eq!(drain(&mut rx), ["joined 0"]);
+        let catch_up = vec![
+            CatchUp {
+                stream_id: s1,
+                frames: vec!["start".into(), "snapshot 0..=1".into()],
+                covers: Covers::Running { upto: Some(1) },
+            },
+            CatchUp {
+                stream_id: s2,
+                frames: vec!["queued v8".into()],
+                covers: Covers::Queued { version: 8 },
+            },
+        ];
+        assert!(st.finish_replay(conn.id, Seq(0), Some(catch_up)));
+        assert_eq!(
+            drain(&mut rx),
+            ["start", "snapshot 0..=1", "queued v8", "q9", "c2"]
+        );
+        st.on_stream(s1, StreamStep::Other, true, "complete".into());
+        assert_eq!(drain(&mut rx), ["complete"]);
+        assert!(st.needs_catch_up(), "s2 still waits");
+        st.on_stream(s2, StreamStep::Other, true, "cancelled".into());
+        assert!(!st.needs_catch_up());
+        let (conn, _rx) = new_conn();
         assert_eq!(st.join(&conn, None, joined), JoinPlan::Answered);
-        assert_eq!(drain(&mut rx), ["joined 3"], "no replay asked for");
+    }
+
+    #[test]
+    fn a_failed_catch_up_read_delivers_everything_and_reads_again_next_time() {
+        let (mut st, _rx) = room_with_member();
+        st.streams_known = false;
+        let (conn, mut rx) = new_conn();
+        assert_eq!(
+            st.join(&conn, None, joined),
+            JoinPlan::CatchUp { cursor: Seq(0) }
+        );
+        st.on_stream(stream(1), StreamStep::Content(4), false, "c4".into());
+        assert!(st.finish_replay(conn.id, Seq(0), None));
+        assert_eq!(drain(&mut rx), ["joined 0", "c4"]);
+        assert!(st.needs_catch_up());
     }
 
     #[test]
@@ -698,12 +880,15 @@ mod tests {
         st.on_ephemeral(&"t".into(), None);
         assert!(drain(&mut rx).is_empty(), "buffered during the replay");
         // The replay read 1 from the store; 2 came live meanwhile.
-        assert!(st.finish_replay(conn.id, Seq(1)));
+        assert!(st.finish_replay(conn.id, Seq(1), None));
         assert_eq!(drain(&mut rx), ["2", "t"]);
         st.on_message(Seq(3), "3".into());
         assert_eq!(drain(&mut rx), ["3"]);
         st.members.remove(&conn.id);
-        assert!(!st.finish_replay(conn.id, Seq(3)), "a member that left");
+        assert!(
+            !st.finish_replay(conn.id, Seq(3), None),
+            "a member that left"
+        );
     }
 
     #[test]

@@ -34,14 +34,15 @@ impl Hub {
         }
         let (room, from, position) = loop {
             let room = self.open_room(conv).await?;
-            let mut st = room.state.lock();
-            if st.closed {
-                continue;
-            }
-            let plan = st.join(conn, since, &joined);
-            conn.set_joined(conv, true);
-            let first = st.has_one_of(&conn.user);
-            drop(st);
+            let (plan, first) = {
+                let mut st = room.state.lock();
+                if st.closed {
+                    continue;
+                }
+                let plan = st.join(conn, since, &joined);
+                conn.set_joined(conv, true);
+                (plan, st.has_one_of(&conn.user))
+            };
             if first {
                 if let Some(attendance) = self.attendance() {
                     attendance.arrived(conv, &conn.user);
@@ -49,6 +50,10 @@ impl Hub {
             }
             match plan {
                 JoinPlan::Answered => return Ok(()),
+                JoinPlan::CatchUp { cursor } => {
+                    self.tell_streams(&room, conn, cursor).await;
+                    return Ok(());
+                }
                 JoinPlan::Replay { from, position } => break (room, from, position),
             }
         };
@@ -91,8 +96,28 @@ impl Hub {
                 None => return Ok(()),
             }
         }
-        room.state.lock().finish_replay(conn.id, cursor);
+        self.tell_streams(&room, conn, cursor).await;
         Ok(())
+    }
+
+    /// Ends a join whose messages are all queued up to `cursor`: the
+    /// streams of the conversation waiting or being written are read (if
+    /// the room cannot tell there are none) and told, then the live frames
+    /// held meanwhile follow, less what the catch-up covers. A failed read
+    /// is logged: the joiner then sees streams from their next frame on.
+    async fn tell_streams(&self, room: &Room, conn: &Conn, cursor: Seq) {
+        let needed = room.state.lock().needs_catch_up();
+        let found = match self.stream_events() {
+            Some(streams) if needed => match streams.catch_up(room.id).await {
+                Ok(found) => Some(found),
+                Err(e) => {
+                    tracing::warn!(error = %e, conv = %room.id, "cannot read the conversation's streams for a joiner");
+                    None
+                }
+            },
+            _ => Some(Vec::new()),
+        };
+        room.state.lock().finish_replay(conn.id, cursor, found);
     }
 
     /// The replay page after `cursor`. The join is answered already, so a

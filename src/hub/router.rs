@@ -8,21 +8,64 @@ use std::sync::{Arc, Weak};
 
 use tokio_tungstenite::tungstenite::Utf8Bytes;
 
+use async_trait::async_trait;
+
 use super::{Entry, Hub, Posted};
-use crate::bus::{Event, EventKind, EventSink, Topic};
+use crate::bus::{Event, EventKind, EventSink, StreamStep, Topic};
 use crate::model::{ConnectionId, ConversationId, StreamId, UserId};
 
-/// What the node's assistants hear of streams: every stream event seen in
-/// a conversation joined here (to tell a stream whose node went silent),
-/// and cancels, from any node, for the streams they run.
+/// What the node's assistants hear of streams, and what they tell joiners:
+/// every stream event seen in a conversation joined here (to tell a stream
+/// whose node went silent), cancels and queue moves from any node, and the
+/// streams a connection joining a conversation must be caught up on.
+#[async_trait]
 pub trait StreamEvents: Send + Sync {
     /// A stream of `conv` is alive (`end`: it ended).
     fn heard(&self, conv: ConversationId, stream: StreamId, end: bool);
     /// A participant asks to stop `stream`.
     fn cancel(&self, stream: StreamId, by: UserId);
+    /// The queue started requests that other nodes run: run this node's.
+    fn queue_moved(&self);
     /// This node no longer follows `conv`: what was heard of its streams
     /// is stale (their end would not be heard).
     fn forget(&self, conv: ConversationId);
+    /// The streams of `conv` waiting or being written now, with the frames
+    /// that tell a joiner where each stands.
+    async fn catch_up(&self, conv: ConversationId) -> Result<Vec<CatchUp>, String>;
+}
+
+/// Where a stream stands, for a connection that joins its conversation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CatchUp {
+    pub stream_id: StreamId,
+    /// `stream_queued`, or `stream_start` and (with text) `stream_snapshot`.
+    pub frames: Vec<Utf8Bytes>,
+    /// Which live events these frames make redundant.
+    pub covers: Covers,
+}
+
+/// The live events of a stream that a catch-up already covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Covers {
+    /// Positions told up to this version of the queue.
+    Queued { version: u64 },
+    /// Its start, and its text up to this piece (None: no text yet).
+    Running { upto: Option<u64> },
+}
+
+impl Covers {
+    /// True if a live event of the stream says nothing the catch-up did not.
+    pub fn covers(&self, step: StreamStep, end: bool) -> bool {
+        if end {
+            return false;
+        }
+        match (self, step) {
+            (Covers::Queued { version }, StreamStep::Queued(v)) => v <= *version,
+            (Covers::Running { .. }, StreamStep::Queued(_) | StreamStep::Start) => true,
+            (Covers::Running { upto: Some(upto) }, StreamStep::Content(i)) => i <= *upto,
+            _ => false,
+        }
+    }
 }
 
 impl Hub {
@@ -59,17 +102,23 @@ impl Hub {
                 self.on_membership(&room, removed.as_ref(), &frame);
                 0
             }
-            EventKind::Stream { stream_id, end } => {
-                if let Some(streams) = self.stream_events() {
-                    streams.heard(*conv, *stream_id, *end);
+            EventKind::Stream {
+                stream_id,
+                end,
+                step,
+            } => {
+                // A queued stream sends no heartbeat: it is not watched.
+                if !matches!(step, StreamStep::Queued(_)) {
+                    if let Some(streams) = self.stream_events() {
+                        streams.heard(*conv, *stream_id, *end);
+                    }
                 }
-                if frame.is_empty() {
-                    0
-                } else {
-                    room.state.lock().on_ephemeral(&frame, None)
-                }
+                room.state.lock().on_stream(*stream_id, *step, *end, frame)
             }
-            EventKind::Notice { .. } | EventKind::Cancel { .. } | EventKind::Frames { .. } => 0,
+            EventKind::Notice { .. }
+            | EventKind::Cancel { .. }
+            | EventKind::QueueMoved
+            | EventKind::Frames { .. } => 0,
         }
     }
 }
@@ -119,6 +168,12 @@ impl EventSink for Hub {
             (Topic::Streams, EventKind::Cancel { stream_id, by }) => {
                 if let Some(streams) = self.stream_events() {
                     streams.cancel(*stream_id, by.clone());
+                }
+                0
+            }
+            (Topic::Streams, EventKind::QueueMoved) => {
+                if let Some(streams) = self.stream_events() {
+                    streams.queue_moved();
                 }
                 0
             }

@@ -125,6 +125,47 @@ pub struct Usage {
     pub total_tokens: u64,
 }
 
+/// A source the provider cited for an answer (a URL citation, as OpenAI and
+/// OpenRouter annotate web-grounded answers), so a client can show where
+/// the text came from. It is kept in the stored answer's
+/// `metadata.citations`. `start` and `end` are the character range of the
+/// answer the source backs, when the provider says.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Citation {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub title: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end: Option<u64>,
+}
+
+/// One assistant answer's token usage, as the store keeps it: who asked,
+/// which assistant answered where, and what the provider counted. Keyed by
+/// the stream, so recording an answer twice counts it once.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageRecord {
+    pub stream_id: StreamId,
+    /// The user whose message the answer answers.
+    pub user_id: UserId,
+    pub assistant_id: String,
+    pub conversation_id: ConversationId,
+    pub usage: Usage,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A user's token usage summed over their answers (zero when none): what
+/// `GET /api/v1/chat/usage` answers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct UsageTotals {
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub total_tokens: u64,
+    /// The answers counted.
+    pub streams: u64,
+}
+
 /// Who may use a conversation: what every request checks. `chat` loads
 /// it and owns the rules; the hub keeps the loaded value with the room
 /// while this node is subscribed to the conversation, since only then do

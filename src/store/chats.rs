@@ -11,7 +11,7 @@ use sea_orm::{
 };
 
 use super::{now, stored_user, Store};
-use crate::model::{Conversation, ConversationId, Refusal, Role, Seq, StreamId, UserId};
+use crate::model::{Conversation, ConversationId, Refusal, Role, Seq, UserId};
 
 /// How old a message must be to count as activity in listings: a message
 /// being committed while a page is read must not reorder the listing
@@ -421,79 +421,6 @@ impl Store {
             .exec(&self.db)
             .await?;
         Ok((res.rows_affected > 0).then_some(seq))
-    }
-
-    /// Claims the conversation for one assistant stream until `until`.
-    /// False if another stream holds an unexpired claim.
-    #[tracing::instrument(level = "debug", name = "store.claim_stream", skip_all, fields(conversation_id = %id))]
-    pub async fn claim_stream(
-        &self,
-        id: ConversationId,
-        stream: StreamId,
-        until: DateTime<Utc>,
-    ) -> Result<bool, DbErr> {
-        let res = chats::Entity::update_many()
-            .col_expr(chats::Column::StreamId, Some(stream.0).into())
-            .col_expr(chats::Column::StreamExpiresAt, Some(until).into())
-            .filter(chats::Column::Id.eq(id.0))
-            .filter(
-                Condition::any()
-                    .add(chats::Column::StreamId.is_null())
-                    .add(chats::Column::StreamExpiresAt.lt(now())),
-            )
-            .exec(&self.db)
-            .await?;
-        Ok(res.rows_affected > 0)
-    }
-
-    /// The conversation `stream` is running in: the one whose unexpired
-    /// claim it holds (the claim is taken before the stream's id is handed
-    /// out and released once it has ended). None for an unknown stream, one
-    /// that has ended, or one whose node died and let the claim lapse.
-    #[tracing::instrument(level = "debug", name = "store.stream_conversation", skip_all, fields(stream_id = %stream))]
-    pub async fn stream_conversation(
-        &self,
-        stream: StreamId,
-    ) -> Result<Option<ConversationId>, DbErr> {
-        Ok(chats::Entity::find()
-            .filter(chats::Column::StreamId.eq(stream.0))
-            .filter(chats::Column::StreamExpiresAt.gte(now()))
-            .one(&self.db)
-            .await?
-            .map(|c| ConversationId(c.id)))
-    }
-
-    /// Extends a held claim (the stream's heartbeat).
-    #[tracing::instrument(level = "debug", name = "store.extend_stream", skip_all, fields(conversation_id = %id))]
-    pub async fn extend_stream(
-        &self,
-        id: ConversationId,
-        stream: StreamId,
-        until: DateTime<Utc>,
-    ) -> Result<(), DbErr> {
-        chats::Entity::update_many()
-            .col_expr(chats::Column::StreamExpiresAt, Some(until).into())
-            .filter(chats::Column::Id.eq(id.0))
-            .filter(chats::Column::StreamId.eq(stream.0))
-            .exec(&self.db)
-            .await?;
-        Ok(())
-    }
-
-    /// Releases the claim if `stream` still holds it.
-    #[tracing::instrument(level = "debug", name = "store.release_stream", skip_all, fields(conversation_id = %id))]
-    pub async fn release_stream(&self, id: ConversationId, stream: StreamId) -> Result<(), DbErr> {
-        chats::Entity::update_many()
-            .col_expr(chats::Column::StreamId, Option::<uuid::Uuid>::None.into())
-            .col_expr(
-                chats::Column::StreamExpiresAt,
-                Option::<DateTime<Utc>>::None.into(),
-            )
-            .filter(chats::Column::Id.eq(id.0))
-            .filter(chats::Column::StreamId.eq(stream.0))
-            .exec(&self.db)
-            .await?;
-        Ok(())
     }
 
     async fn touch(&self, id: ConversationId) -> Result<(), DbErr> {

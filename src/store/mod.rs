@@ -6,6 +6,7 @@ mod chats;
 mod log;
 mod messages;
 mod sqlite;
+mod usage;
 
 use std::time::Duration;
 
