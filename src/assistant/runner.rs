@@ -57,8 +57,7 @@ struct Assistant {
 
 /// A stream running on this node.
 struct Active {
-    conversation_id: ConversationId,
-    user: UserId,
+    entry: Entry,
     cancel: CancellationToken,
 }
 
@@ -308,8 +307,7 @@ impl Streams {
             dashmap::Entry::Occupied(_) => return,
             dashmap::Entry::Vacant(v) => {
                 v.insert(Active {
-                    conversation_id: entry.conversation_id,
-                    user: entry.user.clone(),
+                    entry: entry.clone(),
                     cancel: cancel.clone(),
                 });
             }
@@ -335,7 +333,17 @@ impl Streams {
     /// Tends the queue (see `TEND_EVERY`) and runs the requests the queue
     /// started for this node elsewhere.
     async fn tend(self: &Arc<Self>) {
+        // A node that left takes nothing back.
+        if self.queue.is_leaving() {
+            return;
+        }
         let ended: Vec<StreamId> = self.ended.lock().iter().copied().collect();
+        let writing: Vec<Entry> = self
+            .active
+            .iter()
+            .map(|a| a.entry.clone())
+            .filter(|e| !ended.contains(&e.stream_id))
+            .collect();
         let me = self.queue.node().to_owned();
         let assistants: Vec<String> = self.assistants.keys().cloned().collect();
         let result = self
@@ -344,6 +352,14 @@ impl Streams {
                 for id in &ended {
                     t.finish(*id);
                 }
+                // Answers this node still writes that the queue let go
+                // (its lease ran out while Redis was away): back in.
+                let lost: Vec<Entry> = writing
+                    .iter()
+                    .filter(|e| t.find(e.stream_id).is_none())
+                    .cloned()
+                    .collect();
+                t.restore(lost);
                 let mine: Vec<Entry> = t
                     .entries()
                     .filter(|e| e.node == me && e.started_at.is_some())
@@ -983,7 +999,7 @@ impl StreamEvents for Streams {
         let Some(active) = self
             .active
             .get(&stream)
-            .map(|a| (a.conversation_id, a.cancel.clone(), a.user.clone()))
+            .map(|a| (a.entry.conversation_id, a.cancel.clone(), a.entry.user.clone()))
         else {
             return;
         };

@@ -140,6 +140,11 @@ impl Queue {
         Ok(effects)
     }
 
+    /// True once `leave` was called.
+    pub fn is_leaving(&self) -> bool {
+        self.leaving.load(Ordering::Relaxed)
+    }
+
     /// Reads the table without changing it.
     pub async fn read(&self) -> Result<Loaded, QueueError> {
         self.store.load().await
