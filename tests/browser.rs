@@ -5,9 +5,14 @@
 //! across tabs, edit, react, reply, rename and delete (the conversation log:
 //! every other tab follows), render Markdown with HTML kept as text, and
 //! survive a SIGKILL of the node behind one tab, catching up on messages and
-//! an edit made meanwhile. Behind an nginx that refuses WebSocket upgrades,
-//! Alice and Bob end up on the HTTP transport and still chat in real time:
-//! messages, typing, presence and a streamed answer.
+//! an edit made meanwhile. Before the kill, the assistants' queue: answers of
+//! a slow assistant limited to one at a time wait with their place shown
+//! ("Queued (next)", "Queued (2nd)"), one is cancelled while it waits (its
+//! bubble goes, nothing is stored), a tab reloaded mid-answer shows the text
+//! so far at once and then the whole stored answer, and an answer with URL
+//! citations lists its sources as links. Behind an nginx that refuses
+//! WebSocket upgrades, Alice and Bob end up on the HTTP transport and still
+//! chat in real time: messages, typing, presence and a streamed answer.
 //! Screenshots land in `target/browser-shots/`.
 //!
 //! Needs `node` (18 or newer, as in Debian 12), `npm ci --prefix tests/browser` and Chromium at
@@ -21,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::fake_llm::FakeLlm;
 use common::procs::{Nginx, ProcCluster};
 
 /// One browser run, start to finish (the WebSocket one normally takes about
@@ -92,6 +98,27 @@ fn echo_fast() -> [(String, String); 1] {
     )]
 }
 
+/// The assistants of the queue scenario (e2e.mjs knows their ids): `slow`
+/// repeats the user's message a word every 250 ms and answers one request
+/// at a time across the cluster, so others wait in its queue; `cited` is
+/// the fake OpenAI-compatible server's `cited` model, an answer with two URL
+/// citations. Alice asks three answers at once there, above the default
+/// per-user limit of two.
+fn queue_assistants(llm: &FakeLlm) -> Vec<(String, String)> {
+    [
+        ("CONFAB_ASSISTANTS__SLOW__PROVIDER", "echo"),
+        ("CONFAB_ASSISTANTS__SLOW__ECHO_DELAY_MS", "250"),
+        ("CONFAB_ASSISTANTS__SLOW__MAX_CONCURRENT", "1"),
+        ("CONFAB_ASSISTANTS__CITED__PROVIDER", "openai"),
+        ("CONFAB_ASSISTANTS__CITED__MODEL", "cited"),
+        ("CONFAB_ASSISTANTS__CITED__BASE_URL", llm.base_url.as_str()),
+        ("CONFAB_STREAMING__MAX_STREAMS_PER_USER", "10"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
 /// node id -> pid of each node, for e2e.mjs to kill the one behind a tab.
 fn node_pids(cluster: &ProcCluster) -> BTreeMap<&str, u32> {
     cluster
@@ -142,7 +169,10 @@ async fn run_e2e(scenario: &str, url: &str, pids: &BTreeMap<&str, u32>, shots: &
 async fn the_demo_page_works_in_a_browser_across_tabs_nodes_and_a_node_kill() {
     check_prerequisites();
     let _turn = ONE_AT_A_TIME.lock().await;
-    let cluster = ProcCluster::start_with(2, 1, &echo_fast()).await;
+    let llm = FakeLlm::start().await;
+    let mut env = echo_fast().to_vec();
+    env.extend(queue_assistants(&llm));
+    let cluster = ProcCluster::start_with(2, 1, &env).await;
     let ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
     let lb = Nginx::start(&ports).await;
     run_e2e("websocket", &lb.url(), &node_pids(&cluster), &shots_dir()).await;

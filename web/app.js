@@ -30,6 +30,9 @@ const GAP_WAIT_MS = 800; // a seq gap that does not fill by itself this long is 
 const CHAT_PAGE = 200; // GET /chats page size (the most the server gives)
 const MAX_CHAT_PAGES = 100;
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
+const STREAM_STALE_MS = 3_000; // after a rejoin's replay, a stream the catch-up did not mention is gone
+const CANCEL_GONE_MS = 3_000; // a cancel answered NOT_FOUND: the bubble goes unless the stream ends by itself
+const MAX_CITATIONS = 50;
 
 // ------------------------------------------------------------------ state
 
@@ -49,7 +52,7 @@ const state = {
   heartbeat: null,
   renewTimer: null,
   replies: new Map(), // frame id -> {resolve, reject, timer}
-  streams: new Map(), // stream_id -> {id, convId, messageId, assistantId, parts, el}
+  streams: new Map(), // stream_id -> a pending answer (see streamFor)
   typing: { convId: null, sentAt: 0, idle: null },
   chatsLoaded: false,
   // Transient UI of the open chat, kept here because every frame re-renders the list.
@@ -538,7 +541,7 @@ function resetSession() {
     chat.typers.clear();
     chat.present = null;
   }
-  state.streams.clear(); // stored answers come back through the replay
+  state.streams.clear(); // stored answers come back through the replay, pending ones through the catch-up
   state.typing.convId = null;
   renderChatList();
   renderChat();
@@ -796,16 +799,23 @@ function onFrame(frame) {
     case 'typing_indicator':
       onTyping(d);
       break;
+    case 'stream_queued':
+      onStreamQueued(d);
+      break;
     case 'stream_start':
+      onStreamStart(d);
+      break;
+    case 'stream_snapshot':
+      onStreamSnapshot(d);
+      break;
     case 'stream_content':
       onStreamContent(d);
       break;
     case 'stream_complete':
-      onStreamEnd(d.stream_id, d.message);
+      onStreamComplete(d);
       break;
     case 'stream_error':
-      onStreamEnd(d.stream_id, null);
-      if (d.conversation_id === state.openId) toast(`Assistant stopped: ${d.message}`);
+      onStreamError(d);
       break;
     case 'conversation_updated':
       onConversationUpdated(d.conversation);
@@ -931,8 +941,10 @@ function newChat(conv) {
     replyTo: null, // id of the message the composer answers
     typers: new Map(), // user_id -> expiry timer
     present: null, // ids of the users present (a Set), null while unknown
+    streamNotes: new Map(), // message id -> why its (partly stored) answer stopped, from stream_error
     joined: false,
     joining: null,
+    joinEpoch: 0, // counts joins: a stale-stream sweep belongs to one
     gapTimer: null,
     gapMark: 0,
     gapTries: 0,
@@ -962,6 +974,7 @@ function upsertChat(conv) {
 
 function removeChat(id) {
   state.chats.delete(id);
+  for (const s of state.streams.values()) if (s.convId === id) state.streams.delete(s.id);
   if (state.openId === id) openChat(null);
   renderChatList();
 }
@@ -1009,6 +1022,14 @@ function onConversationUpdated(conv) {
 function join(chat) {
   if (!state.connected || chat.joined) return Promise.resolve();
   if (!chat.joining) {
+    // A join again (a gap being filled): the pending answers held are
+    // confirmed by the catch-up that follows the replay (stream_queued,
+    // stream_start...); one that ended unseen meanwhile is dropped.
+    const epoch = ++chat.joinEpoch;
+    let stale = false;
+    for (const s of state.streams.values()) {
+      if (s.convId === chat.id && s.phase !== 'error') stale = s.stale = true;
+    }
     chat.joining = request('join_conversation', { conversation_id: chat.id, since_seq: chat.contig })
       .then((d) => {
         chat.joined = true;
@@ -1016,6 +1037,7 @@ function join(chat) {
         chat.participants = d.participants || chat.participants;
         if (d.last_seq > chat.serverSeq) chat.serverSeq = d.last_seq;
         if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
+        if (stale) sweepStaleStreams(chat, epoch, d.last_seq || 0);
         if (chat.id === state.openId) renderHeader();
         scheduleRender(chat);
         askPresence(chat);
@@ -1113,7 +1135,14 @@ function ingest(m, asOf = m.seq) {
   storeMessage(chat, m, asOf);
   if (fresh) {
     chat.windowStart = Math.min(chat.windowStart, m.seq - 1);
-    for (const s of state.streams.values()) if (s.messageId === m.id) state.streams.delete(s.id);
+    // The stored answer replaces its pending bubble (whichever of
+    // message_received and stream_complete comes first); a failure shown
+    // on the bubble moves to the message.
+    for (const s of state.streams.values()) {
+      if (s.messageId !== m.id) continue;
+      if (s.phase === 'error') chat.streamNotes.set(m.id, s.error);
+      state.streams.delete(s.id);
+    }
     dropTyper(chat, m.sender_id);
     // The server moves a sender's read mark to their own message.
     if (m.sender_id === me() && m.message_type === 'user' && m.seq > chat.lastRead) chat.lastRead = m.seq;
@@ -1345,34 +1374,203 @@ function dropTyper(chat, user, render = false) {
 }
 
 // ------------------------------------------------------------------ assistant streams
+//
+// A pending answer is one bubble per stream, keyed by stream_id, in one of
+// three phases: 'queued' (waiting in the assistant's queue: stream_queued,
+// with its position), 'running' (stream_start, then the text) and 'error'
+// (stream_error: the bubble stays, saying why, until dismissed or until a
+// new answer starts in the chat). Its text is `base` (a stream_snapshot:
+// every piece up to `baseIndex`, for a tab that joined mid-answer) followed
+// by the later pieces in index order; a piece at or below `baseIndex` is a
+// duplicate. The stored answer (message_received or stream_complete's
+// `message`, whichever comes first) replaces the bubble; a stream_complete
+// without one (cancelled while queued, or nothing produced) removes it.
 
-function onStreamContent(d) {
+/** The pending answer a stream frame is about, created on first sight; null
+ *  when its chat is unknown or its answer is stored already. */
+function streamFor(d) {
   const chat = state.chats.get(d.conversation_id);
-  if (!chat || chat.messages.has(d.message_id)) return;
+  if (!chat || typeof d.stream_id !== 'string' || (d.message_id && chat.messages.has(d.message_id))) return null;
   let s = state.streams.get(d.stream_id);
   if (!s) {
-    s = { id: d.stream_id, convId: chat.id, messageId: d.message_id, assistantId: d.assistant_id, parts: new Map(), el: null };
+    s = {
+      id: d.stream_id,
+      convId: chat.id,
+      messageId: null,
+      assistantId: null,
+      replyTo: null,
+      phase: 'running', // until told otherwise: a frame of a running answer
+      started: false, // stream_start (or text) seen: never queued again
+      position: null, // while queued: 1 = next to run
+      base: '', // the snapshot's text: every piece up to baseIndex
+      baseIndex: -1,
+      parts: new Map(), // index -> text, for the pieces after baseIndex
+      error: null, // {code, text, detail, retryAt} once failed
+      cancelling: false,
+      stale: false, // not confirmed since this tab joined the chat again
+      el: null,
+    };
     state.streams.set(s.id, s);
     scheduleRender(chat);
+    // A new answer in the chat: the bubbles of earlier failed ones give way.
+    for (const o of state.streams.values()) {
+      if (o !== s && o.convId === chat.id && o.phase === 'error') state.streams.delete(o.id);
+    }
   }
-  if (d.content !== undefined) s.parts.set(d.index, d.content);
-  if (s.el) {
-    // Markdown as it grows: an unclosed fence or ** shows as it stands until closed.
-    s.el.querySelector('.text').replaceChildren(...renderMarkdown(streamText(s)));
-    stickToBottom();
-  }
+  s.stale = false;
+  s.messageId = d.message_id || s.messageId;
+  s.assistantId = d.assistant_id || s.assistantId;
+  s.replyTo = d.reply_to || s.replyTo;
+  return s;
 }
 
-/** The frames received so far, in index order (one that joined late starts mid-way). */
+function onStreamQueued(d) {
+  const s = streamFor(d);
+  // A late stream_queued never takes a started (or failed) answer back.
+  if (!s || s.started || s.phase === 'error') return;
+  s.phase = 'queued';
+  s.position = Number.isInteger(d.position) && d.position > 0 ? d.position : null;
+  scheduleRender(state.chats.get(s.convId));
+}
+
+function onStreamStart(d) {
+  const s = streamFor(d);
+  if (!s || s.phase === 'error') return;
+  s.started = true;
+  setRunning(s);
+}
+
+/** Catch-up for a tab that joined mid-answer: all the text so far, pieces 0..=index. */
+function onStreamSnapshot(d) {
+  const s = streamFor(d);
+  if (!s || s.phase === 'error' || !Number.isInteger(d.index) || d.index < s.baseIndex) return;
+  s.started = true;
+  s.base = typeof d.content === 'string' ? d.content : '';
+  s.baseIndex = d.index;
+  for (const i of s.parts.keys()) if (i <= d.index) s.parts.delete(i);
+  if (!setRunning(s)) paintStream(s);
+}
+
+function onStreamContent(d) {
+  const s = streamFor(d);
+  if (!s || s.phase === 'error' || !Number.isInteger(d.index) || d.index <= s.baseIndex) return;
+  s.started = true;
+  if (typeof d.content === 'string') s.parts.set(d.index, d.content);
+  if (!setRunning(s)) paintStream(s);
+}
+
+/** Into the running phase; true when that changed it (the chat re-renders). */
+function setRunning(s) {
+  if (s.phase === 'running') return false;
+  s.phase = 'running';
+  s.position = null;
+  scheduleRender(state.chats.get(s.convId));
+  return true;
+}
+
+/** The answer's text so far: the snapshot, then the later pieces in index order. */
 function streamText(s) {
-  return [...s.parts.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]).join('');
+  const later = [...s.parts.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
+  return s.base + later.join('');
 }
 
-function onStreamEnd(streamId, message) {
-  const s = state.streams.get(streamId);
-  state.streams.delete(streamId);
-  if (message) ingest(message);
-  if (s) scheduleRender(state.chats.get(s.convId));
+/** New text on a shown bubble, in place (Markdown as it grows: an unclosed
+ *  fence or ** shows as it stands until closed). */
+function paintStream(s) {
+  if (!s.el?.isConnected) {
+    if (s.convId === state.openId) scheduleRender(state.chats.get(s.convId));
+    return;
+  }
+  const text = streamText(s);
+  s.el.querySelector('[data-testid=stream-text]').replaceChildren(...renderMarkdown(text));
+  const status = s.el.querySelector('.stream-status');
+  if (status) status.hidden = !!text;
+  stickToBottom();
+}
+
+function onStreamComplete(d) {
+  const s = state.streams.get(d.stream_id);
+  state.streams.delete(d.stream_id);
+  if (d.message) ingest(d.message);
+  scheduleRender(state.chats.get(d.conversation_id) || state.chats.get(s?.convId));
+}
+
+function onStreamError(d) {
+  const chat = state.chats.get(d.conversation_id);
+  if (!chat) return;
+  let s = state.streams.get(d.stream_id);
+  const error = {
+    code: d.code,
+    text: streamErrorText(d),
+    detail: typeof d.message === 'string' ? d.message : '',
+    retryAt: d.code === 'RATE_LIMITED' && d.retry_after_ms > 0 ? Date.now() + d.retry_after_ms : 0,
+  };
+  // The partial answer, if any, is stored before the error: the error goes
+  // under it. Otherwise the bubble stays, saying why.
+  const stored = (s?.messageId && chat.messages.get(s.messageId)) ||
+    [...chat.messages.values()].find((m) => m.metadata?.stream_id === d.stream_id);
+  if (stored) {
+    state.streams.delete(d.stream_id);
+    chat.streamNotes.set(stored.id, error);
+  } else {
+    s = s || streamFor(d);
+    if (!s) return;
+    s.phase = 'error';
+    s.error = error;
+    s.cancelling = false;
+    if (error.retryAt) setTimeout(() => scheduleRender(chat), d.retry_after_ms + 50); // Retry enables
+  }
+  scheduleRender(chat);
+}
+
+/** What the page says when an answer fails. */
+function streamErrorText(d) {
+  const detail = typeof d.message === 'string' && d.message ? `: ${d.message}` : '';
+  switch (d.code) {
+    case 'UNAVAILABLE':
+      return 'The assistant is busy; try again';
+    case 'RATE_LIMITED': {
+      const secs = Math.ceil((Number(d.retry_after_ms) || 0) / 1000);
+      return secs > 0
+        ? `The assistant is rate limited; try again in ${secs} s`
+        : 'The assistant is rate limited; try again later';
+    }
+    case 'INTERRUPTED':
+      return 'The answer was interrupted; try again';
+    case 'PROVIDER_ERROR':
+      return `The assistant failed${detail}`;
+    default:
+      return `The assistant stopped${detail}`;
+  }
+}
+
+/** 1st, 2nd, 3rd, 4th, ... 11th, 12th, 13th, ... 21st, 22nd, ... */
+function ordinal(n) {
+  const tens = n % 100;
+  if (tens >= 11 && tens <= 13) return `${n}th`;
+  return `${n}${{ 1: 'st', 2: 'nd', 3: 'rd' }[n % 10] || 'th'}`;
+}
+
+function queuedText(position) {
+  if (!position) return 'Queued';
+  return position === 1 ? 'Queued (next)' : `Queued (${ordinal(position)})`;
+}
+
+/** After a join again: once the replay is in (and the catch-up after it has
+ *  had time), the pending answers it did not confirm ended unseen. */
+function sweepStaleStreams(chat, epoch, lastSeq, tries = 0) {
+  setTimeout(() => {
+    if (chat.joinEpoch !== epoch || !chat.joined || state.chats.get(chat.id) !== chat) return;
+    if (chat.contig < lastSeq && tries < 10) return sweepStaleStreams(chat, epoch, lastSeq, tries + 1);
+    let gone = false;
+    for (const s of state.streams.values()) {
+      if (s.convId === chat.id && s.stale) {
+        state.streams.delete(s.id);
+        gone = true;
+      }
+    }
+    if (gone) scheduleRender(chat);
+  }, STREAM_STALE_MS);
 }
 
 async function askAssistant() {
@@ -1383,14 +1581,46 @@ async function askAssistant() {
   }
 }
 
+/** A failed answer asked again: the same message, the same assistant. */
+async function retryStream(s) {
+  const chat = state.chats.get(s.convId);
+  state.streams.delete(s.id);
+  scheduleRender(chat);
+  const data = { conversation_id: s.convId };
+  if (s.replyTo) data.message_id = s.replyTo;
+  if (s.assistantId) data.assistant_id = s.assistantId;
+  try {
+    await request('stream_response', data);
+  } catch (e) {
+    toast(e.code === 'DISCONNECTED' ? 'The assistant needs the live connection.' : `Assistant: ${e.message}`);
+  }
+}
+
+function dismissStream(s) {
+  state.streams.delete(s.id);
+  scheduleRender(state.chats.get(s.convId));
+}
+
+/** Stops an answer, queued or running: `stream_complete` (cancelled) follows. */
 async function cancelStream(s) {
   s.cancelling = true;
   scheduleRender(state.chats.get(s.convId));
   try {
     await request('cancel_stream', { stream_id: s.id });
   } catch (e) {
-    // NOT_FOUND: the stream ended on its own just before the cancel.
-    if (e.code !== 'NOT_FOUND') toast(`Cancel failed: ${e.message}`);
+    if (e.code === 'NOT_FOUND') {
+      // The stream ended on its own just before the cancel, and its end is on
+      // the way; or it ended unseen. Either way its bubble goes.
+      setTimeout(() => {
+        if (state.streams.get(s.id) === s && s.phase !== 'error') dismissStream(s);
+      }, CANCEL_GONE_MS);
+      return;
+    }
+    if (state.streams.get(s.id) === s) {
+      s.cancelling = false;
+      scheduleRender(state.chats.get(s.convId));
+    }
+    if (e.code !== 'DISCONNECTED') toast(`Cancel failed: ${e.message}`);
   }
 }
 
@@ -1841,21 +2071,98 @@ function messageItem(chat, m, prev) {
     bubble,
     m.deleted || editing ? null : actionsBar(chat, m),
     ui.pickerFor === m.id && !m.deleted ? emojiPicker(chat, m) : null),
+  streamNote(chat, m),
+  citationList(m),
   reactionChips(chat, m));
 }
 
+/** A pending answer: queued (with its place), being written, or failed. */
 function streamItem(s) {
-  const cancel = el('button', {
-    type: 'button', className: 'ghost small', 'data-testid': 'cancel-stream', disabled: !!s.cancelling,
-    text: s.cancelling ? 'Cancelling…' : 'Cancel', onclick: () => cancelStream(s),
-  });
-  s.el = el('li', { className: 'msg assistant streaming', 'data-testid': 'stream-bubble', 'data-stream-id': s.id },
-    el('div', { className: 'meta' },
-      el('span', { className: 'sender', text: assistantName(s.assistantId) }),
-      el('span', { className: 'dots', 'aria-label': 'writing' }, el('i'), el('i'), el('i')),
-      cancel),
-    el('div', { className: 'bubble text md', 'data-testid': 'stream-text' }, ...renderMarkdown(streamText(s))));
+  const text = streamText(s);
+  const failed = s.phase === 'error';
+  const buttons = [];
+  if (failed) {
+    const wait = s.error.retryAt - Date.now();
+    buttons.push(
+      el('button', {
+        type: 'button', className: 'ghost small', 'data-testid': 'stream-retry', disabled: wait > 0,
+        title: wait > 0 ? `Possible in ${Math.ceil(wait / 1000)} s` : 'Ask the assistant again', text: 'Retry',
+        onclick: () => retryStream(s),
+      }),
+      el('button', {
+        type: 'button', className: 'ghost small', 'data-testid': 'stream-dismiss', 'aria-label': 'Dismiss',
+        title: 'Dismiss', text: '✕', onclick: () => dismissStream(s),
+      }));
+  } else {
+    buttons.push(el('button', {
+      type: 'button', className: 'ghost small', 'data-testid': 'cancel-stream', disabled: !!s.cancelling,
+      text: s.cancelling ? 'Cancelling…' : 'Cancel', onclick: () => cancelStream(s),
+    }));
+  }
+  const status = failed ? s.error.text : s.phase === 'queued' ? queuedText(s.position) : 'Writing…';
+  s.el = el('li', {
+    className: `msg assistant streaming ${s.phase}`, 'data-testid': 'stream-bubble', 'data-stream-id': s.id,
+    'data-stream-state': s.phase, 'data-position': s.phase === 'queued' ? s.position : null,
+    'data-message-id': s.messageId, 'data-error-code': failed ? s.error.code : null,
+  },
+  el('div', { className: 'meta' },
+    el('span', { className: 'sender', text: assistantName(s.assistantId) }),
+    s.phase === 'running' ? el('span', { className: 'dots', 'aria-label': 'writing' }, el('i'), el('i'), el('i')) : null,
+    ...buttons),
+  el('div', { className: 'bubble' },
+    el('div', {
+      className: `stream-status${failed ? ' error' : ''}`, 'data-testid': 'stream-status', 'data-state': s.phase,
+      title: failed && s.error.detail ? s.error.detail : null, hidden: s.phase === 'running' && !!text, text: status,
+    }),
+    el('div', { className: 'text md', 'data-testid': 'stream-text' }, ...renderMarkdown(text))));
   return s.el;
+}
+
+/** A citation's link target: http and https URLs only, else null. */
+function citationHref(url) {
+  if (typeof url !== 'string' || !/^https?:\/\//i.test(url.trim())) return null;
+  try {
+    const u = new URL(url.trim());
+    return u.protocol === 'http:' || u.protocol === 'https:' ? u.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The sources an assistant answer cites (`metadata.citations`), as links
+ *  named by their title, else their host; a URL that is not http(s) is
+ *  shown as text. The same URL cited twice is listed once. */
+function citationList(m) {
+  const list = m.metadata?.citations;
+  if (m.deleted || m.message_type !== 'assistant' || !Array.isArray(list)) return null;
+  const seen = new Set();
+  const items = [];
+  for (const c of list) {
+    if (items.length >= MAX_CITATIONS) break;
+    if (!c || typeof c.url !== 'string' || !c.url.trim() || seen.has(c.url)) continue;
+    seen.add(c.url);
+    const href = citationHref(c.url);
+    const title = typeof c.title === 'string' ? c.title.trim() : '';
+    const name = title || (href ? new URL(href).hostname.replace(/^www\./, '') : c.url.trim());
+    items.push(el('li', {}, href
+      ? el('a', {
+        className: 'citation', 'data-testid': 'citation', href, target: '_blank', rel: 'noopener noreferrer',
+        title: c.url, text: name,
+      })
+      : el('span', { className: 'citation-text', 'data-testid': 'citation-text', title: c.url, text: name })));
+  }
+  if (!items.length) return null;
+  return el('ol', { className: 'citations', 'data-testid': 'citations', 'aria-label': 'Sources' }, ...items);
+}
+
+/** Why an answer stopped short (its partial text is the stored message). */
+function streamNote(chat, m) {
+  const note = chat.streamNotes.get(m.id);
+  if (!note || m.deleted) return null;
+  return el('div', {
+    className: 'stream-note', 'data-testid': 'stream-error-note', 'data-error-code': note.code,
+    title: note.detail || null, text: note.text,
+  });
 }
 
 function pendingItem(chat, p) {

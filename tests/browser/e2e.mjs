@@ -13,6 +13,15 @@
 // badges and a node kill, it drives the conversation log (docs/protocol.md,
 // v1.1) through the page's own controls: edit, reactions, reply, rename,
 // delete, and checks that Markdown renders while HTML in a message stays text.
+// Then the assistants' queue (docs/protocol.md, v1.1: assistants), with the
+// assistants tests/browser.rs configures: `slow` (echo, a word every 250 ms,
+// one answer at a time) and `cited` (answers with two URL citations). Alice
+// writes in three chats of the slow assistant in quick succession: the first
+// answer runs, the others wait showing "Queued (next)" and "Queued (2nd)";
+// she stops the first waiting one (its bubble goes, nothing is stored) and
+// the other moves up to next; Bob reloads while its answer is being written
+// and sees the text so far at once, then the whole answer stored. The cited
+// answer lists its sources as links under it.
 //
 // `http`: behind a proxy that refuses WebSocket upgrades, Alice and Bob (a
 // tab each) find themselves on the HTTP transport and chat in real time:
@@ -45,11 +54,11 @@ const started = Date.now();
 const log = (msg) => console.log(`[${((Date.now() - started) / 1000).toFixed(1).padStart(5)}s] ${msg}`);
 
 /** Waits until `fn(arg)` is truthy in the page; `what` names it in the error. */
-async function until(page, what, fn, arg) {
+async function until(page, what, fn, arg, ms = STEP_MS) {
   try {
-    return await page.waitForFunction(fn, arg, { timeout: STEP_MS, polling: 50 });
+    return await page.waitForFunction(fn, arg, { timeout: ms, polling: 50 });
   } catch (e) {
-    throw new Error(`${page.label}: timed out after ${STEP_MS} ms waiting for ${what}`);
+    throw new Error(`${page.label}: timed out after ${ms} ms waiting for ${what}`);
   }
 }
 
@@ -76,6 +85,23 @@ async function openTab(context, label) {
   await page.addInitScript(() => {
     window.e2eMsg = (id) =>
       [...document.querySelectorAll('#messages [data-testid=message][data-seq]')].find((e) => e.dataset.id === id);
+    // The open chat's pending answer, as the page shows it; null if none.
+    window.e2eBubble = () => {
+      const b = document.querySelector('#messages [data-testid=stream-bubble]');
+      if (!b) return null;
+      const status = b.querySelector('[data-testid=stream-status]');
+      return {
+        id: b.dataset.streamId,
+        state: b.dataset.streamState,
+        position: b.dataset.position ?? null,
+        status: status && !status.hidden ? status.textContent : null,
+        text: b.querySelector('[data-testid=stream-text]').textContent,
+        cancel: !!b.querySelector('[data-testid=cancel-stream]:not([disabled])'),
+      };
+    };
+    // The open chat's stored assistant answers: [id, text].
+    window.e2eAnswers = () => [...document.querySelectorAll('#messages .msg.assistant[data-testid=message][data-seq]')]
+      .map((e) => [e.dataset.id, e.querySelector('[data-testid=message-text]')?.textContent ?? null]);
   });
   page.setDefaultTimeout(STEP_MS);
   page.on('pageerror', (e) => pageErrors.push(`${label}: ${e.message}`));
@@ -91,6 +117,8 @@ async function openTab(context, label) {
   });
   // Every log entry each socket of the tab received: [socket, seq, type].
   page.e2eEntries = [];
+  // Every stream_snapshot any socket of the tab received (reloads included).
+  page.e2eSnapshots = [];
   // Frames any socket of the tab received; event streams and frame POSTs of the HTTP transport.
   page.e2eSocketFrames = 0;
   page.e2eStreams = 0;
@@ -113,6 +141,7 @@ async function openTab(context, label) {
       }
       if (f.type === 'message_received') page.e2eEntries.push([socket, f.data.message.conversation_id, f.data.message.seq, f.type]);
       if (f.type === 'message_updated') page.e2eEntries.push([socket, f.data.conversation_id, f.data.seq, f.type]);
+      if (f.type === 'stream_snapshot') page.e2eSnapshots.push(f.data);
     });
   });
   pages.push(page);
@@ -476,6 +505,9 @@ async function overWebSocket(browser) {
   }
   log('a deletion in alice-tab1 leaves the placeholder in every tab');
 
+  // The assistants' queue, a reload mid-answer, citations: in chats of their own.
+  await assistantQueue(a1, a2, b, team);
+
   // Kill the node behind Alice's tab two: it reconnects to the other node and
   // catches up on what was sent meanwhile, with nothing twice.
   let victimNode = await connected(a2);
@@ -547,6 +579,153 @@ async function overWebSocket(browser) {
   await b.screenshot({ path: join(SHOTS, 'bob-narrow.png') });
   await b.getByRole('button', { name: 'Back to chats' }).click();
   await b.screenshot({ path: join(SHOTS, 'bob-narrow-list.png') });
+}
+
+/** The signed-in user's token, as the page keeps it. */
+const tokenOf = (page) => page.evaluate(() => JSON.parse(sessionStorage.getItem('confab.session')).token);
+
+/** A REST call with the token of the user signed in to `page`. */
+async function rest(page, method, path, body) {
+  const res = await fetch(`${BASE}/api/v1/chat${path}`, {
+    method,
+    headers: { authorization: `Bearer ${await tokenOf(page)}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/** Types and sends a message in `page`'s open chat; waits until it is stored
+ *  (outside the team chat: not part of `expected`). */
+async function send(page, text) {
+  await fill(page, 'message-input', text);
+  await click(page, 'send-button');
+  await seen(page, text);
+}
+
+/** Waits until `page` has chat `id` open with its pending answer waiting at
+ *  `position`, saying so (`status`), with an enabled Cancel button; returns
+ *  the bubble's stream id. */
+async function queuedIn(page, id, position, status, streamId = null) {
+  const h = await until(page, `"${status}" (position ${position}) on the pending answer in chat ${id}`, ([cid, pos, text, sid]) => {
+    if (document.querySelector('[data-testid=chat-item][aria-current=true]')?.dataset.chatId !== cid) return false;
+    const b = window.e2eBubble();
+    return b && b.state === 'queued' && b.position === String(pos) && b.status === text && b.cancel &&
+      !b.text && (!sid || b.id === sid) && b.id;
+  }, [id, position, status, streamId]);
+  return h.jsonValue();
+}
+
+/** The queue of the `slow` assistant (one answer at a time), a reload
+ *  mid-answer, and the `cited` assistant's sources. Alice acts in tab one,
+ *  her tab two and Bob watch; every chat is created over REST with its
+ *  assistant (the page's own button only makes chats of the default one),
+ *  then driven through the page. Leaves every tab on `team`. */
+async function assistantQueue(a1, a2, b, team) {
+  const all = [a1, a2, b];
+  const words = (tag, n) => `${tag} ${Array.from({ length: n }, (_, i) => `word${i + 1}`).join(' ')}`;
+  // At 250 ms a word: the first answer runs 10 s, long enough for the two
+  // requests after it to wait while the page is looked at; the third 8 s.
+  const prompts = [words('First question,', 40), words('Second question,', 12), words('Third question,', 32)];
+  const slow = [];
+  for (const title of ['Slow one', 'Slow two', 'Slow three']) {
+    slow.push((await rest(a1, 'POST', '/chats', { title, participant_ids: ['bob'], assistant_id: 'slow' })).id);
+  }
+  const [q1, q2, q3] = slow;
+  const sources = (await rest(a1, 'POST', '/chats', { title: 'Sources', participant_ids: ['bob'], assistant_id: 'cited' })).id;
+  // Tab two watches chat two, Bob chat three; tab one writes in each in turn.
+  await openChat(a2, q2);
+  await openChat(b, q3);
+  await openChat(a1, q1);
+  await send(a1, prompts[0]);
+  await until(a1, 'the first answer being written, not queued', () => {
+    const bub = window.e2eBubble();
+    return bub?.state === 'running' && bub.cancel;
+  });
+  await openChat(a1, q2);
+  await send(a1, prompts[1]);
+  const waiting2 = await queuedIn(a2, q2, 1, 'Queued (next)');
+  await queuedIn(a1, q2, 1, 'Queued (next)', waiting2);
+  await openChat(a1, q3);
+  await send(a1, prompts[2]);
+  const waiting3 = await queuedIn(b, q3, 2, 'Queued (2nd)');
+  await queuedIn(a1, q3, 2, 'Queued (2nd)', waiting3);
+  await queuedIn(a2, q2, 1, 'Queued (next)', waiting2);
+  for (const [p, name] of [[a2, 'queue-next'], [b, 'queue-2nd']]) {
+    await (await front(p)).screenshot({ path: join(SHOTS, `${name}.png`) });
+  }
+  log('the slow assistant writes one answer; the two asked after it wait, shown "Queued (next)" and "Queued (2nd)"');
+
+  // Alice stops the first waiting request in tab two: its bubble goes
+  // everywhere, and the other one moves up.
+  await (await front(a2)).locator(`[data-testid=stream-bubble][data-stream-id="${waiting2}"] [data-testid=cancel-stream]`).click();
+  await until(a2, 'the cancelled request\'s bubble gone', () => !window.e2eBubble());
+  for (const p of [b, a1]) await queuedIn(p, q3, 1, 'Queued (next)', waiting3);
+  log('a waiting request cancelled in alice-tab2: its bubble is gone, the last one is next');
+
+  // The first answer ends, the third runs. Bob reloads while it is being
+  // written: the text so far is there at once (a stream_snapshot), before
+  // the answer is stored.
+  const before = await until(b, 'the third answer being written, a few words in', ([sid, full]) => {
+    const bub = window.e2eBubble();
+    return bub?.id === sid && bub.state === 'running' && bub.text.split(' ').length >= 4 && full.startsWith(bub.text) && bub.text;
+  }, [waiting3, prompts[2]], 25_000).then((h) => h.jsonValue());
+  const snapshots = b.e2eSnapshots.length;
+  await (await front(b)).reload();
+  const after = await until(b, 'the answer so far, right after the reload', ([cid, sid]) => {
+    if (document.querySelector('[data-testid=chat-item][aria-current=true]')?.dataset.chatId !== cid) return false;
+    const bub = window.e2eBubble();
+    return bub?.id === sid && bub.text ? { text: bub.text, state: bub.state, stored: window.e2eAnswers().length } : false;
+  }, [q3, waiting3]).then((h) => h.jsonValue());
+  if (!after.text.startsWith(before) || !prompts[2].startsWith(after.text) || after.text === prompts[2] ||
+      after.state !== 'running' || after.stored) {
+    throw new Error(`bob: after the reload the bubble first showed ${JSON.stringify(after)}, ` +
+      `not the partial answer (more than ${JSON.stringify(before)}) still being written`);
+  }
+  const snapshot = b.e2eSnapshots.slice(snapshots).find((d) => d.stream_id === waiting3);
+  if (!snapshot || !snapshot.content.startsWith(before)) {
+    throw new Error(`bob: no stream_snapshot with the text so far after the reload: ${JSON.stringify(b.e2eSnapshots.slice(snapshots))}`);
+  }
+  log(`bob reloaded mid-answer: ${before.split(' ').length} words before, ${after.text.split(' ').length} shown at once after`);
+  const answer = await until(b, 'the whole third answer, stored', (full) => {
+    const done = window.e2eAnswers();
+    return !window.e2eBubble() && done.length === 1 && done[0][1] === full && done;
+  }, prompts[2], 20_000).then((h) => h.jsonValue());
+  await until(a1, 'the whole third answer, stored', ([id, full]) => !window.e2eBubble() &&
+    window.e2eMsg(id)?.querySelector('[data-testid=message-text]').textContent === full, [answer[0][0], prompts[2]]);
+
+  // What is stored: the first and third answers in full; nothing for the
+  // cancelled one, in the page or on the server.
+  const stored = async (id) => (await rest(a1, 'GET', `/chats/${id}`)).messages.filter((m) => m.message_type === 'assistant');
+  for (const [id, prompt] of [[q1, prompts[0]], [q3, prompts[2]]]) {
+    const answers = await stored(id);
+    if (answers.length !== 1 || answers[0].content !== prompt || answers[0].metadata?.finish_reason !== 'stop') {
+      throw new Error(`chat ${id}: stored answers ${JSON.stringify(answers)}, want the whole echo of its question`);
+    }
+  }
+  if ((await stored(q2)).length) throw new Error(`the cancelled request left an answer: ${JSON.stringify(await stored(q2))}`);
+  const leftover = await a2.evaluate(() => ({ bubble: window.e2eBubble(), answers: window.e2eAnswers() }));
+  if (leftover.bubble || leftover.answers.length) throw new Error(`alice-tab2: chat two shows ${JSON.stringify(leftover)}`);
+  log('the answers stored equal the questions echoed; nothing stored for the cancelled one');
+
+  // Sources: the cited answer lists its citations under it, as links.
+  await openChat(b, sources);
+  await openChat(a1, sources);
+  await send(a1, 'Where does that come from?');
+  const want = [['https://example.com/a', 'Example A'], ['https://example.org/b', 'example.org']];
+  for (const p of [a1, b]) {
+    await until(p, 'the cited answer with its two sources as links', (w) => {
+      const m = document.querySelector('#messages .msg.assistant[data-seq]');
+      const links = m ? [...m.querySelectorAll('ol.citations a.citation')] : [];
+      return m?.querySelector('[data-testid=message-text]').textContent === 'The answer is forty two' &&
+        JSON.stringify(links.map((a) => [a.getAttribute('href'), a.textContent])) === JSON.stringify(w) &&
+        links.every((a) => a.target === '_blank' && a.rel === 'noopener noreferrer');
+    }, want);
+  }
+  await (await front(a1)).screenshot({ path: join(SHOTS, 'citations.png') });
+  log('the cited answer shows its sources as links, in both tabs');
+
+  for (const p of all) await openChat(p, team);
 }
 
 // Behind a proxy that refuses WebSocket upgrades (tests/lb/nginx-no-websocket.conf):
