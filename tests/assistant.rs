@@ -973,3 +973,53 @@ async fn a_node_killed_while_running_the_queue_head_lets_the_queue_move_on() {
     assert_eq!(seen.end["type"], "stream_complete", "{:?}", seen.end);
     assert_eq!(seen.text(), "held  done");
 }
+
+/// A conversation's own assistant answers every message; when it cannot
+/// (the user has as many answers waiting or running as allowed), the
+/// conversation is told why instead of waiting for an answer that never
+/// comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_automatic_answer_that_cannot_be_queued_is_told_to_the_conversation() {
+    let llm = FakeLlm::start().await;
+    let node = start_node(|s| {
+        assistants(s, &llm);
+        one_at_a_time(s, &llm, "held", "held");
+        s.streaming.max_streams_per_user = 1;
+    })
+    .await;
+    let (status, chat) = node
+        .rest(
+            "alice",
+            "POST",
+            "/api/v1/chat/chats",
+            Some(json!({"title": "t", "participant_ids": [], "assistant_id": "held"})),
+        )
+        .await;
+    assert_eq!(status, 201, "{chat}");
+    let conv = chat["id"].as_str().unwrap().to_owned();
+    let mut tab = node.connect("alice").await;
+    tab.join(&conv, None).await;
+    tab.say(&conv, "one").await;
+    let (start, _) = tab.until(|f| f["type"] == "stream_start").await;
+    // The refusal is told before the message's ack.
+    let (ack, before) = tab
+        .request(
+            "send_message",
+            json!({"conversation_id": conv, "content": "two"}),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let refused = before
+        .into_iter()
+        .find(|f| f["type"] == "stream_error")
+        .expect("the refusal");
+    assert_eq!(refused["data"]["code"], "RATE_LIMITED", "{refused}");
+    assert!(refused["data"]["retry_after_ms"].as_u64().is_some());
+    assert_ne!(refused["data"]["stream_id"], start["data"]["stream_id"]);
+    assert!(llm.wait_open(1, WAIT).await);
+    assert!(llm.release_one());
+    let id = start["data"]["stream_id"].as_str().unwrap().to_owned();
+    let seen = watch(&mut tab, Some(&id)).await;
+    assert_eq!(seen.end["type"], "stream_complete");
+    assert_eq!(llm.requests(), 1);
+}

@@ -28,6 +28,7 @@ pub use presence::PresenceTracker;
 
 use access::not_a_participant;
 
+use crate::bus::StreamStep;
 use crate::config::LimitSettings;
 use crate::error::ChatError;
 use crate::hub::{Conn, Hub};
@@ -438,7 +439,21 @@ impl Chat {
                     assistant_id,
                 };
                 if let Err(e) = self.assistants.start(start).await {
-                    tracing::info!(error = %e, conv = %appended.message.conversation_id, "no automatic answer");
+                    let conv = appended.message.conversation_id;
+                    tracing::info!(error = %e, conv = %conv, "no automatic answer");
+                    // Told to the conversation, or its tabs would wait for
+                    // an answer that never comes, without knowing why.
+                    let stream_id = StreamId::new();
+                    let frame = ServerFrame::StreamError {
+                        stream_id,
+                        conversation_id: conv,
+                        code: e.code(),
+                        message: e.client_message(),
+                        retry_after_ms: e.retry_after_ms(),
+                    };
+                    self.events
+                        .stream(conv, stream_id, StreamStep::Other, true, Some(&frame))
+                        .await;
                 }
             }
         }
