@@ -1,6 +1,7 @@
-//! The bus and presence on a real three-master Redis Cluster (sharded
-//! pub/sub; presence keys hash-tagged by conversation), built by the test
-//! from `redis-server` processes.
+//! The bus, presence and the assistants' queue and transcripts on a real
+//! three-master Redis Cluster (sharded pub/sub; presence and transcript
+//! keys hash-tagged by conversation), built by the test from
+//! `redis-server` processes.
 
 mod common;
 
@@ -67,6 +68,9 @@ async fn sharded_pubsub_carries_every_conversation_across_nodes() {
                 s.bus.cluster = true;
                 s.server.node_id = format!("n{i}");
                 s.limits.send_burst = 10_000;
+                if let Some(echo) = s.assistants.get_mut("default") {
+                    echo.echo_delay_ms = 40;
+                }
             })
             .await,
         );
@@ -131,4 +135,46 @@ async fn sharded_pubsub_carries_every_conversation_across_nodes() {
     tab.http().post_base = nodes[0].url("");
     let (pong, _) = tab.request("ping", serde_json::json!({"via": "n0"})).await;
     assert_eq!(pong["data"]["via"], "n0");
+
+    // An answer written on n0 through the queue; a tab joining on n1
+    // mid-answer is caught up from the transcript, then follows live.
+    let conv = &convs[0];
+    let question: String = (0..40).map(|i| format!("word{i} ")).collect();
+    alice.say(conv, question.trim_end()).await;
+    let (ack, _) = alice
+        .request(
+            "stream_response",
+            serde_json::json!({"conversation_id": conv}),
+        )
+        .await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    let id = ack["data"]["stream_id"].clone();
+    alice
+        .until(|f| {
+            f["type"] == "stream_content" && f["data"]["stream_id"] == id && f["data"]["index"] == 3
+        })
+        .await;
+    let mut late = nodes[1].connect("bob").await;
+    late.join(conv, None).await;
+    let mut text = String::new();
+    let mut next = None;
+    let stored = loop {
+        let f = late.next().await;
+        match f["type"].as_str().unwrap_or("") {
+            "stream_snapshot" => {
+                text = f["data"]["content"].as_str().unwrap().to_owned();
+                next = Some(f["data"]["index"].as_u64().unwrap() + 1);
+            }
+            "stream_content" => {
+                let index = f["data"]["index"].as_u64().unwrap();
+                assert_eq!(Some(index), next, "every piece after the snapshot, once");
+                text.push_str(f["data"]["content"].as_str().unwrap());
+                next = Some(index + 1);
+            }
+            "stream_complete" => break f["data"]["message"]["content"].clone(),
+            _ => {}
+        }
+    };
+    assert!(next.is_some(), "a snapshot came first");
+    assert_eq!(serde_json::Value::String(text), stored);
 }

@@ -996,11 +996,13 @@ impl StreamEvents for Streams {
     }
 
     fn cancel(&self, stream: StreamId, by: UserId) {
-        let Some(active) = self
-            .active
-            .get(&stream)
-            .map(|a| (a.entry.conversation_id, a.cancel.clone(), a.entry.user.clone()))
-        else {
+        let Some(active) = self.active.get(&stream).map(|a| {
+            (
+                a.entry.conversation_id,
+                a.cancel.clone(),
+                a.entry.user.clone(),
+            )
+        }) else {
             return;
         };
         let (conv, token, starter) = active;
