@@ -338,12 +338,6 @@ impl Streams {
             return;
         }
         let ended: Vec<StreamId> = self.ended.lock().iter().copied().collect();
-        let writing: Vec<Entry> = self
-            .active
-            .iter()
-            .map(|a| a.entry.clone())
-            .filter(|e| !ended.contains(&e.stream_id))
-            .collect();
         let me = self.queue.node().to_owned();
         let assistants: Vec<String> = self.assistants.keys().cloned().collect();
         let result = self
@@ -353,11 +347,14 @@ impl Streams {
                     t.finish(*id);
                 }
                 // Answers this node still writes that the queue let go
-                // (its lease ran out while Redis was away): back in.
+                // (its lease ran out while Redis was away): back in. Read
+                // now, not before the load: an answer that ended since
+                // (it enters `ended` before it leaves the queue) stays out.
+                let writing: Vec<Entry> = self.active.iter().map(|a| a.entry.clone()).collect();
+                let done = self.ended.lock().clone();
                 let lost: Vec<Entry> = writing
-                    .iter()
-                    .filter(|e| t.find(e.stream_id).is_none())
-                    .cloned()
+                    .into_iter()
+                    .filter(|e| t.find(e.stream_id).is_none() && !done.contains(&e.stream_id))
                     .collect();
                 t.restore(lost);
                 let mine: Vec<Entry> = t
@@ -376,8 +373,12 @@ impl Streams {
                 return;
             }
         };
-        // Every one of them is out of the queue now.
-        self.ended.lock().retain(|id| !ended.contains(id));
+        // Every one of them is out of the queue now; those whose task has
+        // not yet let go of them stay marked, so no tending puts them back.
+        let writing: HashSet<StreamId> = self.active.iter().map(|a| *a.key()).collect();
+        self.ended
+            .lock()
+            .retain(|id| !ended.contains(id) || writing.contains(id));
         for (a, (waiting, running)) in assistants.iter().zip(counts) {
             self.metrics
                 .assistant_queue_waiting
@@ -936,7 +937,10 @@ impl StreamEvents for Streams {
     }
 
     async fn catch_up(&self, conv: ConversationId) -> Result<Vec<CatchUp>, String> {
-        let (queue, transcript) = tokio::join!(self.queue.read(), self.transcripts.read(conv));
+        // The queue as this node last saw it (at most a tending old), so a
+        // wave of joins reads no table: a request queued in between is
+        // told to the joiner at its next move, or its start.
+        let (queue, transcript) = tokio::join!(self.queue.latest(), self.transcripts.read(conv));
         let mut found = Vec::new();
         if let Some(t) = transcript.map_err(|e| e.to_string())? {
             let o = &t.opening;
@@ -969,7 +973,7 @@ impl StreamEvents for Streams {
                 covers: Covers::Running { upto },
             });
         }
-        if let Some(table) = queue.map_err(|e| e.to_string())?.table {
+        if let Some(table) = queue.map_err(|e| e.to_string())? {
             for e in table.waiting_in(conv) {
                 // Read in the other order, it may have started meanwhile.
                 if found.iter().any(|c| c.stream_id == e.stream_id) {

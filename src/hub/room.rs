@@ -14,7 +14,7 @@ use tokio_tungstenite::tungstenite::Utf8Bytes;
 use super::conn::Conn;
 use super::history::Entry;
 use super::outbox::Reservation;
-use super::router::CatchUp;
+use super::router::{CatchUp, Covers};
 use crate::bus::StreamStep;
 use crate::model::{Access, CloseReason, ConnectionId, ConversationId, Seq, StreamId, UserId};
 
@@ -26,7 +26,15 @@ pub(super) struct Member {
     /// While the socket's `since_seq` replay runs, live frames wait here,
     /// counted against the socket's byte budget as queued frames are.
     pub replay: Option<Vec<(Buffered, Reservation)>>,
+    /// What its catch-up told of each stream: a live frame it already
+    /// covers (one published just before the catch-up read it, arriving
+    /// after) is not sent again. Forgotten when the stream ends.
+    pub covered: Vec<(StreamId, Covers)>,
 }
+
+/// Most streams a member remembers the catch-up of (a conversation has
+/// one answer being written; the rest wait).
+const COVERED_LIMIT: usize = 16;
 
 /// A live frame that arrived during a replay (or a catch-up).
 pub(super) enum Buffered {
@@ -258,9 +266,17 @@ impl RoomState {
                     frame: frame.clone(),
                 };
                 push_buffered(&m.conn, buf, item, limit);
-            } else {
-                sent += m.conn.push(frame.clone()) as usize;
+                continue;
             }
+            if let Some(at) = m.covered.iter().position(|(s, _)| *s == stream_id) {
+                if m.covered[at].1.covers(step, end) {
+                    continue;
+                }
+                if end {
+                    m.covered.remove(at);
+                }
+            }
+            sent += m.conn.push(frame.clone()) as usize;
         }
         sent
     }
@@ -336,6 +352,7 @@ impl RoomState {
                 conn: conn.clone(),
                 cursor: last,
                 replay: catch_up.then(Vec::new),
+                covered: Vec::new(),
             });
             return if catch_up {
                 JoinPlan::CatchUp { cursor: last }
@@ -347,6 +364,7 @@ impl RoomState {
             conn: conn.clone(),
             cursor: from,
             replay: Some(Vec::new()),
+            covered: Vec::new(),
         });
         JoinPlan::Replay {
             from,
@@ -453,6 +471,12 @@ impl RoomState {
             }
         }
         member.cursor = cursor;
+        member.covered = catch_up
+            .iter()
+            .filter(|c| alive.contains(&c.stream_id))
+            .map(|c| (c.stream_id, c.covers))
+            .take(COVERED_LIMIT)
+            .collect();
         if known {
             self.streams = alive;
             self.streams_known = true;
@@ -601,6 +625,7 @@ mod tests {
                 conn,
                 cursor: Seq(0),
                 replay: None,
+                covered: Vec::new(),
             },
         );
         (st, rx)
@@ -838,6 +863,12 @@ mod tests {
             drain(&mut rx),
             ["start", "snapshot 0..=1", "queued v8", "q9", "c2"]
         );
+        // Piece 2 was read by the catch-up but published after it: its
+        // live frame, arriving late, is not sent again; piece 3 is.
+        st.on_stream(s1, StreamStep::Content(1), false, "c1 late".into());
+        st.on_stream(s1, StreamStep::Content(3), false, "c3".into());
+        st.on_stream(s2, StreamStep::Queued(8), false, "q8 late".into());
+        assert_eq!(drain(&mut rx), ["c3"]);
         st.on_stream(s1, StreamStep::Other, true, "complete".into());
         assert_eq!(drain(&mut rx), ["complete"]);
         assert!(st.needs_catch_up(), "s2 still waits");

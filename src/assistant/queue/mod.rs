@@ -56,6 +56,15 @@ pub struct Queue {
     seen: Mutex<(Option<u64>, Vec<Entry>)>,
     /// The node stops: its lease is no longer renewed.
     leaving: AtomicBool,
+    /// One change at a time from this node: its changes never conflict
+    /// with each other (only with other nodes'), and a burst of requests
+    /// on one node is a sequence of single compare-and-sets, not a storm
+    /// of retries.
+    one_at_a_time: tokio::sync::Mutex<()>,
+    /// The table as this node last loaded or saved it, for catch-ups,
+    /// which need not read Redis for it (every node reloads it at least
+    /// every tending).
+    latest: Mutex<Option<Table>>,
 }
 
 impl Queue {
@@ -72,6 +81,8 @@ impl Queue {
             limits: Box::new(limits),
             seen: Mutex::new((None, Vec::new())),
             leaving: AtomicBool::new(false),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+            latest: Mutex::new(None),
         }
     }
 
@@ -93,6 +104,7 @@ impl Queue {
         mut change: impl FnMut(&mut Table, i64) -> R,
     ) -> Result<(R, Effects), QueueError> {
         let lease = self.lease.as_millis() as i64;
+        let _turn = self.one_at_a_time.lock().await;
         for _ in 0..ATTEMPTS {
             let Loaded { table, now } = self.store.load().await?;
             let stored = table.is_some();
@@ -150,6 +162,15 @@ impl Queue {
         self.store.load().await
     }
 
+    /// The table as this node last read or changed it (at most a tending
+    /// old), reading it if this node has not yet.
+    pub async fn latest(&self) -> Result<Option<Table>, QueueError> {
+        if let Some(table) = self.latest.lock().clone() {
+            return Ok(Some(table));
+        }
+        Ok(self.read().await?.table)
+    }
+
     fn remember(&self, table: &Table) {
         let mine = table
             .entries()
@@ -157,6 +178,7 @@ impl Queue {
             .cloned()
             .collect();
         *self.seen.lock() = (Some(table.epoch), mine);
+        *self.latest.lock() = Some(table.clone());
     }
 }
 
