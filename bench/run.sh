@@ -8,6 +8,7 @@
 #   ONLY="idle storm" bash bench/run.sh   # some scenarios only
 #   ONLY=log bash bench/run.sh   # the conversation log: sends with edits and reactions mixed in, seqs checked on every socket
 #   ONLY=presence bash bench/run.sh  # a presence storm: 10k users move from node a to node b at once
+#   ONLY=stream bash bench/run.sh  # assistant answers: 100 watchers, tabs joining mid-answer, the queue
 #   BIN=path bash bench/run.sh   # another build of the node (before/after)
 #   NO_BUILD=1 bash bench/run.sh # no cargo build: the binaries already in $CARGO_TARGET_DIR (or target)
 #
@@ -16,6 +17,23 @@
 # "1000 2000", operations/s) the log runs:
 #
 #   ONLY=fanout RATES="250 1000" SECONDS_PER_RUN=5 BIN=path bash bench/run.sh
+#
+# The stream scenario runs three benches: 100 watchers of one fast echo
+# answer (1000 tokens); the catch-up: CATCHUP_TABS (100) tabs, spread over
+# both nodes, join a conversation at once while an answer of CATCHUP_WORDS
+# (1000) words is being written by the echo assistant `catchup`, which
+# waits CATCHUP_DELAY_MS (5) per word, CATCHUP_JOIN_AFTER_MS (2500) after
+# it started, then as many again at rest; and the queue: QUEUE_USERS (20)
+# users, half on each node, each sending QUEUE_REQUESTS (3) requests at once
+# in each of QUEUE_CONVERSATIONS (2) conversations, answers of QUEUE_WORDS
+# (20) words at QUEUE_DELAY_MS (5) per word, to the assistant `limited`
+# (max_concurrent QUEUE_MAX_CONCURRENT, default 4), then the same to
+# `unlimited` (no limit). These variables are read when the nodes start:
+# the nodes get both assistants, and streaming.max_streams_per_user 1000
+# (CONFAB_STREAMING__MAX_STREAMS_PER_USER) so one user's burst is not
+# refused:
+#
+#   ONLY=stream QUEUE_MAX_CONCURRENT=8 QUEUE_USERS=50 bash bench/run.sh
 #
 # The fan-out runs on each transport of TRANSPORTS (default "websocket
 # http": the receivers on sockets, then on the HTTP transport's event
@@ -171,7 +189,15 @@ start_node() { # name
   CONFAB_LIMITS__FRAME_RATE_PER_SEC=1000000 CONFAB_LIMITS__FRAME_BURST=1000000 \
   CONFAB_LIMITS__MAX_MESSAGE_CHARS=20000 \
   CONFAB_LIMITS__MAX_PENDING_CONNECTIONS=1000000 CONFAB_LIMITS__MAX_PENDING_CONNECTIONS_PER_IP=0 \
-  CONFAB_ASSISTANTS__DEFAULT__ECHO_DELAY_MS=1 RUST_LOG=warn \
+  CONFAB_ASSISTANTS__DEFAULT__ECHO_DELAY_MS=1 \
+  CONFAB_STREAMING__MAX_STREAMS_PER_USER=1000 \
+  CONFAB_ASSISTANTS__CATCHUP__ECHO_DELAY_MS="${CATCHUP_DELAY_MS:-5}" \
+  CONFAB_ASSISTANTS__LIMITED__ECHO_DELAY_MS="${QUEUE_DELAY_MS:-5}" \
+  CONFAB_ASSISTANTS__LIMITED__MAX_CONCURRENT="${QUEUE_MAX_CONCURRENT:-4}" \
+  CONFAB_ASSISTANTS__LIMITED__MAX_QUEUE=100000 \
+  CONFAB_ASSISTANTS__UNLIMITED__ECHO_DELAY_MS="${QUEUE_DELAY_MS:-5}" \
+  CONFAB_ASSISTANTS__UNLIMITED__MAX_QUEUE=100000 \
+  RUST_LOG=warn \
     "$BIN" serve --port-file "$port_file" >"$RUN_DIR/$1.log" 2>&1 &
   NODE_PID[$1]=$!
   started "$!" "$RUN_DIR/$1.log"
@@ -244,7 +270,20 @@ standard() {
   fi
   # One hot conversation: 10 members sending 600/s each, 6000 sends/s offered.
   if want hot; then $BENCH "${both[@]}" rooms --rooms 1 --members 10 --rate 600 --seconds 5; fi
-  if want stream; then $BENCH "${both[@]}" stream --watchers 100 --tokens 1000; fi
+  # Assistant answers: 100 watchers of one echo answer; tabs joining
+  # mid-answer (their snapshot + later pieces must equal the stored answer:
+  # 0 mismatches); a burst of requests through the queue with
+  # max_concurrent, then without (none lost, at most max_concurrent
+  # running at once).
+  if want stream; then
+    $BENCH "${both[@]}" stream --watchers 100 --tokens 1000
+    $BENCH "${both[@]}" stream-catchup --assistant catchup --tabs "${CATCHUP_TABS:-100}" \
+      --words "${CATCHUP_WORDS:-1000}" --join-after-ms "${CATCHUP_JOIN_AFTER_MS:-2500}"
+    local queue_args=(--users "${QUEUE_USERS:-20}" --conversations "${QUEUE_CONVERSATIONS:-2}"
+      --requests "${QUEUE_REQUESTS:-3}" --words "${QUEUE_WORDS:-20}")
+    $BENCH "${both[@]}" stream-queue --assistant limited --limit "${QUEUE_MAX_CONCURRENT:-4}" "${queue_args[@]}"
+    $BENCH "${both[@]}" stream-queue --assistant unlimited --limit 0 "${queue_args[@]}"
+  fi
   # The conversation log: 20 conversations of 10 members (one socket each,
   # over both nodes), 1000 then 2000 operations/s in all: half sends, 30%
   # edits of the member's own recent messages, 20% reactions added to or

@@ -1,13 +1,16 @@
 //! confab-bench: load for one or more confab nodes, with the figures that
 //! matter (rates, latency percentiles, loss, node CPU and memory), printed
 //! as a table or JSON. Scenarios: idle, fanout (receivers on sockets or on
-//! the HTTP transport's event streams), rooms, storm, stream, log (sends
+//! the HTTP transport's event streams), rooms, storm, stream,
+//! stream-catchup (tabs joining mid-answer), stream-queue (a burst of
+//! requests through an assistant's queue), log (sends
 //! with edits and reactions mixed in, and a check that every socket gets
 //! the conversation log's seqs gap-free and in order), presence (a
 //! reconnect storm that must announce nothing), floor (the kernel's cost
 //! of a write on this machine, without a node) and hostile (what abusive
 //! clients cost the first node).
 
+mod assistant_streams;
 mod client;
 mod conversation_log;
 mod events;
@@ -155,6 +158,53 @@ pub enum Scenario {
         watchers: usize,
         #[arg(long, default_value_t = 1000)]
         tokens: usize,
+    },
+    /// T tabs (sockets of one user, spread over the nodes) join a
+    /// conversation at once while an answer is being written, then as many
+    /// again once it is over: the bytes, time and node CPU until each got
+    /// its `stream_snapshot` (or `joined`), and a check that snapshot +
+    /// later pieces equal the stored answer. Needs an echo assistant slow
+    /// enough to last seconds (`echo_delay_ms`).
+    StreamCatchup {
+        #[arg(long, default_value_t = 100)]
+        tabs: usize,
+        /// Words of the answer (the echo repeats the question).
+        #[arg(long, default_value_t = 1000)]
+        words: usize,
+        /// The assistant that answers.
+        #[arg(long, default_value = "catchup")]
+        assistant: String,
+        /// How long after `stream_start` the tabs join.
+        #[arg(long, default_value_t = 2500)]
+        join_after_ms: u64,
+        /// How long the CPU is read before each wave of joins (its rate is
+        /// taken off the wave's).
+        #[arg(long, default_value_t = 1000)]
+        baseline_ms: u64,
+    },
+    /// U users (one socket each, spread over the nodes) each send R
+    /// requests in each of their C conversations at once, to one
+    /// assistant: answers per second, queue waits, the most running at
+    /// once as the clients see it, and that every request got
+    /// `stream_start` then `stream_complete`. The nodes need
+    /// `streaming.max_streams_per_user` of at least C x R.
+    StreamQueue {
+        #[arg(long, default_value_t = 20)]
+        users: usize,
+        #[arg(long, default_value_t = 2)]
+        conversations: usize,
+        /// Requests per conversation.
+        #[arg(long, default_value_t = 3)]
+        requests: usize,
+        /// Words of each answer.
+        #[arg(long, default_value_t = 20)]
+        words: usize,
+        /// The assistant asked.
+        #[arg(long, default_value = "limited")]
+        assistant: String,
+        /// Its max_concurrent on the nodes (0: none), for the check.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
     },
     /// Conversations of M members (one socket each, spread over the
     /// nodes) sending at R operations/s in all, a share of them changes:

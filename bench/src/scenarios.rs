@@ -91,6 +91,40 @@ pub async fn run(cli: &Cli) -> Option<Report> {
             watchers,
             tokens: n,
         } => stream(cli, &tokens, &sources, watchers, n).await,
+        Scenario::StreamCatchup {
+            tabs,
+            words,
+            assistant,
+            join_after_ms,
+            baseline_ms,
+        } => {
+            let settings = crate::assistant_streams::CatchupSettings {
+                tabs,
+                words,
+                assistant,
+                join_after: Duration::from_millis(join_after_ms),
+                baseline: Duration::from_millis(baseline_ms),
+            };
+            crate::assistant_streams::catchup(cli, &tokens, &sources, settings).await
+        }
+        Scenario::StreamQueue {
+            users,
+            conversations,
+            requests,
+            words,
+            assistant,
+            limit,
+        } => {
+            let settings = crate::assistant_streams::QueueSettings {
+                users,
+                conversations,
+                requests,
+                words,
+                assistant,
+                limit,
+            };
+            crate::assistant_streams::queue(cli, &tokens, &sources, settings).await
+        }
         Scenario::Log {
             conversations,
             members,

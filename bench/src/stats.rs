@@ -16,6 +16,11 @@ impl Latencies {
         self.0.len()
     }
 
+    /// The smallest sample in milliseconds (0 when empty).
+    pub fn min_ms(&self) -> f64 {
+        self.0.iter().min().map_or(0.0, |m| *m as f64 / 1000.0)
+    }
+
     /// p50, p99, p999 and max in milliseconds (0 when empty).
     pub fn summary(&mut self) -> [f64; 4] {
         if self.0.is_empty() {
@@ -64,6 +69,31 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .nth(1)?
         .parse()
         .ok()
+}
+
+/// CPU seconds several processes have spent on a CPU, to the nanosecond:
+/// the sum of `/proc/PID/task/*/schedstat` (its first field) over their
+/// live threads. `/proc/PID/stat` counts in 10 ms ticks, too coarse for a
+/// burst that lasts tens of milliseconds; a thread that exits takes its
+/// time with it, so this is for short windows only.
+pub fn sched_cpu_secs(pids: &[u32]) -> f64 {
+    let mut ns = 0u64;
+    for pid in pids {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Ok(text) = std::fs::read_to_string(task.path().join("schedstat")) else {
+                continue;
+            };
+            ns += text
+                .split_whitespace()
+                .next()
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    ns as f64 / 1e9
 }
 
 /// Sum of CPU seconds of several processes.
