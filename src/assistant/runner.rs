@@ -249,6 +249,31 @@ impl Streams {
     /// started here (and wakes the nodes of the others), and tells the
     /// conversations of requests that moved or were given up.
     async fn carry_out(self: &Arc<Self>, fx: Effects) {
+        // Ends first, so a tab sees a request given up (or a dead node's
+        // answer cut) before the next one starts in its place.
+        for entry in &fx.cut {
+            let _ = self.transcripts.end(&opening(entry)).await;
+            let frame = error_frame(
+                entry,
+                ErrorCode::Interrupted,
+                "the stream's node stopped answering".into(),
+                None,
+            );
+            self.publish(entry, StreamStep::Other, true, &frame).await;
+        }
+        for entry in &fx.timed_out {
+            self.metrics
+                .assistant_errors
+                .with_label_values(&["queue_timeout"])
+                .inc();
+            let frame = error_frame(
+                entry,
+                ErrorCode::Unavailable,
+                "the assistant is busy: the request waited too long in its queue".into(),
+                None,
+            );
+            self.publish(entry, StreamStep::Other, true, &frame).await;
+        }
         let mut elsewhere = false;
         for entry in fx.started {
             if entry.node == self.queue.node() {
@@ -271,29 +296,6 @@ impl Streams {
             };
             self.publish(entry, StreamStep::Queued(fx.version), false, &frame)
                 .await;
-        }
-        for entry in &fx.timed_out {
-            self.metrics
-                .assistant_errors
-                .with_label_values(&["queue_timeout"])
-                .inc();
-            let frame = error_frame(
-                entry,
-                ErrorCode::Unavailable,
-                "the assistant is busy: the request waited too long in its queue".into(),
-                None,
-            );
-            self.publish(entry, StreamStep::Other, true, &frame).await;
-        }
-        for entry in &fx.cut {
-            let _ = self.transcripts.end(&opening(entry)).await;
-            let frame = error_frame(
-                entry,
-                ErrorCode::Interrupted,
-                "the stream's node stopped answering".into(),
-                None,
-            );
-            self.publish(entry, StreamStep::Other, true, &frame).await;
         }
     }
 
