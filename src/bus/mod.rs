@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 pub use local::LocalBus;
-pub use redis::{client_builder, RedisBus};
+pub use redis::{client_builder, fail_fast, RedisBus};
 
 use crate::model::{ConnectionId, ConversationId, MessageId, Seq, StreamId, UserId};
 

@@ -343,9 +343,11 @@ fn upgrade(slot: &SinkSlot) -> Option<Arc<dyn EventSink>> {
     slot.read().as_ref().and_then(Weak::upgrade)
 }
 
-/// Fails at once while disconnected instead of queueing: the caller has
-/// stored what matters, and nodes resync from the store after a reconnect.
-fn fail_fast() -> Options {
+/// Fails at once while disconnected instead of queueing, and within the
+/// command timeout: the caller has stored what matters, and nodes resync
+/// from the store after a reconnect. Presence, the assistants' queue and
+/// transcripts use it too.
+pub fn fail_fast() -> Options {
     Options {
         fail_fast: true,
         timeout: Some(COMMAND_TIMEOUT),

@@ -19,19 +19,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::prelude::*;
-use fred::types::config::Options;
 use fred::types::{Expiration, SetOptions};
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 use super::{Outcome, Presence, PresenceError, Timing, Update};
-use crate::bus::client_builder;
+use crate::bus::{client_builder, fail_fast};
 use crate::config::BusSettings;
 use crate::model::{ConnectionId, ConversationId, UserId};
 use crate::tasks::Tasks;
 
-/// Longest a presence command may wait for Redis.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most gone users one update sweeps (the rest go in the next one), so a
 /// script never holds Redis for long.
 const SWEEP_LIMIT: usize = 1000;
@@ -152,11 +149,7 @@ impl RedisPresence {
     }
 
     fn client(&self) -> fred::clients::WithOptions<Client> {
-        self.pool.next().with_options(&Options {
-            fail_fast: true,
-            timeout: Some(COMMAND_TIMEOUT),
-            ..Options::default()
-        })
+        self.pool.next().with_options(&fail_fast())
     }
 
     /// The two keys of a conversation, in one slot.

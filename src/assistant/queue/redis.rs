@@ -5,17 +5,12 @@
 //! table. The table is small (bounded by the assistants' `max_queue` and
 //! the users' stream limit), so each change rewrites all of it.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::prelude::*;
-use fred::types::config::Options;
 
 use super::{Loaded, QueueError, QueueStore, Table};
-
-/// Longest a queue command may wait for Redis.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::bus::fail_fast;
 
 /// Returns the table's JSON (or false) and Redis's time in milliseconds.
 const LOAD: &str = r#"
@@ -49,11 +44,7 @@ impl RedisQueueStore {
     }
 
     fn client(&self) -> fred::clients::WithOptions<Client> {
-        self.pool.next().with_options(&Options {
-            fail_fast: true,
-            timeout: Some(COMMAND_TIMEOUT),
-            ..Options::default()
-        })
+        self.pool.next().with_options(&fail_fast())
     }
 }
 

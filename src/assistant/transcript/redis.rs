@@ -9,13 +9,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use fred::clients::Pool;
 use fred::prelude::*;
-use fred::types::config::Options;
 
 use super::{Opening, Transcript, TranscriptError, Transcripts};
+use crate::bus::fail_fast;
 use crate::model::ConversationId;
-
-/// Longest a transcript command may wait for Redis.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// KEYS: head, pieces. ARGV: stream, opening JSON, ttl ms.
 const BEGIN: &str = r#"
@@ -74,11 +71,7 @@ impl RedisTranscripts {
     }
 
     fn client(&self) -> fred::clients::WithOptions<Client> {
-        self.pool.next().with_options(&Options {
-            fail_fast: true,
-            timeout: Some(COMMAND_TIMEOUT),
-            ..Options::default()
-        })
+        self.pool.next().with_options(&fail_fast())
     }
 
     /// The conversation's two keys, in one slot.
