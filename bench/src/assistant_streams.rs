@@ -12,10 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
-use tokio_tungstenite::tungstenite::Message;
 
 use crate::client::{self, Sources, Tokens, Ws};
 use crate::stats::{metric_sum, per_sec, sched_cpu_secs, total_cpu, Latencies};
@@ -45,20 +43,9 @@ fn text_of(words: usize, salt: usize) -> String {
         .join(" ")
 }
 
-/// The next text frame, raw; None when the socket ends.
-async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
-}
-
 /// The next text frame before `deadline`, raw.
 async fn next_until(ws: &mut Ws, deadline: tokio::time::Instant) -> Option<String> {
-    tokio::time::timeout_at(deadline, next_text(ws))
+    tokio::time::timeout_at(deadline, client::next_text(ws))
         .await
         .ok()
         .flatten()
@@ -430,7 +417,9 @@ pub async fn catchup(
     // The ack and `stream_start`, in whichever order they come.
     let (mut acked, mut started) = (false, None);
     while !acked || started.is_none() {
-        let text = next_text(&mut asker).await.expect("the answer starts");
+        let text = client::next_text(&mut asker)
+            .await
+            .expect("the answer starts");
         let f: Value = serde_json::from_str(&text).unwrap_or_default();
         if f["data"]["ref"] == "a" {
             assert_eq!(

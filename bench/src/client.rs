@@ -142,9 +142,14 @@ fn defer_port_choice(socket: &TcpSocket) -> std::io::Result<()> {
 
 /// The next text frame as JSON; None when the socket ends.
 pub async fn next(ws: &mut Ws) -> Option<Value> {
+    serde_json::from_str(&next_text(ws).await?).ok()
+}
+
+/// The next text frame, raw; None when the socket ends.
+pub async fn next_text(ws: &mut Ws) -> Option<String> {
     loop {
         match ws.next().await? {
-            Ok(Message::Text(t)) => return serde_json::from_str(&t).ok(),
+            Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => continue,
         }

@@ -19,7 +19,7 @@ use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
@@ -38,7 +38,7 @@ pub const PONG: &str = "3";
 pub async fn connect(base: &str, token: &str, sources: &Sources) -> io::Result<(Ws, Duration)> {
     let start = Instant::now();
     let mut ws = client::open(base, PATH, sources).await?;
-    let open = next_text(&mut ws)
+    let open = client::next_text(&mut ws)
         .await
         .ok_or_else(|| io::Error::other("closed before the Engine.IO open packet"))?;
     if !open.starts_with('0') {
@@ -48,7 +48,7 @@ pub async fn connect(base: &str, token: &str, sources: &Sources) -> io::Result<(
         .await
         .map_err(io::Error::other)?;
     loop {
-        let packet = next_text(&mut ws)
+        let packet = client::next_text(&mut ws)
             .await
             .ok_or_else(|| io::Error::other("closed before the namespace connected"))?;
         if packet == PING {
@@ -89,7 +89,7 @@ pub async fn call(ws: &mut Ws, name: &str, arg: Value) -> Option<String> {
         .await
         .ok()?;
     loop {
-        let packet = next_text(ws).await?;
+        let packet = client::next_text(ws).await?;
         if packet == PING {
             ws.send(Message::text(PONG)).await.ok()?;
         } else if is_ack(&packet, id) {
@@ -125,17 +125,6 @@ pub fn delivery(packet: &str) -> Option<(i64, Cow<'_, str>)> {
     }
     let Event(name, m) = serde_json::from_str::<Event>(body).ok()?;
     (name == "message").then_some((m.seq, m.content))
-}
-
-/// The next text packet (None when the socket ends).
-async fn next_text(ws: &mut Ws) -> Option<String> {
-    loop {
-        match ws.next().await? {
-            Ok(Message::Text(t)) => return Some(t.as_str().to_owned()),
-            Ok(Message::Close(_)) | Err(_) => return None,
-            Ok(_) => continue,
-        }
-    }
 }
 
 #[cfg(test)]
