@@ -15,7 +15,9 @@ use crate::assistant::transcript::{MemoryTranscripts, RedisTranscripts, Transcri
 use crate::assistant::{redis_pool, Streams, StreamsParts};
 use crate::auth::{AuthConfigError, Authenticator};
 use crate::bus::{Bus, LocalBus, RedisBus, Topic};
-use crate::chat::{Assistants, Chat, Events, PresenceTracker, StoredHistory, UserRateLimiter};
+use crate::chat::{
+    Assistants, Chat, Events, PresenceTracker, StoredHistory, UserRateLimiter, Users,
+};
 use crate::config::Settings;
 use crate::http::{Readiness, State};
 use crate::hub::{Attendance, Hub, HubSettings, NodeBudget, StreamEvents};
@@ -182,9 +184,11 @@ impl Node {
             assistants,
             tracker.clone(),
         ));
+        let users = Users::start(store.clone(), &tasks);
         let draining = Arc::new(AtomicBool::new(false));
         let sockets = Arc::new(crate::transport::Context {
             chat: chat.clone(),
+            users,
             hub: hub.clone(),
             bus: bus.clone(),
             auth: auth.clone(),
@@ -298,6 +302,7 @@ pub async fn serve(
     let gate = Gate::new(Options::from_settings(&node.settings), node.metrics.clone());
     let state = Arc::new(State {
         chat: node.chat.clone(),
+        users: node.sockets.users.clone(),
         auth: node.auth.clone(),
         metrics: node.metrics.clone(),
         settings: node.settings.clone(),

@@ -317,6 +317,11 @@ pub enum ServerFrame {
         /// The node holding this socket (an extension, for status displays
         /// and debugging; clients must not depend on it for routing).
         node_id: String,
+        /// The token's `name` claim, when it has one (an extension).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        name: Option<String>,
+        /// The limits a client counts against (an extension).
+        limits: ClientLimits,
         #[serde(rename = "ref", skip_serializing_if = "Option::is_none")]
         reply_to: Option<String>,
     },
@@ -432,6 +437,17 @@ pub enum ServerFrame {
     Ack(Ack),
     Pong(JsonObject),
     Error(ErrorBody),
+}
+
+/// The node's limits a client must know to stay within them, told in
+/// `auth_success`: so that a composer counts characters against the real
+/// limit instead of finding it out from `MESSAGE_TOO_LONG`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct ClientLimits {
+    /// `limits.max_message_chars`: a message's length, in Unicode characters.
+    pub max_message_chars: usize,
+    /// `limits.max_frame_bytes`: a client frame (or a POST's body), in bytes.
+    pub max_frame_bytes: usize,
 }
 
 /// `ack`: the request's `ref` plus what it produced.

@@ -783,3 +783,140 @@ async fn sqlite_usage_is_recorded_once_and_summed() {
 async fn postgres_usage_is_recorded_once_and_summed() {
     usage_is_recorded_once_and_summed("postgres").await;
 }
+
+/// The users directory: an upsert keeps a user's first sighting and their
+/// name when a later token has none, takes a new name when one comes, and
+/// races between nodes; a lookup returns the known users only.
+async fn users_are_recorded_and_looked_up(backend: &str) {
+    use chrono::{DateTime, Utc};
+    use confab::model::User;
+    use confab::store::Sighting;
+
+    let Some((stores, _dir)) = stores(backend, 2).await else {
+        return;
+    };
+    let store = &stores[0];
+    let at = |text: &str| {
+        DateTime::parse_from_rfc3339(text)
+            .unwrap()
+            .with_timezone(&Utc)
+    };
+    let seen = |who: &str, name: Option<&str>, when: &str| Sighting {
+        user_id: user(who),
+        name: name.map(str::to_owned),
+        at: at(when),
+    };
+    let zoe = user("zoë-q");
+    assert_eq!(
+        store.users(std::slice::from_ref(&zoe)).await.unwrap(),
+        vec![]
+    );
+    assert_eq!(store.users(&[]).await.unwrap(), vec![]);
+
+    store
+        .record_users(&[seen("zoë-q", Some("Zoë Q"), "2026-12-15T10:00:00.125Z")])
+        .await
+        .unwrap();
+    let first = User {
+        id: zoe.clone(),
+        name: Some("Zoë Q".into()),
+        first_seen_at: at("2026-12-15T10:00:00.125Z"),
+        last_seen_at: at("2026-12-15T10:00:00.125Z"),
+    };
+    assert_eq!(
+        store.users(std::slice::from_ref(&zoe)).await.unwrap(),
+        vec![first.clone()]
+    );
+
+    // A later token without a name: seen again, the name kept.
+    store
+        .record_users(&[seen("zoë-q", None, "2026-12-15T11:00:00Z")])
+        .await
+        .unwrap();
+    let later = User {
+        last_seen_at: at("2026-12-15T11:00:00Z"),
+        ..first.clone()
+    };
+    assert_eq!(
+        store.users(std::slice::from_ref(&zoe)).await.unwrap(),
+        vec![later.clone()]
+    );
+
+    // Another name: taken; the first sighting stays.
+    store
+        .record_users(&[seen("zoë-q", Some("Zoë"), "2026-12-15T12:00:00Z")])
+        .await
+        .unwrap();
+    let renamed = User {
+        name: Some("Zoë".into()),
+        last_seen_at: at("2026-12-15T12:00:00Z"),
+        ..first.clone()
+    };
+    assert_eq!(
+        store.users(std::slice::from_ref(&zoe)).await.unwrap(),
+        vec![renamed.clone()]
+    );
+
+    // A batch: a user seen twice counts as the later sighting with the
+    // latest name given; a user never named stays without a name.
+    store
+        .record_users(&[
+            seen("ann", Some("Ann"), "2026-12-15T13:00:00Z"),
+            seen("bob", None, "2026-12-15T13:00:01Z"),
+            seen("ann", None, "2026-12-15T13:00:02Z"),
+            seen("zoë-q", None, "2026-12-15T13:00:03Z"),
+        ])
+        .await
+        .unwrap();
+    store.record_users(&[]).await.unwrap();
+    let mut found = store
+        .users(&[user("bob"), user("ann"), user("nobody"), zoe.clone()])
+        .await
+        .unwrap();
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    assert_eq!(
+        found,
+        vec![
+            User {
+                id: user("ann"),
+                name: Some("Ann".into()),
+                first_seen_at: at("2026-12-15T13:00:02Z"),
+                last_seen_at: at("2026-12-15T13:00:02Z"),
+            },
+            User {
+                id: user("bob"),
+                name: None,
+                first_seen_at: at("2026-12-15T13:00:01Z"),
+                last_seen_at: at("2026-12-15T13:00:01Z"),
+            },
+            User {
+                last_seen_at: at("2026-12-15T13:00:03Z"),
+                ..renamed
+            },
+        ],
+        "unknown ids are absent"
+    );
+
+    // Two nodes recording the same new user at once: no error, one row.
+    for i in 0..10 {
+        let id = format!("racer{i}");
+        let a = [seen(&id, Some("A"), "2026-12-15T14:00:00Z")];
+        let b = [seen(&id, None, "2026-12-15T14:00:00Z")];
+        let (ra, rb) = tokio::join!(stores[0].record_users(&a), stores[1].record_users(&b));
+        ra.unwrap();
+        rb.unwrap();
+        let found = store.users(&[user(&id)]).await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name.as_deref(), Some("A"), "a name is never lost");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_users_are_recorded_and_looked_up() {
+    users_are_recorded_and_looked_up("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_users_are_recorded_and_looked_up() {
+    users_are_recorded_and_looked_up("postgres").await;
+}

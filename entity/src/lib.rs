@@ -8,5 +8,6 @@ pub mod chat_participants;
 pub mod chat_reactions;
 pub mod chats;
 mod kinds;
+pub mod users;
 
 pub use kinds::{ChangeKind, MessageType, Role};

@@ -8,6 +8,7 @@ mod m20261121_000002_stream_claim;
 mod m20261201_000003_stream_claim_index;
 mod m20261203_000004_conversation_log;
 mod m20261210_000005_assistant_usage;
+mod m20261215_000006_users;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -21,6 +22,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000003_stream_claim_index::Migration),
             Box::new(m20261203_000004_conversation_log::Migration),
             Box::new(m20261210_000005_assistant_usage::Migration),
+            Box::new(m20261215_000006_users::Migration),
         ]
     }
 }

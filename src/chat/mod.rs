@@ -7,6 +7,7 @@
 //! - `events`: the one path of events out of the node.
 //! - `assistants`: what the use cases ask of the assistants.
 //! - `limits`: per-user rate limits.
+//! - `users`: the users directory (who signed in, under which name).
 
 mod access;
 mod assistants;
@@ -14,6 +15,7 @@ mod events;
 mod limits;
 mod presence;
 mod usage;
+mod users;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -25,6 +27,7 @@ pub use assistants::{Assistants, StartStream};
 pub use events::{Events, StoredHistory};
 pub use limits::{Bucket, UserRateLimiter};
 pub use presence::PresenceTracker;
+pub use users::{Users, MAX_LOOKUP};
 
 use access::not_a_participant;
 

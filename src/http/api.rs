@@ -15,11 +15,11 @@ use poem_openapi::{ApiResponse, Object, OpenApi, SecurityScheme, Tags};
 
 use super::State;
 use crate::auth::Identity;
-use crate::chat::{ListCursor, NewChat, Outgoing, Page};
+use crate::chat::{ListCursor, NewChat, Outgoing, Page, MAX_LOOKUP};
 use crate::error::{ChatError, ErrorCode};
 use crate::model::{
     ChangeRequest, ClientMsgId, ConnectionId, Conversation, ConversationId, Emoji, Message,
-    MessageId, Seq, UsageTotals, UserId,
+    MessageId, Seq, UsageTotals, User, UserId,
 };
 use crate::transport::sse;
 
@@ -32,6 +32,8 @@ enum ApiTags {
     Transport,
     /// What assistants' answers cost the caller, in tokens.
     Assistants,
+    /// The users directory: the display names of users who signed in.
+    Users,
 }
 
 /// `Authorization: Bearer <JWT>`, the same token a socket sends first.
@@ -653,6 +655,24 @@ impl ChatApi {
         Ok(Json(totals))
     }
 
+    /// The users among `ids` who ever signed in (any signed-in caller may
+    /// ask: names are not secret in a chat), in the order asked, each with
+    /// the display name of their token's `name` claim when it had one. An
+    /// id nobody signed in as is absent: clients say "has never signed in".
+    #[oai(path = "/users", method = "get", tag = "ApiTags::Users")]
+    async fn users(
+        &self,
+        req: &Request,
+        _auth: BearerAuth,
+        /// 1 to 100 user ids, comma separated.
+        ids: Query<Option<String>>,
+    ) -> ApiResult<Json<UsersAnswer>> {
+        let state = state(req)?;
+        let ids = parse_ids(ids.0.as_deref().unwrap_or_default())?;
+        let users = state.users.lookup(&ids).await?;
+        Ok(Json(UsersAnswer { users }))
+    }
+
     /// A single-use ticket, valid 30 s, for opening the event stream with
     /// `EventSource` (`GET /api/v1/chat/events?ticket=...`), which cannot
     /// send an `Authorization` header.
@@ -693,6 +713,13 @@ pub struct PresenceAnswer {
     pub conversation_id: ConversationId,
     /// Sorted.
     pub users: Vec<UserId>,
+}
+
+/// `GET /users`.
+#[derive(Debug, Object)]
+pub struct UsersAnswer {
+    /// In the order asked; ids nobody signed in as are absent.
+    pub users: Vec<User>,
 }
 
 /// A ticket for the event stream.
@@ -807,6 +834,20 @@ fn parse_since(text: &str) -> Result<chrono::DateTime<chrono::Utc>, ApiError> {
         .map_err(|e| {
             ChatError::InvalidFrame(format!("`since` is not an RFC 3339 timestamp: {e}")).into()
         })
+}
+
+/// The `ids` of a users lookup: 1 to `MAX_LOOKUP` user ids, comma
+/// separated, each a valid one.
+fn parse_ids(text: &str) -> Result<Vec<UserId>, ApiError> {
+    let invalid = |why: String| ApiError::from(ChatError::InvalidFrame(why));
+    if text.is_empty() || text.split(',').count() > MAX_LOOKUP {
+        return Err(invalid(format!(
+            "give 1 to {MAX_LOOKUP} user ids, comma separated"
+        )));
+    }
+    text.split(',')
+        .map(|id| UserId::parse(id).map_err(|e| invalid(format!("`ids`: {e}"))))
+        .collect()
 }
 
 /// A user id given in a request, checked.

@@ -1,6 +1,8 @@
 //! `POST /api/v1/dev/token`: a token for whoever names themselves, so the
 //! demo page can sign in without an identity provider. Routed only while
-//! `auth.dev_tokens` is true, which production refuses.
+//! `auth.dev_tokens` is true, which production refuses. Minting is the
+//! demo's sign-in: the user is recorded in the users directory, so others
+//! can find their name before their first connection.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,7 @@ use poem::{handler, IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
 use super::State;
+use crate::model::UserId;
 
 /// Dev tokens last a day: long enough for a demo, short enough to expire.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -43,12 +46,19 @@ pub fn token(Data(state): Data<&Arc<State>>, Json(req): Json<TokenRequest>) -> R
             .into_response();
     }
     match state.auth.mint(&user_id, Some(name), TTL) {
-        Ok(token) => Json(TokenResponse {
-            token,
-            user_id,
-            name: name.to_owned(),
-        })
-        .into_response(),
+        Ok(token) => {
+            // An id too long to verify (lowercasing can lengthen a name)
+            // signs nobody in, so it is not recorded either.
+            if let Ok(id) = UserId::parse(user_id.as_str()) {
+                state.users.seen(&id, Some(name));
+            }
+            Json(TokenResponse {
+                token,
+                user_id,
+                name: name.to_owned(),
+            })
+            .into_response()
+        }
         Err(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(serde_json::json!({ "code": "INTERNAL", "message": why })),

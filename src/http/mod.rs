@@ -18,16 +18,18 @@ use poem::{get, Endpoint, EndpointExt, IntoEndpoint, IntoResponse, Request, Resp
 use poem_openapi::OpenApiService;
 
 use crate::auth::Authenticator;
-use crate::chat::Chat;
+use crate::chat::{Chat, Users};
 use crate::config::Settings;
 use crate::metrics::Metrics;
 
 pub use api::ChatApi;
 
-/// What the routes use of their node: the use cases, the authenticator,
-/// the metrics, readiness, and the sockets' context for the upgrade route.
+/// What the routes use of their node: the use cases, the users directory,
+/// the authenticator, the metrics, readiness, and the sockets' context for
+/// the upgrade route.
 pub struct State {
     pub chat: Arc<Chat>,
+    pub users: Arc<Users>,
     pub auth: Authenticator,
     pub metrics: Arc<Metrics>,
     pub settings: Settings,

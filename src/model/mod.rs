@@ -166,6 +166,21 @@ pub struct UsageTotals {
     pub streams: u64,
 }
 
+/// A user who has signed in, as the users directory knows them: so that
+/// clients can show a display name rather than an id, and tell an id nobody
+/// ever signed in as (absent from the directory) from one who did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, Object)]
+pub struct User {
+    pub id: UserId,
+    /// The display name of their token's `name` claim (an identity
+    /// provider's), as last seen; absent if no token of theirs had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[oai(skip_serializing_if_is_none)]
+    pub name: Option<String>,
+    pub first_seen_at: DateTime<Utc>,
+    pub last_seen_at: DateTime<Utc>,
+}
+
 /// Who may use a conversation: what every request checks. `chat` loads
 /// it and owns the rules; the hub keeps the loaded value with the room
 /// while this node is subscribed to the conversation, since only then do

@@ -7,6 +7,7 @@ mod log;
 mod messages;
 mod sqlite;
 mod usage;
+mod users;
 
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ pub use appender::Submitted;
 pub use chats::{ChatsPage, ListCursor};
 pub use log::{ChangeOrder, Changed};
 pub use messages::{Appended, NewMessage};
+pub use users::Sighting;
 
 use crate::model::UserId;
 use crate::tasks::Tasks;

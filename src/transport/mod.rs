@@ -14,7 +14,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::auth::Authenticator;
 use crate::bus::Bus;
-use crate::chat::{Chat, UserRateLimiter};
+use crate::chat::{Chat, UserRateLimiter, Users};
 use crate::config::Settings;
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -22,9 +22,11 @@ use crate::presence::Presence;
 
 /// What a connection's session uses of its node: the use cases, the hub it
 /// registers with, the authenticator, the shared presence (tickets, the
-/// connection directory), and the settings.
+/// connection directory), the users directory, and the settings.
 pub struct Context {
     pub chat: Arc<Chat>,
+    /// Where an authenticated connection's user is recorded.
+    pub users: Arc<Users>,
     pub hub: Arc<Hub>,
     /// For frames POSTed here for a connection another node holds.
     pub bus: Arc<dyn Bus>,

@@ -23,7 +23,7 @@ use crate::chat::{Bucket, Changed, Outgoing, Page, PendingSend, Sent};
 use crate::error::ChatError;
 use crate::hub::Conn;
 use crate::model::{ChangeRequest, CloseReason, ConversationId};
-use crate::protocol::{self, Ack, ClientFrame, ServerFrame};
+use crate::protocol::{self, Ack, ClientFrame, ClientLimits, ServerFrame};
 use crate::telemetry;
 
 /// Most sends of one connection queued for storing at once; beyond it, the
@@ -92,8 +92,10 @@ pub enum Ending {
 }
 
 impl Session {
-    /// Registers nothing itself: `conn` is registered already. Answers
-    /// `auth_success`, which every connection gets first.
+    /// Registers nothing itself: `conn` is registered already. Records the
+    /// user in the users directory and answers `auth_success`, which every
+    /// connection gets first: the one place where a connection of either
+    /// transport becomes authenticated.
     pub async fn open(
         ctx: Arc<Context>,
         conn: Arc<Conn>,
@@ -112,15 +114,28 @@ impl Session {
             conn_span: telemetry::span_context(conn_span),
         };
         session
-            .reply(ServerFrame::AuthSuccess {
-                user_id: identity.user_id.clone(),
-                connection_id: session.conn.id,
-                expires_at: identity.expires_at,
-                node_id: session.ctx.node_id.clone(),
-                reply_to: None,
-            })
-            .await;
+            .ctx
+            .users
+            .seen(&identity.user_id, identity.name.as_deref());
+        session.reply(session.auth_success(identity, None)).await;
         session
+    }
+
+    /// `auth_success` for `identity`, answering `reply_to` (a renewal).
+    fn auth_success(&self, identity: &Identity, reply_to: Option<String>) -> ServerFrame {
+        let limits = &self.ctx.settings.limits;
+        ServerFrame::AuthSuccess {
+            user_id: identity.user_id.clone(),
+            connection_id: self.conn.id,
+            expires_at: identity.expires_at,
+            node_id: self.ctx.node_id.clone(),
+            name: identity.name.clone(),
+            limits: ClientLimits {
+                max_message_chars: limits.max_message_chars,
+                max_frame_bytes: limits.max_frame_bytes,
+            },
+            reply_to,
+        }
     }
 
     /// Handles frames until the connection closes.
@@ -286,14 +301,12 @@ impl Session {
                     ));
                 }
                 self.expires_at = deadline_of(&identity);
-                self.reply(ServerFrame::AuthSuccess {
-                    user_id: user,
-                    connection_id: self.conn.id,
-                    expires_at: identity.expires_at,
-                    node_id: self.ctx.node_id.clone(),
-                    reply_to: id,
-                })
-                .await;
+                // Recorded as at sign-in: written only if the token's name
+                // changed, or this node has not written the user in an hour.
+                self.ctx
+                    .users
+                    .seen(&identity.user_id, identity.name.as_deref());
+                self.reply(self.auth_success(&identity, id)).await;
             }
             ClientFrame::Join(join) => {
                 chat.join(&self.conn, join.conversation_id, join.since_seq, id)

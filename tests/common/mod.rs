@@ -144,9 +144,15 @@ impl TestNode {
 
     /// An authenticated connection of `user`, over the test's transport.
     pub async fn connect(&self, user: &str) -> Client {
+        self.connect_with(&self.token(user), user).await
+    }
+
+    /// A connection authenticated with `token` (for `user`), over the
+    /// test's transport.
+    pub async fn connect_with(&self, token: &str, user: &str) -> Client {
         match transport() {
-            Transport::WebSocket => self.raw().await.authenticate(&self.token(user), user).await,
-            Transport::Http => Client::connect_http(&self.url(""), &self.token(user), user).await,
+            Transport::WebSocket => self.raw().await.authenticate(token, user).await,
+            Transport::Http => Client::connect_http(&self.url(""), token, user).await,
         }
     }
 
@@ -212,6 +218,8 @@ pub struct Client {
     pub user: String,
     /// The node holding the socket, from `auth_success`.
     pub node_id: String,
+    /// The `auth_success` frame the connection was greeted with.
+    pub greeting: Value,
     next_id: u64,
 }
 
@@ -246,6 +254,7 @@ impl Client {
             link,
             user: String::new(),
             node_id: String::new(),
+            greeting: Value::Null,
             next_id: 0,
         }
     }
@@ -276,6 +285,7 @@ impl Client {
         if let Link::Http(link) = &mut self.link {
             link.connection_id = ok["data"]["connection_id"].as_str().unwrap().to_owned();
         }
+        self.greeting = ok;
         self
     }
 
@@ -336,6 +346,7 @@ impl Client {
             .as_str()
             .unwrap_or_default()
             .to_owned();
+        c.greeting = ok;
         self
     }
 
