@@ -1,7 +1,7 @@
 //! A minimal WebSocket console for trying a node by hand: every line typed
 //! is sent as a text frame, every frame received is printed.
 //!
-//! cargo run --example wscat -- ws://127.0.0.1:8080/api/v1/chat/ws
+//! cargo run --release --example wscat -- ws://127.0.0.1:8080/api/v1/chat/ws
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncBufReadExt, BufReader};
