@@ -10,10 +10,22 @@
 //! ("Queued (next)", "Queued (2nd)"), one is cancelled while it waits (its
 //! bubble goes, nothing is stored), a tab reloaded mid-answer shows the text
 //! so far at once and then the whole stored answer, and an answer with URL
-//! citations lists its sources as links. Behind an nginx that refuses
-//! WebSocket upgrades, Alice and Bob end up on the HTTP transport and still
-//! chat in real time: messages, typing, presence and a streamed answer.
-//! Screenshots land in `target/browser-shots/`.
+//! citations lists its sources as links. Then what a new user meets: Zoë Q
+//! (a non-ASCII name, shown by name) on a 390x844 phone, where a chat with a
+//! long title and preview fits the screen, Sign out stays in view and the
+//! chat's header is one compact line; invites by name (an id derived as the
+//! server derives it; someone who never signed in is refused, saying so);
+//! the character counter blocking an over-long message and keeping its
+//! text; "jump to latest" counting the messages below; day separators and
+//! times; dark mode following the system; the unread count in the tab's
+//! title; the status pill's plain words; the outbox across a cut (a tab
+//! offline keeps two messages waiting, then sends each once); sign-in kept
+//! across tabs, and signing out in one tab signing out the other. Behind an
+//! nginx that refuses WebSocket upgrades, Alice and Bob end up on the HTTP
+//! transport ("Limited connection") and still chat in real time: messages,
+//! typing, presence and a streamed answer. The page runs on the
+//! `@confab/client` SDK (`web/sdk/`). Screenshots, at desktop and phone
+//! widths, land in `target/browser-shots/`.
 //!
 //! Needs `node` (18 or newer, as in Debian 12), `npm ci --prefix tests/browser` and Chromium at
 //! /usr/bin/chromium (or `CONFAB_E2E_CHROMIUM`); without them it fails and
@@ -30,8 +42,8 @@ use common::fake_llm::FakeLlm;
 use common::procs::{Nginx, ProcCluster};
 
 /// One browser run, start to finish (the WebSocket one normally takes about
-/// a minute; e2e.mjs gives up after 120 s by itself).
-const RUN_LIMIT: Duration = Duration::from_secs(180);
+/// a minute; e2e.mjs gives up after 200 s by itself).
+const RUN_LIMIT: Duration = Duration::from_secs(260);
 
 /// The runs take turns: each drives its own cluster and Chromium, and two
 /// at once would slow each other down past their waits.

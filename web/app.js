@@ -1,74 +1,64 @@
-// confab demo client: one connection per tab (docs/protocol.md), a WebSocket
-// or, where a proxy refuses WebSockets, the HTTP transport (an event stream
-// down, frame POSTs up); REST for the chat list, chat creation and for
-// changes made while no connection is up.
-// Plain ES module, no dependencies. User content only ever goes through
+// confab demo page, on the @confab/client SDK (clients/js, served at /sdk/).
+// The SDK speaks the protocol: the connection over either transport,
+// reconnects, the conversation log (seqs, gaps, history, edits), typing,
+// presence, read marks, assistant streams and the outbox of unsent messages.
+// This file keeps the UI state and renders the SDK's snapshots.
+// Plain ES module, no build step. User content only ever goes through
 // textContent (Markdown included: it is built as DOM nodes, never as HTML).
 
+import { connect } from '/sdk/index.js';
+
 const API = '/api/v1/chat';
-const SESSION_KEY = 'confab.session';
-const OPEN_KEY = 'confab.open'; // the open chat survives a reload too
-const BACKOFF_MIN_MS = 500;
-const BACKOFF_MAX_MS = 10_000;
-const REQUEST_TIMEOUT_MS = 10_000; // also the longest wait for auth_success
-const HEARTBEAT_MS = 20_000; // a ping unanswered for REQUEST_TIMEOUT_MS drops the connection
-const TYPING_RESEND_MS = 2_500; // refresh `typing: true` while typing goes on
-const TYPING_IDLE_MS = 3_000; // quiet this long: `typing: false`
-const TYPER_TTL_MS = 6_500; // a remote typer expires without news (server typing_ttl + margin)
-const WS_FAILURES_FOR_HTTP = 3; // sockets in a row that failed: move to the HTTP transport
-const WS_STABLE_MS = 30_000; // a socket cut (1006) sooner than this after auth counts as failed
-const WS_RETRY_MS = 60_000; // on the HTTP transport, a socket is tried again this often
-const BATCH_BYTES = 32_768; // frames POSTed together, at most (half the server's body limit)
-const BATCH_FRAMES = 32;
-const POST_TRIES = 3; // a frame POST answered 429 or 502-504 is tried this often
+const SESSION_KEY = 'confab.session'; // localStorage: every tab shares the sign-in
+const LIMITS_KEY = 'confab.limits'; // localStorage: the server's limits, as the last auth_success told
+const OPEN_KEY = 'confab.open'; // sessionStorage: each tab's open chat survives a reload
+const DEFAULT_MAX_CHARS = 8000; // until the server says (auth_success.limits.max_message_chars)
+const COUNTER_FROM = 0.9; // the character counter shows from this share of the limit on
+const TOKEN_KEEP_MS = 10 * 60_000; // a stored token with less life than this is replaced at start
 const PRESENCE_LIVE_MAX = 200; // larger chats get no presence_changed...
 const PRESENCE_POLL_MS = 30_000; // ...so their presence is asked again this often while shown
 const PEOPLE_LISTED = 8; // the header names participants up to this many, else counts them
-const HISTORY_WINDOW = 50; // log entries loaded per chat at first
-const HISTORY_CAP = 500; // unread entries replayed at most
-const GAP_WAIT_MS = 800; // a seq gap that does not fill by itself this long is fetched
-const CHAT_PAGE = 200; // GET /chats page size (the most the server gives)
-const MAX_CHAT_PAGES = 100;
+const NAMES_PER_LOOKUP = 50; // ids per GET /users
+const NEAR_BOTTOM_PX = 80; // this close to the bottom, the list follows new messages
+const CONTINUE_MS = 5 * 60_000; // a message this soon after the previous one of its sender has no sender line
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
-const STREAM_STALE_MS = 3_000; // after a rejoin's replay, a stream the catch-up did not mention is gone
-const CANCEL_GONE_MS = 3_000; // a cancel answered NOT_FOUND: the bubble goes unless the stream ends by itself
 const MAX_CITATIONS = 50;
 
 // ------------------------------------------------------------------ state
 
 const state = {
   session: null, // {token, user_id, name}
-  chats: new Map(), // id -> chat (see newChat)
-  openId: null,
-  conn: null, // the live connection (see connect)
-  mode: 'websocket', // the transport the next connection uses: 'websocket' or 'http'
-  wsFailures: 0, // sockets in a row that heard nothing, or were cut soon after auth
-  probe: null, // on the HTTP transport: a socket being tried on the side
-  probeTimer: null,
-  connected: false, // authenticated connection
-  nodeId: null,
-  attempt: 0,
-  reconnectTimer: null,
-  heartbeat: null,
-  renewTimer: null,
-  replies: new Map(), // frame id -> {resolve, reject, timer}
-  streams: new Map(), // stream_id -> a pending answer (see streamFor)
-  typing: { convId: null, sentAt: 0, idle: null },
+  client: null, // the SDK's Client
+  chats: new Map(), // id -> chat (see addChat)
   chatsLoaded: false,
-  // Transient UI of the open chat, kept here because every frame re-renders the list.
+  openId: null,
+  wasOnline: false, // for the chat list read again after a reconnect
+  maxChars: Number(JSON.parse(localStorage.getItem(LIMITS_KEY) || '{}').max_message_chars) || DEFAULT_MAX_CHARS,
+  // Transient UI of the open chat.
   ui: { actionsFor: null, pickerFor: null, confirmDelete: null, flash: null, flashTimer: null },
   editing: null, // {chatId, id, input, busy}: the message being edited inline
   renaming: null, // chat id whose title is being edited
   renameBusy: false,
+  cancelling: new Set(), // stream ids whose cancel is on its way
+  streamSeen: new Map(), // stream id -> {order, failedAt}: when the page first saw it (and saw it fail)
+  streamOrder: 0,
+  list: { chatId: null, items: new Map() }, // the open chat's rendered items: key -> {sig, node}
+  newBelow: 0, // messages that arrived below while the list was scrolled up
+  pinned: true, // the list was at its bottom when last looked: it stays there through resizes
+  box: '', // the list's size then (boxOf)
+};
+
+// The users directory (GET /users?ids=): display names by id, looked up in
+// batches as ids show up, kept for the tab's life.
+const names = {
+  known: new Map(), // id -> name, or null (no name, or never signed in)
+  wanted: new Set(), // ids to look up in the next batch
+  asking: new Set(), // ids being looked up
+  timer: null,
+  version: 0, // bumped when names arrive: rendered items that show names depend on it
 };
 
 const $ = (id) => document.getElementById(id);
-
-/** A random id; crypto.randomUUID needs a secure context, this does not. */
-function uid() {
-  const b = crypto.getRandomValues(new Uint8Array(16));
-  return Array.from(b, (x) => x.toString(16).padStart(2, '0')).join('');
-}
 
 /** Builds an element: `attrs` go to properties (`text`, `className`, `on*`)
  *  or, for `data-*`/aria/others, to attributes; children are nodes or text. */
@@ -82,9 +72,31 @@ function el(tag, attrs = {}, ...children) {
     else node.setAttribute(k, v === true ? '' : String(v));
   }
   for (const c of children) {
-    if (c !== null && c !== undefined) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
+    if (c !== null && c !== undefined && c !== false) node.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return node;
+}
+
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const ICONS = {
+  clock: [['circle', { cx: 8, cy: 8, r: 6.25 }], ['path', { d: 'M8 4.5V8l2.5 1.5' }]],
+  people: [
+    ['circle', { cx: 6, cy: 5.5, r: 2.5 }],
+    ['path', { d: 'M1.5 14c0-2.5 2-4.5 4.5-4.5s4.5 2 4.5 4.5' }],
+    ['path', { d: 'M10.5 3.2a2.5 2.5 0 0 1 0 4.6M12 9.8c1.5.6 2.5 2.2 2.5 4.2' }],
+  ],
+};
+
+/** A small line icon, drawn (no emoji font needed): `clock`, `people`. */
+function icon(name) {
+  const svg = document.createElementNS(SVG_NS, 'svg');
+  for (const [k, v] of Object.entries({ viewBox: '0 0 16 16', class: `icon-svg icon-${name}`, 'aria-hidden': 'true' })) svg.setAttribute(k, v);
+  for (const [tag, attrs] of ICONS[name]) {
+    const shape = document.createElementNS(SVG_NS, tag);
+    for (const [k, v] of Object.entries(attrs)) shape.setAttribute(k, String(v));
+    svg.append(shape);
+  }
+  return svg;
 }
 
 function toast(text) {
@@ -92,10 +104,56 @@ function toast(text) {
   t.textContent = text;
   t.hidden = false;
   clearTimeout(toast.timer);
-  toast.timer = setTimeout(() => (t.hidden = true), 4000);
+  toast.timer = setTimeout(() => (t.hidden = true), 5000);
 }
 
 const me = () => state.session?.user_id;
+const myName = () => state.client?.displayName || state.session?.name || me();
+const online = () => state.client?.status.state === 'online';
+const reading = () => document.visibilityState === 'visible';
+
+/** Characters as the server counts them (Unicode scalar values, Rust's `chars()`). */
+const charCount = (text) => {
+  let n = 0;
+  for (const _ of text) n += 1;
+  return n;
+};
+
+/** The user id the server's dev-token route derives from a name
+ *  (src/http/dev.rs `user_id_of`): each character lowercased on its own
+ *  (Rust's `char::to_lowercase`), letters and digits kept (Rust's
+ *  `is_alphanumeric`: Unicode Alphabetic or Numeric), every other run of
+ *  characters folded into one `-`, none at either end. "Carol Smith" and
+ *  "carol-smith" are both `carol-smith`, "Zoë Q" is `zoë-q`. */
+function userIdOf(name) {
+  let id = '';
+  for (const ch of String(name)) {
+    for (const c of ch.toLowerCase()) {
+      if (/[\p{Alphabetic}\p{N}]/u.test(c)) id += c;
+      else if (id && !id.endsWith('-')) id += '-';
+    }
+  }
+  return id.replace(/-+$/, '');
+}
+
+/** Plain words for an SDK error (a ConfabError: `code`, `message`). */
+function errorText(e) {
+  switch (e?.code) {
+    case 'MESSAGE_TOO_LONG':
+      return 'too long';
+    case 'FORBIDDEN':
+      return 'not allowed here';
+    case 'NOT_FOUND':
+      return 'it is gone';
+    case 'RATE_LIMITED':
+      return 'too fast; wait a moment';
+    case 'DISCONNECTED':
+    case 'UNAVAILABLE':
+      return 'no connection';
+    default:
+      return e?.message || String(e);
+  }
+}
 
 // ------------------------------------------------------------------ Markdown
 //
@@ -358,8 +416,23 @@ function snippet(text, max = 90) {
 }
 
 // ------------------------------------------------------------------ session
+//
+// The sign-in is kept in localStorage, so every tab of the browser shares
+// it: a tab opened later is signed in already, and signing out in one tab
+// signs out the others (the `storage` event, see wire()).
 
-const loadSession = () => JSON.parse(sessionStorage.getItem(SESSION_KEY) || 'null');
+function loadSession() {
+  try {
+    const s = JSON.parse(localStorage.getItem(SESSION_KEY) || 'null');
+    return s?.token && s.user_id && s.name ? s : null;
+  } catch {
+    return null;
+  }
+}
+
+function saveSession() {
+  localStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+}
 
 async function fetchDevToken(name) {
   const r = await fetch('/api/v1/dev/token', {
@@ -372,6 +445,42 @@ async function fetchDevToken(name) {
   return body; // {token, user_id, name}
 }
 
+/** Milliseconds until a JWT's `exp` (0 when it cannot be read). */
+function lifeLeft(token) {
+  try {
+    const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
+    const { exp } = JSON.parse(atob(part.padEnd(part.length + ((4 - (part.length % 4)) % 4), '=')));
+    return Math.max(0, exp * 1000 - Date.now());
+  } catch {
+    return 0;
+  }
+}
+
+/** The SDK's `token()`: the stored token for the first connection (when it
+ *  has a while to live), then a fresh dev token each time the SDK asks
+ *  (renewal before expiry, TOKEN_EXPIRED, a refused token). With no
+ *  network, the token held is still good until it expires. */
+function tokenSource() {
+  let first = true;
+  return async () => {
+    if (first && lifeLeft(state.session.token) > TOKEN_KEEP_MS) {
+      first = false;
+      return state.session.token;
+    }
+    first = false;
+    try {
+      const fresh = await fetchDevToken(state.session.name);
+      if (fresh.user_id === state.session.user_id) {
+        state.session = fresh;
+        saveSession();
+      }
+    } catch (e) {
+      if (!lifeLeft(state.session.token)) throw e;
+    }
+    return state.session.token;
+  };
+}
+
 async function signIn(event) {
   event.preventDefault();
   const name = $('signin-name').value.trim();
@@ -379,7 +488,7 @@ async function signIn(event) {
   if (!name) return;
   try {
     state.session = await fetchDevToken(name);
-    sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
+    saveSession();
     start();
   } catch (e) {
     $('signin-error').textContent = e.message;
@@ -387,1150 +496,500 @@ async function signIn(event) {
 }
 
 function signOut() {
-  sessionStorage.removeItem(SESSION_KEY);
+  localStorage.removeItem(SESSION_KEY);
   sessionStorage.removeItem(OPEN_KEY);
-  location.reload(); // drops the connection, timers and every chat at once
+  state.client?.close();
+  location.reload(); // drops the client, timers and every chat at once
 }
 
-/** A fresh dev token for the same name, sent on the connection before the old one expires. */
-async function renewToken() {
-  try {
-    state.session = await fetchDevToken(state.session.name);
-    sessionStorage.setItem(SESSION_KEY, JSON.stringify(state.session));
-    if (state.connected) await request('auth', null, { token: state.session.token });
-  } catch (e) {
-    console.warn('token renewal failed, retrying in 30 s', e);
-    clearTimeout(state.renewTimer);
-    state.renewTimer = setTimeout(renewToken, 30_000);
-  }
-}
-
-function scheduleRenewal(expiresAt) {
-  const left = Date.parse(expiresAt) - Date.now();
-  // Renew at 80% of the remaining life, at least 10 s from now.
-  const due = Math.max(10_000, Math.min(left * 0.8, left - 60_000));
-  clearTimeout(state.renewTimer);
-  state.renewTimer = setTimeout(renewToken, Math.min(due, 2 ** 31 - 1));
-}
-
-// ------------------------------------------------------------------ REST
-
-/** A REST call: resolves with {data, headers}. */
-async function apiRaw(method, path, body, retried = false) {
-  const r = await fetch(API + path, {
-    method,
-    headers: {
-      authorization: `Bearer ${state.session.token}`,
-      ...(body ? { 'content-type': 'application/json' } : {}),
-    },
-    body: body ? JSON.stringify(body) : undefined,
-  });
-  if (r.status === 401 && !retried) {
-    await renewToken();
-    return apiRaw(method, path, body, true);
-  }
-  if (r.status === 204) return { data: null, headers: r.headers };
-  const data = await r.json().catch(() => ({}));
-  if (!r.ok) throw Object.assign(new Error(data.message || `HTTP ${r.status}`), { code: data.code });
-  return { data, headers: r.headers };
-}
-
-const api = (method, path, body) => apiRaw(method, path, body).then((r) => r.data);
-
-// ------------------------------------------------------------------ connection
-//
-// One live connection per tab, over one of two transports; the rest of the
-// page sends through `send(frame)` and receives through `onFrame(frame)`:
-//  - websocket: `GET /ws`, frames both ways, `auth` first;
-//  - http, for proxies that refuse WebSocket upgrades: the server's frames
-//    arrive as server-sent events (`GET /events`, opened with a single-use
-//    ticket), the client's are POSTed to `/connections/{connection_id}/frames`,
-//    one request at a time so that they keep their order.
-// A tab starts on the socket. After WS_FAILURES_FOR_HTTP sockets in a row on
-// which nothing arrived it moves to HTTP, and from there tries a socket on the
-// side every WS_RETRY_MS, moving back as soon as one authenticates.
-//
-// A connection is {kind, authed, heard, send(frame), close()}; whatever ends
-// it calls `closed(conn, code)` (a WebSocket close code).
-
-function wsUrl() {
-  return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}${API}/ws`;
-}
-
-function connect() {
-  clearTimeout(state.reconnectTimer);
-  const conn = state.mode === 'http' ? openHttp() : openSocket();
-  state.conn = conn;
-  // A connection that never authenticates (a hung node, a lost handshake, a
-  // proxy holding frames back) is dropped.
-  setTimeout(() => conn === state.conn && !conn.authed && drop(conn), REQUEST_TIMEOUT_MS);
-}
-
-/** Sends one client frame on the live connection, whatever its transport. */
-function send(frame) {
-  state.conn.send(frame);
-}
-
-/** Every server frame of every connection passes here; the live one's go on to onFrame. */
-function receive(conn, frame) {
-  conn.heard = true;
-  if (conn === state.probe) {
-    if (frame.type === 'auth_success') adoptProbe(conn, frame.data);
-    return;
-  }
-  if (conn !== state.conn) return;
-  if (frame.type === 'auth_success' && !frame.data?.ref) {
-    conn.authed = true;
-    conn.authedAt = Date.now();
-    // A socket that stays up a while proves sockets get through.
-    if (conn.kind === 'websocket') {
-      setTimeout(() => state.conn === conn && (state.wsFailures = 0), WS_STABLE_MS);
+/** Another tab signed in, out, or renewed the token. */
+function onStorage(e) {
+  if (e.key !== SESSION_KEY && e.key !== null) return; // null: the storage was cleared
+  const s = loadSession();
+  if (!state.session) {
+    if (s) {
+      state.session = s;
+      start();
     }
-  }
-  onFrame(frame);
-}
-
-/** Treats a connection as ended now, without waiting for its transport to say so. */
-function drop(conn, code = 1006) {
-  conn.close();
-  closed(conn, code);
-}
-
-function closed(conn, code) {
-  if (conn === state.probe) {
-    state.probe = null;
-    return;
-  }
-  if (conn !== state.conn) return;
-  state.conn = null;
-  if (conn.kind === 'websocket') {
-    // A proxy that refuses upgrades: nothing heard. One that cuts them: a
-    // socket that dies without a close frame soon after it authenticated.
-    const cut = code === 1006 && Date.now() - (conn.authedAt ?? 0) < WS_STABLE_MS;
-    if (!conn.heard || cut) state.wsFailures += 1;
-  }
-  resetSession();
-  if (state.mode === 'websocket' && state.wsFailures >= WS_FAILURES_FOR_HTTP) {
-    // Sockets do not get through (a proxy refusing upgrades): HTTP, at once.
-    state.mode = 'http';
-    state.attempt = 0;
-    state.probeTimer = setInterval(probe, WS_RETRY_MS);
-    setStatus('connecting');
-    connect();
-  } else if (code === 4001 || code === 4003) {
-    // Refused or expired token: get a fresh one before trying again.
-    renewToken().finally(scheduleReconnect);
+  } else if (!s || s.user_id !== state.session.user_id) {
+    location.reload(); // signed out there (or in as someone else): the same here
   } else {
-    scheduleReconnect();
+    state.session = s; // a renewed token
   }
 }
 
-/** The connection is gone: requests waiting for an answer fail, no chat is
- *  joined any more, and what only a connection tells (typing, streams,
- *  presence) is unknown until the next one. */
-function resetSession() {
-  state.connected = false;
-  for (const { reject, timer } of state.replies.values()) {
-    clearTimeout(timer);
-    reject(Object.assign(new Error('connection lost'), { code: 'DISCONNECTED' }));
-  }
-  state.replies.clear();
-  clearInterval(state.heartbeat);
-  for (const chat of state.chats.values()) {
-    chat.joined = false;
-    chat.typers.clear();
-    chat.present = null;
-  }
-  state.streams.clear(); // stored answers come back through the replay, pending ones through the catch-up
-  state.typing.convId = null;
-  renderChatList();
-  renderChat();
-}
+// ------------------------------------------------------------------ the client
 
-function scheduleReconnect() {
-  const base = Math.min(BACKOFF_MAX_MS, BACKOFF_MIN_MS * 2 ** state.attempt);
-  const delay = Math.min(BACKOFF_MAX_MS, base * (1 + Math.random() * 0.5));
-  state.attempt += 1;
-  setStatus(state.attempt > 2 ? 'offline' : 'reconnecting');
-  clearTimeout(state.reconnectTimer);
-  state.reconnectTimer = setTimeout(connect, delay);
-}
+const rest = (method, path, body) => state.client.rest(method, API + path, body);
 
-async function onAuthenticated(data) {
-  const conn = state.conn;
-  state.connected = true;
-  state.attempt = 0;
-  state.nodeId = data.node_id || '?';
-  setStatus('connected');
-  scheduleRenewal(data.expires_at);
-  state.heartbeat = setInterval(() => {
-    request('ping', {}).catch((e) => e.code === 'TIMEOUT' && conn === state.conn && drop(conn));
-  }, HEARTBEAT_MS);
-  await refreshChats();
-  await Promise.all([...state.chats.values()].map(join));
-  markRead(state.chats.get(state.openId)); // a mark set while offline
-  renderChat();
-}
-
-/** Sends a frame with an id; resolves with the frame answering it (`ref`). */
-function request(type, data, extra = {}) {
-  return new Promise((resolve, reject) => {
-    if (!state.connected) {
-      reject(Object.assign(new Error('not connected'), { code: 'DISCONNECTED' }));
-      return;
-    }
-    const id = uid();
-    const timer = setTimeout(() => {
-      state.replies.delete(id);
-      reject(Object.assign(new Error(`${type}: no answer`), { code: 'TIMEOUT' }));
-    }, REQUEST_TIMEOUT_MS);
-    state.replies.set(id, { resolve, reject, timer });
-    send({ type, id, ...(data ? { data } : {}), ...extra });
+function startClient() {
+  // The SDK checks lengths against the server's limit by itself (auth_success).
+  const client = connect({ url: '', token: tokenSource() });
+  state.client = client;
+  client.on('status', onStatus);
+  client.on('conversation', onConversationUpdated);
+  client.on('frame', onFrame);
+  client.on('error', (e) => {
+    if (e.code !== 'TOKEN_EXPIRED') toast(`Connection: ${e.message || e.code}`);
   });
+  onStatus();
 }
 
-/** Sends a frame that needs no answer (typing, mark_read); dropped while offline. */
-function fire(type, data) {
-  if (state.connected) send({ type, data });
-}
-
-// ------------------------------------------------------------------ the WebSocket transport
-
-function openSocket() {
-  const ws = new WebSocket(wsUrl());
-  const conn = {
-    kind: 'websocket',
-    authed: false,
-    heard: false,
-    send: (frame) => ws.send(JSON.stringify(frame)),
-    close: () => ws.close(),
-  };
-  ws.onopen = () => conn.send({ type: 'auth', token: state.session.token });
-  ws.onmessage = (e) => receive(conn, JSON.parse(e.data));
-  ws.onclose = (e) => closed(conn, e.code);
-  return conn;
-}
-
-/** On the HTTP transport: a socket tried on the side, adopted if it authenticates. */
-function probe() {
-  if (state.probe) return;
-  const conn = openSocket();
-  state.probe = conn;
-  setTimeout(() => {
-    if (state.probe !== conn) return;
-    state.probe = null;
-    conn.close();
-  }, REQUEST_TIMEOUT_MS);
-}
-
-/** The socket tried on the side authenticated: it replaces the HTTP
- *  connection, and the chats are joined again on it (with since_seq, as
- *  after any reconnect). Requests still waiting on HTTP fail and are retried
- *  by their senders. */
-function adoptProbe(conn, data) {
-  state.probe = null;
-  clearInterval(state.probeTimer);
-  state.probeTimer = null;
-  clearTimeout(state.reconnectTimer);
-  state.mode = 'websocket';
-  state.conn?.close();
-  resetSession();
-  conn.authed = true;
-  conn.authedAt = Date.now();
-  state.wsFailures = 0;
-  state.conn = conn;
-  onAuthenticated(data);
-}
-
-// ------------------------------------------------------------------ the HTTP transport
-
-function openHttp() {
-  const conn = {
-    kind: 'http',
-    authed: false,
-    heard: false,
-    id: null, // connection_id, from auth_success: where frames are POSTed
-    source: null, // the EventSource
-    queue: [], // client frames (JSON text) not POSTed yet
-    posting: false,
-    ended: false,
-    send: (frame) => {
-      conn.queue.push(JSON.stringify(frame));
-      postFrames(conn);
-    },
-    close: () => {
-      conn.ended = true;
-      conn.source?.close();
-    },
-  };
-  openEvents(conn);
-  return conn;
-}
-
-/** A ticket, then the event stream opened with it. */
-async function openEvents(conn) {
-  let ticket;
-  try {
-    ({ ticket } = await api('POST', '/tickets'));
-  } catch (e) {
-    return closed(conn, e.code === 'AUTH_FAILED' || e.code === 'TOKEN_EXPIRED' ? 4001 : 1006);
+function onStatus() {
+  renderStatus();
+  if (online()) {
+    // Chats created, joined or left while this tab was away come with a
+    // fresh list; the SDK joins the ones it follows again by itself.
+    if (state.wasOnline) refreshChats();
+    state.wasOnline = true;
   }
-  if (conn.ended) return;
-  const source = new EventSource(`${API}/events?ticket=${encodeURIComponent(ticket)}`);
-  conn.source = source;
-  source.onmessage = (e) => {
-    let frame;
-    try {
-      frame = JSON.parse(e.data);
-    } catch {
-      return;
-    }
-    const d = frame.data || {};
-    if (frame.type === 'error' && d.close_code) {
-      // The node's last frame before it ends the stream: what a socket's
-      // close code would say (1012 restarting, 4003 token expired...).
-      source.close();
-      closed(conn, d.close_code);
-      return;
-    }
-    if (frame.type === 'auth_success' && !d.ref) conn.id = d.connection_id;
-    receive(conn, frame);
-  };
-  // EventSource would retry by itself, with the same URL, but a ticket is
-  // single use: close it and reconnect with a fresh ticket instead.
-  source.onerror = () => {
-    source.close();
-    closed(conn, 1006);
-  };
+  scheduleRender(openChatOf()); // waiting sends say so, Ask follows the connection
 }
 
-/** POSTs the queued frames, one request at a time so that they keep their
- *  order; frames queued meanwhile go together in the next one. Answers
- *  arrive on the event stream. */
-async function postFrames(conn) {
-  if (conn.posting || conn.ended || !conn.queue.length) return;
-  conn.posting = true;
-  const batch = takeBatch(conn);
-  for (let tries = 1; ; tries++) {
-    let r = null;
-    try {
-      r = await fetch(`${API}/connections/${encodeURIComponent(conn.id)}/frames`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${state.session.token}`, 'content-type': 'application/json' },
-        body: `[${batch.join(',')}]`,
-      });
-    } catch {
-      // No answer at all: handled below with the failures.
-    }
-    if (conn.ended) return;
-    if (r?.status === 202) break;
-    if (r?.status === 413) {
-      // One frame over the server's limit (batches stay well below it):
-      // answered as a socket would answer a frame it refuses.
-      refuseFrames(conn, batch, 'MESSAGE_TOO_LONG', 'frame too large');
-      break;
-    }
-    if (tries < POST_TRIES && [429, 502, 503, 504].includes(r?.status)) {
-      const wait = Number(r.headers.get('retry-after')) * 1000 || 1000;
-      await new Promise((resolve) => setTimeout(resolve, wait));
-      if (conn.ended) return;
-      continue;
-    }
-    // 404 (the connection ended), 401, 403, no answer, a server still failing:
-    // the connection is lost. Requests waiting on it fail, and their senders
-    // retry them (over REST meanwhile); a new stream is opened.
-    return drop(conn, r?.status === 401 ? 4001 : 1006);
-  }
-  conn.posting = false;
-  postFrames(conn);
-}
-
-/** The oldest queued frames, as many as fit in one POST (at least one). */
-function takeBatch(conn) {
-  const batch = [conn.queue.shift()];
-  let bytes = utf8Length(batch[0]);
-  while (batch.length < BATCH_FRAMES && conn.queue.length) {
-    const next = utf8Length(conn.queue[0]);
-    if (bytes + next > BATCH_BYTES) break;
-    bytes += next;
-    batch.push(conn.queue.shift());
-  }
-  return batch;
-}
-
-const utf8 = new TextEncoder();
-const utf8Length = (text) => utf8.encode(text).length;
-
-/** Answers the frames among `batch` that wait for a reply with an error, through onFrame. */
-function refuseFrames(conn, batch, code, message) {
-  for (const text of batch) {
-    const { id } = JSON.parse(text);
-    if (id) receive(conn, { type: 'error', data: { ref: id, code, message } });
-  }
-}
-
-function onFrame(frame) {
-  const d = frame.data || {};
-  if (d.ref && state.replies.has(d.ref)) {
-    const { resolve, reject, timer } = state.replies.get(d.ref);
-    state.replies.delete(d.ref);
-    clearTimeout(timer);
-    if (frame.type === 'error') reject(Object.assign(new Error(d.message), { code: d.code }));
-    else resolve(d);
-    if (frame.type === 'auth_success') scheduleRenewal(d.expires_at);
-    if (frame.type !== 'messages') return; // history pages are ingested below too
-  }
-  switch (frame.type) {
-    case 'auth_success':
-      if (!d.ref) onAuthenticated(d);
-      break;
-    case 'message_received':
-      ingest(d.message);
-      break;
-    case 'message_updated':
-      onMessageUpdated(d);
-      break;
-    case 'messages': {
-      // A history page (messages only, in their current state). When it
-      // was read is unknown here, so a state held from a change wins.
-      if (state.chats.has(d.conversation_id)) d.messages.forEach((m) => ingest(m, 0));
-      break;
-    }
-    case 'typing_indicator':
-      onTyping(d);
-      break;
-    case 'stream_queued':
-      onStreamQueued(d);
-      break;
-    case 'stream_start':
-      onStreamStart(d);
-      break;
-    case 'stream_snapshot':
-      onStreamSnapshot(d);
-      break;
-    case 'stream_content':
-      onStreamContent(d);
-      break;
-    case 'stream_complete':
-      onStreamComplete(d);
-      break;
-    case 'stream_error':
-      onStreamError(d);
-      break;
-    case 'conversation_updated':
-      onConversationUpdated(d.conversation);
-      break;
-    case 'read_receipt':
-      onReadReceipt(d);
-      break;
-    case 'presence_changed':
-      onPresenceChanged(d);
-      break;
-    case 'left':
-      removeChat(d.conversation_id);
-      break;
-    case 'error':
-      if (d.code !== 'TOKEN_EXPIRED') toast(`${d.code}: ${d.message}`);
-      break;
+/** Frames the page reads besides the SDK: the server's limits, and being
+ *  removed from a chat. */
+function onFrame(f) {
+  const d = f.data || {};
+  if (f.type === 'auth_success' && !d.ref && Number(d.limits?.max_message_chars) > 0) {
+    state.maxChars = Number(d.limits.max_message_chars);
+    localStorage.setItem(LIMITS_KEY, JSON.stringify(d.limits));
+    updateCounter();
+  } else if (f.type === 'left' && !d.ref && d.conversation_id) {
+    removeChat(d.conversation_id);
   }
 }
 
 // ------------------------------------------------------------------ status pill
 
-const TRANSPORT_NAMES = { websocket: 'websocket', http: 'http stream' };
-
-function setStatus(status) {
+/** "Online" (WebSocket), "Limited connection" (HTTP transport),
+ *  "Reconnecting… (N s)", "Offline"; the node in the tooltip. */
+function renderStatus() {
+  const s = state.client.status;
   const pill = $('status');
-  pill.dataset.state = status;
-  if (status === 'connected') {
-    const kind = state.conn.kind;
-    pill.dataset.nodeId = state.nodeId;
-    pill.dataset.transport = kind;
-    pill.textContent = `Connected · ${TRANSPORT_NAMES[kind]} · ${state.nodeId}`;
-    pill.title = kind === 'http'
-      ? `Connected to node ${state.nodeId} over HTTP (an event stream and POSTs): WebSockets do not get through; one is tried every minute`
-      : `WebSocket open on node ${state.nodeId}`;
+  let key;
+  let text;
+  let title;
+  if (s.state === 'online') {
+    key = 'connected';
+    text = s.transport === 'http' ? 'Limited connection' : 'Online';
+    title = s.transport === 'http'
+      ? `Connected to node ${s.nodeId} over HTTP (an event stream and POSTs): WebSockets do not get through here; one is tried every minute`
+      : `Connected to node ${s.nodeId} over a WebSocket`;
+  } else if (s.state === 'closed' || !navigator.onLine) {
+    key = 'offline';
+    text = 'Offline';
+    title = s.state === 'closed'
+      ? `Disconnected${s.lastError ? ` (${s.lastError.message})` : ''}: sign out and in again`
+      : 'No network: messages you write wait here and are sent once back online';
+  } else if (s.state === 'reconnecting') {
+    key = 'reconnecting';
+    const secs = s.retryAt ? Math.ceil((s.retryAt - Date.now()) / 1000) : 0;
+    text = secs > 0 ? `Reconnecting… (${secs} s)` : 'Reconnecting…';
+    title = `The connection was lost${s.lastError ? ` (${s.lastError.message})` : ''}; messages you write are sent once back`;
   } else {
-    delete pill.dataset.nodeId;
+    key = 'connecting';
+    text = 'Connecting…';
+    title = 'Opening the connection';
+  }
+  pill.dataset.state = key;
+  if (key === 'connected') {
+    pill.dataset.transport = s.transport;
+    pill.dataset.nodeId = s.nodeId || '?';
+  } else {
     delete pill.dataset.transport;
-    pill.textContent = { connecting: 'Connecting…', reconnecting: 'Reconnecting…', offline: 'Offline · retrying' }[status];
-    pill.title = status === 'offline'
-      ? 'No connection: messages and changes go over REST meanwhile'
-      : `Opening the connection (${TRANSPORT_NAMES[state.mode]})`;
+    delete pill.dataset.nodeId;
   }
-  $('ask').disabled = status !== 'connected';
+  if (pill.textContent !== text) pill.textContent = text;
+  pill.title = title;
+  $('ask').disabled = key !== 'connected';
 }
 
-// ------------------------------------------------------------------ presence
-//
-// Who is present in a chat: the users with a connection joined to it (every
-// tab joins all its chats, so in effect the participants who are online).
-// `presence` is asked after each join and `presence_changed` keeps it live,
-// for the sidebar's dots too, since every chat is joined. Chats with more
-// than PRESENCE_LIVE_MAX participants get no `presence_changed`: they are
-// asked again every PRESENCE_POLL_MS while open or in view in the sidebar.
-// With no connection up presence is unknown, and no dot shows.
+// ------------------------------------------------------------------ display names
 
-async function askPresence(chat) {
+/** A user's display name: theirs from the directory, else the id. */
+function nameOf(id) {
+  if (!id) return '';
+  if (id === me()) return myName();
+  const n = names.known.get(id);
+  if (n === undefined) wantName(id);
+  return n || id;
+}
+
+function wantName(id) {
+  if (!state.client || names.known.has(id) || names.asking.has(id) || names.wanted.has(id)) return;
+  names.wanted.add(id);
+  names.timer ??= setTimeout(askNames, 30);
+}
+
+/** One batch of ids unknown so far; the page re-renders with the names. */
+async function askNames() {
+  names.timer = null;
+  const ids = [...names.wanted];
+  names.wanted.clear();
+  for (const id of ids) names.asking.add(id);
   try {
-    const d = await request('presence', { conversation_id: chat.id });
-    if (!chat.joined) return; // answered after the connection was lost
-    chat.present = new Set(d.users);
-    scheduleRender(chat);
+    await lookUpUsers(ids);
+  } catch {
+    for (const id of ids) names.known.set(id, null); // no directory: ids it is
+  } finally {
+    for (const id of ids) names.asking.delete(id);
+  }
+  names.version += 1;
+  renderAll();
+}
+
+/** GET /users?ids=...: the users of `ids` who ever signed in, as a Map
+ *  id -> {id, name?, first_seen_at, last_seen_at}; the others are absent.
+ *  Their names go to the cache. Throws ConfabError (status 404: a server
+ *  without the directory). */
+async function lookUpUsers(ids) {
+  const found = new Map();
+  for (let i = 0; i < ids.length; i += NAMES_PER_LOOKUP) {
+    const batch = ids.slice(i, i + NAMES_PER_LOOKUP);
+    const r = await rest('GET', `/users?ids=${batch.map(encodeURIComponent).join(',')}`);
+    for (const u of r?.users || []) found.set(u.id, u);
+  }
+  for (const id of ids) {
+    const name = found.get(id)?.name;
+    names.known.set(id, typeof name === 'string' && name.trim() ? name.trim() : null);
+  }
+  names.version += 1;
+  return found;
+}
+
+/** Who of `ids` never signed in (the directory does not know them); null
+ *  when this server has no directory (then nobody can be told apart). */
+async function neverSignedIn(ids) {
+  try {
+    const found = await lookUpUsers(ids);
+    return ids.filter((id) => !found.has(id));
   } catch (e) {
-    // Lost with the connection (the next join asks again), or refused.
-    if (e.code !== 'DISCONNECTED') console.warn('presence failed', e);
+    if (e.status === 404 || e.status === 405) return null;
+    throw e;
   }
 }
 
-function onPresenceChanged(d) {
-  const chat = state.chats.get(d.conversation_id);
-  if (!chat?.present) return; // the answer to `presence`, still to come, includes it
-  if (d.present) chat.present.add(d.user_id);
-  else chat.present.delete(d.user_id);
-  scheduleRender(chat);
-}
-
-/** Asks again for the presence of the large chats that are shown. */
-function pollPresence() {
-  if (!state.connected || !reading()) return;
-  const view = document.querySelector('.chat-list-wrap').getBoundingClientRect();
-  for (const chat of state.chats.values()) {
-    if (!chat.joined || chat.participants.length <= PRESENCE_LIVE_MAX) continue;
-    const item = document.querySelector(`[data-testid=chat-item][data-chat-id="${chat.id}"]`)?.getBoundingClientRect();
-    const inView = item && item.height > 0 && item.bottom > view.top && item.top < view.bottom;
-    if (chat.id === state.openId || inView) askPresence(chat);
-  }
-}
-
-/** The other users present in a chat. */
-function othersPresent(chat) {
-  return chat.present ? [...chat.present].filter((u) => u !== me()) : [];
-}
 
 // ------------------------------------------------------------------ chats
 //
-// Seqs count log entries (docs/protocol.md, v1.1): a new message and every
-// change of one (edit, deletion, reaction) take the next seq. `contig` is
-// the last seq up to which every entry is held, so it is what a rejoin
-// replays from (`since_seq`) and what a read mark may claim.
+// Every chat of the list has its SDK Conversation (joined on the
+// connection, not just the open one, so that the sidebar's unread badges,
+// previews and presence dots stay live). The page keeps, per chat, what
+// only the UI needs: the conversation info, the reply being written, the
+// draft, and why a partly stored answer stopped.
 
-function newChat(conv) {
-  const lastSeq = conv.last_seq || 0;
-  const lastRead = conv.last_read_seq || 0;
-  // Replay the unread part and some context, within reason.
-  const since = Math.max(0, lastSeq - HISTORY_CAP, Math.min(lastRead, lastSeq - HISTORY_WINDOW));
-  return {
-    id: conv.id,
-    title: conv.title || '',
-    ownerId: conv.owner_id || null,
-    participants: conv.participants || [],
-    assistantId: conv.assistant_id || null,
-    updatedAt: conv.updated_at,
-    serverSeq: lastSeq, // the highest seq known to exist (REST, joined, frames)
-    serverUnread: conv.unread_count ?? null, // the server's count, until the chat is loaded
-    lastRead, // this user's read mark, from any tab
-    readSent: lastRead,
-    windowStart: since, // messages at or below it are not loaded
-    contig: since, // every entry up to here is held (since_seq of a rejoin)
-    seen: new Set(), // entries held above contig (out of order)
-    synced: false, // its messages were loaded once (joined, or a REST page)
-    messages: new Map(), // message id -> message, in its current state
-    versions: new Map(), // message id -> the seq its held state is at least as new as
-    pending: new Map(), // client_msg_id -> {cmid, content, replyTo, state, error}
+function addChat(info) {
+  const conv = state.client.conversation(info.id);
+  const chat = {
+    id: info.id,
+    info,
+    conv,
+    snap: conv.getSnapshot(),
     replyTo: null, // id of the message the composer answers
-    typers: new Map(), // user_id -> expiry timer
-    present: null, // ids of the users present (a Set), null while unknown
-    streamNotes: new Map(), // message id -> why its (partly stored) answer stopped, from stream_error
-    joined: false,
-    joining: null,
-    joinEpoch: 0, // counts joins: a stale-stream sweep belongs to one
-    gapTimer: null,
-    gapMark: 0,
-    gapTries: 0,
+    draft: '',
+    streamNotes: new Map(), // message id -> why its (partly stored) answer stopped
     addedAt: Date.now(),
+    unsubscribe: null,
   };
+  state.chats.set(chat.id, chat);
+  chat.unsubscribe = conv.subscribe(() => onSnapshot(chat));
+  onSnapshot(chat);
+  return chat;
 }
 
-/** Adds or updates a chat from a REST or `conversation_updated` conversation. */
-function upsertChat(conv) {
-  let chat = state.chats.get(conv.id);
-  if (!chat) {
-    chat = newChat(conv);
-    state.chats.set(conv.id, chat);
-    if (state.connected) join(chat);
-  } else {
-    chat.title = conv.title || '';
-    chat.ownerId = conv.owner_id || chat.ownerId;
-    chat.participants = conv.participants || chat.participants;
-    chat.assistantId = conv.assistant_id || chat.assistantId;
-    chat.updatedAt = conv.updated_at || chat.updatedAt;
-    chat.serverSeq = Math.max(chat.serverSeq, conv.last_seq || 0);
-    if (conv.last_read_seq != null) chat.lastRead = Math.max(chat.lastRead, conv.last_read_seq);
-    if (conv.unread_count != null) chat.serverUnread = conv.unread_count;
-  }
+/** Adds or updates a chat from the list, a REST answer or `conversation_updated`. */
+function upsertChat(info) {
+  const chat = state.chats.get(info.id);
+  if (!chat) return addChat(info);
+  chat.info = { ...chat.info, ...info };
+  scheduleRender(chat);
   return chat;
 }
 
 function removeChat(id) {
+  const chat = state.chats.get(id);
+  if (!chat) return;
   state.chats.delete(id);
-  for (const s of state.streams.values()) if (s.convId === id) state.streams.delete(s.id);
+  chat.unsubscribe();
+  chat.conv.close();
   if (state.openId === id) openChat(null);
   renderChatList();
 }
 
-/** Every page of GET /chats (following Confab-Next-Cursor), then the sidebar. */
+const openChatOf = () => state.chats.get(state.openId) || null;
+
+/** Every chat of the user (the SDK reads every page of GET /chats). */
 async function refreshChats() {
   const asked = Date.now();
   try {
-    const list = [];
-    let cursor = null;
-    for (let n = 0; n < MAX_CHAT_PAGES; n++) {
-      const query = `?limit=${CHAT_PAGE}${cursor ? `&cursor=${encodeURIComponent(cursor)}` : ''}`;
-      const { data, headers } = await apiRaw('GET', `/chats${query}`);
-      list.push(...data);
-      cursor = headers.get('confab-next-cursor');
-      if (!cursor) break;
+    const list = await state.client.listConversations();
+    const seen = new Set();
+    for (const info of list) {
+      seen.add(info.id);
+      upsertChat(info);
     }
-    const seen = new Set(list.map((c) => c.id));
-    list.forEach(upsertChat);
-    // Gone from the list (removed or archived while this tab was offline),
+    // Gone from the list (left or archived while this tab was away),
     // unless it appeared after the list was asked for.
-    if (!cursor) {
-      for (const chat of [...state.chats.values()]) {
-        if (!seen.has(chat.id) && chat.addedAt < asked) state.chats.delete(chat.id);
-      }
+    for (const chat of [...state.chats.values()]) {
+      if (!seen.has(chat.id) && chat.addedAt < asked) removeChat(chat.id);
     }
     state.chatsLoaded = true;
-    if (state.openId && !state.chats.has(state.openId)) openChat(null);
     renderChatList();
   } catch (e) {
     console.warn('chat list failed', e);
+    if (!state.chatsLoaded) setTimeout(refreshChats, 3_000);
   }
 }
 
-function onConversationUpdated(conv) {
-  if (conv.archived || !conv.participants.includes(me())) return removeChat(conv.id);
-  upsertChat(conv);
-  renderChatList();
-  if (conv.id === state.openId) renderHeader();
+/** `conversation_updated`: created, renamed, participants, archived, owner. */
+function onConversationUpdated(info, reason) {
+  if (info.archived || (Array.isArray(info.participants) && !info.participants.includes(me()))) {
+    removeChat(info.id);
+    return;
+  }
+  if (reason === 'participant_added') {
+    // Someone new: their name may be newer than what is cached.
+    for (const id of info.participants || []) if (names.known.get(id) === null) names.known.delete(id);
+  }
+  upsertChat(info);
 }
 
-/** Joins (or rejoins) with since_seq = the last seq held, so the server
- *  replays exactly the entries this tab has not seen: messages as
- *  `message_received`, changes as `message_updated`. */
-function join(chat) {
-  if (!state.connected || chat.joined) return Promise.resolve();
-  if (!chat.joining) {
-    // A join again (a gap being filled): the pending answers held are
-    // confirmed by the catch-up that follows the replay (stream_queued,
-    // stream_start...); one that ended unseen meanwhile is dropped.
-    const epoch = ++chat.joinEpoch;
-    let stale = false;
-    for (const s of state.streams.values()) {
-      if (s.convId === chat.id && s.phase !== 'error') stale = s.stale = true;
+/** The SDK changed a conversation's snapshot. */
+function onSnapshot(chat) {
+  const prev = chat.snap;
+  const snap = chat.conv.getSnapshot();
+  chat.snap = snap;
+  if (snap.info && snap.info !== prev?.info) chat.info = { ...chat.info, ...snap.info };
+  if (snap.error && (snap.error.code === 'NOT_FOUND' || snap.error.code === 'FORBIDDEN')) {
+    queueMicrotask(() => removeChat(chat.id)); // not ours (any more)
+    return;
+  }
+  settleStreams(chat, snap);
+  scheduleRender(chat);
+}
+
+/** Failed answers: one whose partial text is stored shows its reason under
+ *  that message; the others stay (saying why, with Retry) until dismissed
+ *  or until a later answer starts in the chat. */
+function settleStreams(chat, snap) {
+  let latestLive = -1;
+  for (const s of snap.streams) {
+    let seen = state.streamSeen.get(s.stream_id);
+    if (!seen) state.streamSeen.set(s.stream_id, (seen = { order: state.streamOrder++, failedAt: 0 }));
+    if (s.phase === 'failed' && !seen.failedAt) seen.failedAt = Date.now();
+    if (s.phase !== 'failed') latestLive = Math.max(latestLive, seen.order);
+  }
+  const drop = [];
+  for (const s of snap.streams) {
+    if (s.phase !== 'failed') continue;
+    const stored = storedAnswer(snap, s);
+    if (stored) {
+      chat.streamNotes.set(stored.id, streamError(s));
+      drop.push(s.stream_id);
+    } else if (state.streamSeen.get(s.stream_id).order < latestLive) {
+      drop.push(s.stream_id);
     }
-    chat.joining = request('join_conversation', { conversation_id: chat.id, since_seq: chat.contig })
-      .then((d) => {
-        chat.joined = true;
-        chat.synced = true;
-        chat.participants = d.participants || chat.participants;
-        if (d.last_seq > chat.serverSeq) chat.serverSeq = d.last_seq;
-        if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
-        if (stale) sweepStaleStreams(chat, epoch, d.last_seq || 0);
-        if (chat.id === state.openId) renderHeader();
-        scheduleRender(chat);
-        askPresence(chat);
-      })
-      .catch((e) => {
-        if (e.code === 'FORBIDDEN' || e.code === 'NOT_FOUND') removeChat(chat.id);
-        // UNAVAILABLE (the history could not be read), a timeout: try again.
-        else if (e.code !== 'DISCONNECTED') setTimeout(() => state.chats.has(chat.id) && join(chat), 2_000);
-      })
-      .finally(() => (chat.joining = null));
   }
-  return chat.joining;
+  // Not from inside the SDK's notification: after it.
+  if (drop.length) queueMicrotask(() => drop.forEach((id) => chat.conv.dismiss(id)));
+}
+
+/** The stored message of a stream's answer, if it is loaded. */
+function storedAnswer(snap, s) {
+  return snap.messages.find((m) => m.seq > 0 && (
+    (s.message_id && m.id === s.message_id) || m.metadata?.stream_id === s.stream_id)) || null;
 }
 
 function chatTitle(chat) {
-  if (chat.title) return chat.title;
-  const others = chat.participants.filter((p) => p !== me());
+  if (chat.info.title) return chat.info.title;
+  const others = (chat.info.participants || []).filter((p) => p !== me()).map(nameOf);
   return others.length ? others.join(', ') : 'Just you';
 }
 
 function lastMessage(chat) {
-  let best = null;
-  for (const m of chat.messages.values()) if (!best || m.seq > best.seq) best = m;
-  return best;
+  const list = chat.snap.messages;
+  return list.length ? list[list.length - 1] : null;
 }
 
-/** Messages from others after this user's read mark, not deleted. Until the
- *  chat's entries are all here, the server's `unread_count` says it. */
-function unreadCount(chat) {
-  if (chat.lastRead >= chat.serverSeq) return 0;
-  const loaded = chat.synced && chat.contig >= chat.serverSeq;
-  if (!loaded && chat.serverUnread != null) return chat.serverUnread;
-  let n = 0;
-  for (const m of chat.messages.values()) {
-    if (m.seq > chat.lastRead && m.sender_id !== me() && !m.deleted) n += 1;
-  }
-  n += Math.max(0, chat.windowStart - chat.lastRead); // older than what is loaded (at most)
-  if (!loaded) n += Math.max(0, chat.serverSeq - Math.max(chat.contig, chat.lastRead)); // known over REST only
-  return n;
+/** Messages from others above the user's read mark (the SDK counts them);
+ *  none on the chat being looked at. */
+function unreadOf(chat) {
+  if (chat.id === state.openId && reading()) return 0;
+  const s = chat.snap;
+  if (!s.joined && !s.lastSeq && chat.info.unread_count != null) return chat.info.unread_count;
+  return s.unread;
 }
 
 function activity(chat) {
   const m = lastMessage(chat);
-  return Date.parse(m ? m.created_at : chat.updatedAt) || 0;
+  return Date.parse(m?.created_at || chat.info.updated_at || chat.info.created_at) || 0;
 }
 
 async function createChat(body) {
   try {
-    const conv = await api('POST', '/chats', body);
-    upsertChat(conv);
-    openChat(conv.id);
-  } catch (e) {
-    toast(`Could not create the chat: ${e.message}`);
-  }
-}
-
-// ------------------------------------------------------------------ the log
-
-/** Stores a message's state unless the one held is newer: a deletion is
- *  final, and a state older than the latest change applied here loses.
- *  `version`: every entry up to it is reflected in `m`. */
-function storeMessage(chat, m, version) {
-  const old = chat.messages.get(m.id);
-  const held = chat.versions.get(m.id) || 0;
-  if (old && ((old.deleted && !m.deleted) || held > version)) return false;
-  chat.messages.set(m.id, m);
-  chat.versions.set(m.id, version);
-  if (m.deleted) forgetUi(chat, m.id);
-  return true;
-}
-
-/** Entry `seq` is held: move `contig` over every entry held in a row. */
-function noteSeq(chat, seq) {
-  if (seq > chat.contig) chat.seen.add(seq);
-  while (chat.seen.delete(chat.contig + 1)) chat.contig += 1;
-  if (seq > chat.serverSeq) chat.serverSeq = seq;
-  if (chat.serverSeq > chat.contig) scheduleGapFill(chat);
-}
-
-/** Every entry up to `seq` is reflected in what is held. */
-function advanceTo(chat, seq) {
-  if (seq <= chat.contig) return;
-  chat.contig = seq;
-  for (const s of chat.seen) if (s <= seq) chat.seen.delete(s);
-  while (chat.seen.delete(chat.contig + 1)) chat.contig += 1;
-}
-
-/** A message: live or replayed (`message_received`, its seq is its entry),
- *  or from a history page (`asOf`: the seq the page reflects at least). */
-function ingest(m, asOf = m.seq) {
-  const chat = state.chats.get(m.conversation_id);
-  if (!chat) return;
-  if (m.client_msg_id && m.sender_id === me() && chat.pending.delete(m.client_msg_id)) scheduleRender(chat);
-  const fresh = !chat.messages.has(m.id);
-  storeMessage(chat, m, asOf);
-  if (fresh) {
-    chat.windowStart = Math.min(chat.windowStart, m.seq - 1);
-    // The stored answer replaces its pending bubble (whichever of
-    // message_received and stream_complete comes first); a failure shown
-    // on the bubble moves to the message.
-    for (const s of state.streams.values()) {
-      if (s.messageId !== m.id) continue;
-      if (s.phase === 'error') chat.streamNotes.set(m.id, s.error);
-      state.streams.delete(s.id);
-    }
-    dropTyper(chat, m.sender_id);
-    // The server moves a sender's read mark to their own message.
-    if (m.sender_id === me() && m.message_type === 'user' && m.seq > chat.lastRead) chat.lastRead = m.seq;
-  }
-  noteSeq(chat, m.seq);
-  scheduleRender(chat);
-}
-
-/** `message_updated`: an edit, deletion or reaction, with its own seq and
- *  the message's state after it. */
-function onMessageUpdated(d) {
-  const chat = state.chats.get(d.conversation_id);
-  if (!chat) return;
-  const m = d.message;
-  // A change of a message older than the loaded window only takes its seq.
-  if (m && (chat.messages.has(m.id) || m.seq > chat.windowStart)) {
-    const fresh = !chat.messages.has(m.id);
-    storeMessage(chat, m, d.seq);
-    if (fresh) noteSeq(chat, m.seq); // missed, but held now in a newer state
-  }
-  noteSeq(chat, d.seq);
-  scheduleRender(chat);
-}
-
-/** A seq skipped: fetch what is missing unless it shows up on its own (a
- *  replay still streaming in counts as showing up). */
-function scheduleGapFill(chat, wait = GAP_WAIT_MS) {
-  if (chat.gapTimer) return;
-  chat.gapMark = chat.contig;
-  chat.gapTimer = setTimeout(() => {
-    chat.gapTimer = null;
-    if (!state.chats.has(chat.id) || chat.serverSeq <= chat.contig) {
-      chat.gapTries = 0;
-      return;
-    }
-    if (chat.contig > chat.gapMark || chat.joining) return scheduleGapFill(chat);
-    chat.gapTries += 1;
-    fillGap(chat);
-    scheduleGapFill(chat, Math.min(30_000, GAP_WAIT_MS * 2 ** chat.gapTries));
-  }, wait);
-}
-
-/** Joined: join again, and the server replays every entry after `contig`,
- *  changes included (history pages hold messages only, so they cannot
- *  tell an edit of an older message). Offline: the window over REST. */
-async function fillGap(chat) {
-  try {
-    if (state.connected) {
-      chat.joined = false;
-      await join(chat);
-    } else if (chat.id === state.openId) {
-      await syncWindow(chat);
-    }
-  } catch (e) {
-    console.warn('gap fill failed', e);
-  }
-}
-
-/** Over REST: every loaded message in its current state, page by page.
- *  The first page's conversation says which seq it reflects at least (its
- *  `last_seq` is read before the page), so every entry up to it is held. */
-async function syncWindow(chat) {
-  let asOf = chat.serverSeq;
-  let after = chat.windowStart;
-  for (let n = 0; n < 50; n++) {
-    const page = await api('GET', `/chats/${chat.id}?after_seq=${after}&limit=200`);
-    if (n === 0 && page.conversation) {
-      asOf = Math.max(asOf, page.conversation.last_seq || 0);
-      upsertChat(page.conversation);
-    }
-    page.messages.forEach((m) => ingest(m, asOf));
-    if (!page.has_more || !page.messages.length) {
-      advanceTo(chat, asOf);
-      break;
-    }
-    after = page.messages[page.messages.length - 1].seq;
-  }
-  chat.synced = true;
-  scheduleRender(chat);
-}
-
-async function loadEarlier() {
-  const chat = state.chats.get(state.openId);
-  if (!chat || chat.windowStart <= 0) return;
-  const before = chat.windowStart + 1;
-  const asOf = chat.serverSeq;
-  const page = await api('GET', `/chats/${chat.id}?before_seq=${before}&limit=${HISTORY_WINDOW}`);
-  page.messages.forEach((m) => ingest(m, Math.max(asOf, page.conversation?.last_seq || 0)));
-  if (!page.has_more) chat.windowStart = 0;
-  renderChat();
-}
-
-function sendMessage(content) {
-  const chat = state.chats.get(state.openId);
-  if (!chat || !content.trim()) return;
-  const p = { cmid: uid(), content, replyTo: chat.replyTo, state: 'sending', error: '' };
-  chat.replyTo = null;
-  chat.pending.set(p.cmid, p);
-  stopTyping();
-  deliver(chat, p);
-  renderChat({ toBottom: true });
-}
-
-/** Sends (or resends, with the same client_msg_id) one pending message. */
-async function deliver(chat, p) {
-  p.state = 'sending';
-  scheduleRender(chat);
-  const data = { conversation_id: chat.id, content: p.content, client_msg_id: p.cmid };
-  if (p.replyTo) data.reply_to = p.replyTo;
-  try {
-    if (state.connected) {
-      try {
-        const ack = await request('send_message', data);
-        p.state = 'sent';
-        if (chat.messages.has(ack.message_id)) chat.pending.delete(p.cmid);
-        scheduleRender(chat);
-        return;
-      } catch (e) {
-        if (e.code !== 'DISCONNECTED' && e.code !== 'TIMEOUT') throw e;
-      }
-    }
-    // No connection: over REST (deduplicated by client_msg_id too).
-    const { conversation_id: _, ...body } = data;
-    ingest(await api('POST', `/chats/${chat.id}/messages`, body));
-  } catch (e) {
-    p.state = 'failed';
-    p.error = e instanceof TypeError ? 'no connection' : e.message; // fetch fails with TypeError
-  }
-  scheduleRender(chat);
-}
-
-/** An edit, deletion or reaction: over the connection, or REST while none is up.
- *  The result arrives as `message_updated` (REST answers it directly).
- *  Resolves true once the server took it. */
-async function changeMessage(chat, type, messageId, extra = {}) {
-  const verb = { edit_message: 'edit', delete_message: 'delete', add_reaction: 'react', remove_reaction: 'remove the reaction' }[type];
-  let retried = false;
-  try {
-    if (state.connected) {
-      try {
-        await request(type, { conversation_id: chat.id, message_id: messageId, ...extra });
-        return true;
-      } catch (e) {
-        if (e.code !== 'DISCONNECTED' && e.code !== 'TIMEOUT') throw e;
-        retried = true; // it may have been taken: every change but a deletion is idempotent
-      }
-    }
-    const path = `/chats/${chat.id}/messages/${encodeURIComponent(messageId)}`;
-    let r;
-    if (type === 'edit_message') r = await api('PATCH', path, { content: extra.content });
-    else if (type === 'delete_message') r = await api('DELETE', path);
-    else r = await api(type === 'add_reaction' ? 'PUT' : 'DELETE', `${path}/reactions/${encodeURIComponent(extra.emoji)}`);
-    if (r?.message && r.seq != null) {
-      storeMessage(chat, r.message, r.seq);
-      noteSeq(chat, r.seq);
-      scheduleRender(chat);
-    }
+    const info = await state.client.createConversation(body);
+    upsertChat(info);
+    openChat(info.id);
     return true;
   } catch (e) {
-    if (retried && type === 'delete_message' && e.code === 'NOT_FOUND') return true;
-    toast(e instanceof TypeError ? `Could not ${verb}: no connection` : `Could not ${verb}: ${e.message}`);
+    toast(`Could not create the chat: ${errorText(e)}`);
     return false;
   }
 }
 
-const reading = () => document.visibilityState === 'visible';
+/** The new-chat form: people are invited by name (their ids derived as the
+ *  server derives them); names of people who never signed in are refused. */
+async function submitNewChat(e) {
+  e.preventDefault();
+  const error = $('new-chat-error');
+  error.textContent = '';
+  const wanted = $('new-chat-invite').value.split(',').map((s) => s.trim()).filter(Boolean);
+  const blank = wanted.filter((n) => !userIdOf(n));
+  if (blank.length) {
+    error.textContent = `"${blank[0]}" is not a name: a name needs a letter or a digit.`;
+    return;
+  }
+  const ids = [...new Set(wanted.map(userIdOf))].filter((id) => id !== me());
+  if (ids.length) {
+    let missing;
+    try {
+      missing = await neverSignedIn(ids);
+    } catch (err) {
+      error.textContent = `Could not look those people up: ${errorText(err)}`;
+      return;
+    }
+    if (missing?.length) {
+      const who = missing.map((id) => wanted.find((n) => userIdOf(n) === id));
+      error.textContent = `${who.join(', ')} ${who.length > 1 ? 'have' : 'has'} never signed in: they can be invited once they have.`;
+      return;
+    }
+  }
+  const title = $('new-chat-title').value.trim() || undefined;
+  if (await createChat({ title, participant_ids: ids })) {
+    $('new-chat-form').reset();
+    toggleNewChat(false);
+  }
+}
+
+/** The header's invite: a name, its id derived as the server does; someone
+ *  who never signed in is not added, and the page says so. */
+async function invite(e) {
+  e.preventDefault();
+  const chat = openChatOf();
+  const raw = $('invite-id').value.trim();
+  if (!chat || !raw) return;
+  const id = userIdOf(raw);
+  if (!id) return inviteNote('error', `"${raw}" is not a name: a name needs a letter or a digit.`);
+  if ((chat.info.participants || []).includes(id)) return inviteNote('info', `${nameOf(id)} is in this chat already.`);
+  inviteNote('info', `Looking up ${raw}…`);
+  try {
+    const missing = await neverSignedIn([id]);
+    if (missing?.length) {
+      return inviteNote('error', `${raw} has never signed in, so there is nobody to add yet: ask them to sign in once with that name.`);
+    }
+    upsertChat(await rest('POST', `/chats/${chat.id}/participants`, { user_id: id }));
+    $('invite-id').value = '';
+    inviteNote('ok', `${nameOf(id)} was added.`);
+  } catch (err) {
+    inviteNote('error', `Could not invite ${raw}: ${errorText(err)}`);
+  }
+}
+
+function inviteNote(kind, text) {
+  const note = $('invite-note');
+  note.dataset.kind = kind;
+  note.textContent = text;
+  clearTimeout(inviteNote.timer);
+  if (kind === 'ok') inviteNote.timer = setTimeout(() => (note.textContent = ''), 4000);
+}
+
+// ------------------------------------------------------------------ sending
+
+function sendMessage() {
+  const chat = openChatOf();
+  const input = $('input');
+  const text = input.value;
+  if (!chat || !text.trim()) return;
+  const n = charCount(text);
+  if (n > state.maxChars) {
+    // Kept in the input, to be shortened.
+    updateCounter();
+    toast(`Too long to send: ${n} characters, the limit is ${state.maxChars}.`);
+    return;
+  }
+  const replyTo = chat.replyTo;
+  chat.replyTo = null;
+  // Shown at once ('sending'); the SDK's outbox sends it now or once back
+  // online, exactly once. A failure shows on the entry itself.
+  chat.conv.send(text, replyTo ? { replyTo } : undefined).catch(() => {});
+  input.value = '';
+  chat.draft = '';
+  autosize(input);
+  updateCounter();
+  renderChat({ toBottom: true });
+}
+
+/** Characters left, shown as the limit nears; over it, Send is blocked. */
+function updateCounter() {
+  const input = $('input');
+  const counter = $('counter');
+  const n = charCount(input.value);
+  const limit = state.maxChars;
+  const over = n > limit;
+  counter.hidden = n < Math.floor(limit * COUNTER_FROM);
+  counter.textContent = over ? `${n - limit} over` : `${limit - n} left`;
+  counter.title = `${n} of ${limit} characters${over ? ': shorten it to send' : ''}`;
+  counter.dataset.count = n;
+  counter.dataset.limit = limit;
+  counter.dataset.over = String(over);
+  $('send').disabled = over;
+  input.setAttribute('aria-invalid', String(over));
+}
+
+/** An edit, deletion or reaction through the SDK; true once the server took it. */
+async function change(verb, call) {
+  try {
+    await call();
+    return true;
+  } catch (e) {
+    toast(`Could not ${verb}: ${errorText(e)}`);
+    return false;
+  }
+}
 
 function markRead(chat) {
   if (!chat || chat.id !== state.openId || !reading()) return;
-  const seq = chat.contig;
-  if (seq > chat.lastRead) chat.lastRead = seq;
-  if (seq <= chat.readSent) return;
-  chat.readSent = seq;
-  if (state.connected) {
-    fire('mark_read', { conversation_id: chat.id, seq });
-  } else {
-    // REST has a read call too; on failure the next render retries.
-    api('POST', `/chats/${chat.id}/read`, { seq }).catch(() => {
-      if (chat.readSent === seq) chat.readSent = Math.min(seq - 1, chat.lastRead);
-    });
-  }
+  if (chat.snap.lastSeq > chat.snap.readSeq) chat.conv.markRead(); // the SDK sends only a mark that moves
 }
 
-function onReadReceipt(d) {
-  if (d.user_id !== me()) return;
-  const chat = state.chats.get(d.conversation_id);
-  if (!chat || d.seq <= chat.lastRead) return;
-  chat.lastRead = d.seq;
-  renderChatList();
-}
-
-// ------------------------------------------------------------------ typing
-
-function onInput() {
-  const input = $('input');
-  autosize(input);
-  if (!input.value.trim()) return stopTyping();
-  const now = Date.now();
-  const t = state.typing;
-  if (t.convId !== state.openId || now - t.sentAt > TYPING_RESEND_MS) {
-    if (t.convId && t.convId !== state.openId) stopTyping();
-    t.convId = state.openId;
-    t.sentAt = now;
-    fire('typing', { conversation_id: state.openId, is_typing: true });
-  }
-  clearTimeout(t.idle);
-  t.idle = setTimeout(stopTyping, TYPING_IDLE_MS);
-}
-
-function stopTyping() {
-  const t = state.typing;
-  clearTimeout(t.idle);
-  if (t.convId) fire('typing', { conversation_id: t.convId, is_typing: false });
-  t.convId = null;
-}
-
-function onTyping(d) {
-  const chat = state.chats.get(d.conversation_id);
-  if (!chat) return;
-  dropTyper(chat, d.user_id);
-  if (d.is_typing) chat.typers.set(d.user_id, setTimeout(() => dropTyper(chat, d.user_id, true), TYPER_TTL_MS));
-  if (chat.id === state.openId) renderTyping();
-}
-
-function dropTyper(chat, user, render = false) {
-  clearTimeout(chat.typers.get(user));
-  chat.typers.delete(user);
-  if (render && chat.id === state.openId) renderTyping();
-}
-
-// ------------------------------------------------------------------ assistant streams
+// ------------------------------------------------------------------ assistant answers
 //
-// A pending answer is one bubble per stream, keyed by stream_id, in one of
-// three phases: 'queued' (waiting in the assistant's queue: stream_queued,
-// with its position), 'running' (stream_start, then the text) and 'error'
-// (stream_error: the bubble stays, saying why, until dismissed or until a
-// new answer starts in the chat). Its text is `base` (a stream_snapshot:
-// every piece up to `baseIndex`, for a tab that joined mid-answer) followed
-// by the later pieces in index order; a piece at or below `baseIndex` is a
-// duplicate. The stored answer (message_received or stream_complete's
-// `message`, whichever comes first) replaces the bubble; a stream_complete
-// without one (cancelled while queued, or nothing produced) removes it.
+// The SDK assembles each answer (AssistantStream): queued (with its place),
+// running (the text grows, a tab that joins mid-answer gets the text so
+// far), failed (the reason, until dismissed). A completed one leaves the
+// list: its stored message arrives among the messages.
 
-/** The pending answer a stream frame is about, created on first sight; null
- *  when its chat is unknown or its answer is stored already. */
-function streamFor(d) {
-  const chat = state.chats.get(d.conversation_id);
-  if (!chat || typeof d.stream_id !== 'string' || (d.message_id && chat.messages.has(d.message_id))) return null;
-  let s = state.streams.get(d.stream_id);
-  if (!s) {
-    s = {
-      id: d.stream_id,
-      convId: chat.id,
-      messageId: null,
-      assistantId: null,
-      replyTo: null,
-      phase: 'running', // until told otherwise: a frame of a running answer
-      started: false, // stream_start (or text) seen: never queued again
-      position: null, // while queued: 1 = next to run
-      base: '', // the snapshot's text: every piece up to baseIndex
-      baseIndex: -1,
-      parts: new Map(), // index -> text, for the pieces after baseIndex
-      error: null, // {code, text, detail, retryAt} once failed
-      cancelling: false,
-      stale: false, // not confirmed since this tab joined the chat again
-      el: null,
-    };
-    state.streams.set(s.id, s);
-    scheduleRender(chat);
-    // A new answer in the chat: the bubbles of earlier failed ones give way.
-    for (const o of state.streams.values()) {
-      if (o !== s && o.convId === chat.id && o.phase === 'error') state.streams.delete(o.id);
-    }
-  }
-  s.stale = false;
-  s.messageId = d.message_id || s.messageId;
-  s.assistantId = d.assistant_id || s.assistantId;
-  s.replyTo = d.reply_to || s.replyTo;
-  return s;
-}
-
-function onStreamQueued(d) {
-  const s = streamFor(d);
-  // A late stream_queued never takes a started (or failed) answer back.
-  if (!s || s.started || s.phase === 'error') return;
-  s.phase = 'queued';
-  s.position = Number.isInteger(d.position) && d.position > 0 ? d.position : null;
-  scheduleRender(state.chats.get(s.convId));
-}
-
-function onStreamStart(d) {
-  const s = streamFor(d);
-  if (!s || s.phase === 'error') return;
-  s.started = true;
-  setRunning(s);
-}
-
-/** Catch-up for a tab that joined mid-answer: all the text so far, pieces 0..=index. */
-function onStreamSnapshot(d) {
-  const s = streamFor(d);
-  if (!s || s.phase === 'error' || !Number.isInteger(d.index) || d.index < s.baseIndex) return;
-  s.started = true;
-  s.base = typeof d.content === 'string' ? d.content : '';
-  s.baseIndex = d.index;
-  for (const i of s.parts.keys()) if (i <= d.index) s.parts.delete(i);
-  if (!setRunning(s)) paintStream(s);
-}
-
-function onStreamContent(d) {
-  const s = streamFor(d);
-  if (!s || s.phase === 'error' || !Number.isInteger(d.index) || d.index <= s.baseIndex) return;
-  s.started = true;
-  if (typeof d.content === 'string') s.parts.set(d.index, d.content);
-  if (!setRunning(s)) paintStream(s);
-}
-
-/** Into the running phase; true when that changed it (the chat re-renders). */
-function setRunning(s) {
-  if (s.phase === 'running') return false;
-  s.phase = 'running';
-  s.position = null;
-  scheduleRender(state.chats.get(s.convId));
-  return true;
-}
-
-/** The answer's text so far: the snapshot, then the later pieces in index order. */
-function streamText(s) {
-  const later = [...s.parts.entries()].sort((a, b) => a[0] - b[0]).map((e) => e[1]);
-  return s.base + later.join('');
-}
-
-/** New text on a shown bubble, in place (Markdown as it grows: an unclosed
- *  fence or ** shows as it stands until closed). */
-function paintStream(s) {
-  if (!s.el?.isConnected) {
-    if (s.convId === state.openId) scheduleRender(state.chats.get(s.convId));
-    return;
-  }
-  const text = streamText(s);
-  s.el.querySelector('[data-testid=stream-text]').replaceChildren(...renderMarkdown(text));
-  const status = s.el.querySelector('.stream-status');
-  if (status) status.hidden = !!text;
-  stickToBottom();
-}
-
-function onStreamComplete(d) {
-  const s = state.streams.get(d.stream_id);
-  state.streams.delete(d.stream_id);
-  if (d.message) ingest(d.message);
-  scheduleRender(state.chats.get(d.conversation_id) || state.chats.get(s?.convId));
-}
-
-function onStreamError(d) {
-  const chat = state.chats.get(d.conversation_id);
-  if (!chat) return;
-  let s = state.streams.get(d.stream_id);
-  const error = {
-    code: d.code,
-    text: streamErrorText(d),
-    detail: typeof d.message === 'string' ? d.message : '',
-    retryAt: d.code === 'RATE_LIMITED' && d.retry_after_ms > 0 ? Date.now() + d.retry_after_ms : 0,
+/** Why an answer failed, for the page: {code, text, detail, retryAt}. */
+function streamError(s) {
+  const e = s.error || {};
+  const seen = state.streamSeen.get(s.stream_id);
+  const wait = e.code === 'RATE_LIMITED' && e.retryAfterMs > 0 ? e.retryAfterMs : 0;
+  return {
+    code: e.code || 'INTERNAL',
+    text: streamErrorText(e),
+    detail: typeof e.message === 'string' ? e.message : '',
+    retryAt: wait ? (seen?.failedAt || Date.now()) + wait : 0,
   };
-  // The partial answer, if any, is stored before the error: the error goes
-  // under it. Otherwise the bubble stays, saying why.
-  const stored = (s?.messageId && chat.messages.get(s.messageId)) ||
-    [...chat.messages.values()].find((m) => m.metadata?.stream_id === d.stream_id);
-  if (stored) {
-    state.streams.delete(d.stream_id);
-    chat.streamNotes.set(stored.id, error);
-  } else {
-    s = s || streamFor(d);
-    if (!s) return;
-    s.phase = 'error';
-    s.error = error;
-    s.cancelling = false;
-    if (error.retryAt) setTimeout(() => scheduleRender(chat), d.retry_after_ms + 50); // Retry enables
-  }
-  scheduleRender(chat);
 }
 
 /** What the page says when an answer fails. */
-function streamErrorText(d) {
-  const detail = typeof d.message === 'string' && d.message ? `: ${d.message}` : '';
-  switch (d.code) {
+function streamErrorText(e) {
+  const detail = typeof e.message === 'string' && e.message ? `: ${e.message}` : '';
+  switch (e.code) {
     case 'UNAVAILABLE':
       return 'The assistant is busy; try again';
     case 'RATE_LIMITED': {
-      const secs = Math.ceil((Number(d.retry_after_ms) || 0) / 1000);
+      const secs = Math.ceil((Number(e.retryAfterMs) || 0) / 1000);
       return secs > 0
         ? `The assistant is rate limited; try again in ${secs} s`
         : 'The assistant is rate limited; try again later';
@@ -1556,72 +1015,33 @@ function queuedText(position) {
   return position === 1 ? 'Queued (next)' : `Queued (${ordinal(position)})`;
 }
 
-/** After a join again: once the replay is in (and the catch-up after it has
- *  had time), the pending answers it did not confirm ended unseen. */
-function sweepStaleStreams(chat, epoch, lastSeq, tries = 0) {
-  setTimeout(() => {
-    if (chat.joinEpoch !== epoch || !chat.joined || state.chats.get(chat.id) !== chat) return;
-    if (chat.contig < lastSeq && tries < 10) return sweepStaleStreams(chat, epoch, lastSeq, tries + 1);
-    let gone = false;
-    for (const s of state.streams.values()) {
-      if (s.convId === chat.id && s.stale) {
-        state.streams.delete(s.id);
-        gone = true;
-      }
-    }
-    if (gone) scheduleRender(chat);
-  }, STREAM_STALE_MS);
-}
+const assistantName = (id) => (!id || id === 'default' ? 'Assistant' : `Assistant ${id}`);
 
-async function askAssistant() {
-  try {
-    await request('stream_response', { conversation_id: state.openId });
-  } catch (e) {
-    toast(e.code === 'DISCONNECTED' ? 'The assistant needs the live connection.' : `Assistant: ${e.message}`);
-  }
+function askAssistant() {
+  const chat = openChatOf();
+  chat?.conv.ask().catch((e) => toast(`Assistant: ${errorText(e)}`));
 }
 
 /** A failed answer asked again: the same message, the same assistant. */
-async function retryStream(s) {
-  const chat = state.chats.get(s.convId);
-  state.streams.delete(s.id);
+function retryStream(chat, s) {
+  chat.conv.dismiss(s.stream_id);
+  const options = {};
+  if (s.assistant_id) options.assistantId = s.assistant_id;
+  if (s.reply_to) options.messageId = s.reply_to;
+  chat.conv.ask(options).catch((e) => toast(`Assistant: ${errorText(e)}`));
+}
+
+/** Stops an answer, queued or running: it ends by itself (stream_complete,
+ *  cancelled); the SDK drops one the server no longer knows. */
+function cancelStream(chat, s) {
+  state.cancelling.add(s.stream_id);
   scheduleRender(chat);
-  const data = { conversation_id: s.convId };
-  if (s.replyTo) data.message_id = s.replyTo;
-  if (s.assistantId) data.assistant_id = s.assistantId;
-  try {
-    await request('stream_response', data);
-  } catch (e) {
-    toast(e.code === 'DISCONNECTED' ? 'The assistant needs the live connection.' : `Assistant: ${e.message}`);
-  }
-}
-
-function dismissStream(s) {
-  state.streams.delete(s.id);
-  scheduleRender(state.chats.get(s.convId));
-}
-
-/** Stops an answer, queued or running: `stream_complete` (cancelled) follows. */
-async function cancelStream(s) {
-  s.cancelling = true;
-  scheduleRender(state.chats.get(s.convId));
-  try {
-    await request('cancel_stream', { stream_id: s.id });
-  } catch (e) {
-    if (e.code === 'NOT_FOUND') {
-      // The stream ended on its own just before the cancel, and its end is on
-      // the way; or it ended unseen. Either way its bubble goes.
-      setTimeout(() => {
-        if (state.streams.get(s.id) === s && s.phase !== 'error') dismissStream(s);
-      }, CANCEL_GONE_MS);
-      return;
-    }
-    if (state.streams.get(s.id) === s) {
-      s.cancelling = false;
-      scheduleRender(state.chats.get(s.convId));
-    }
-    if (e.code !== 'DISCONNECTED') toast(`Cancel failed: ${e.message}`);
-  }
+  chat.conv.cancel(s.stream_id).catch((e) => {
+    if (e.code === 'NOT_FOUND') return; // ending anyway
+    state.cancelling.delete(s.stream_id);
+    scheduleRender(chat);
+    toast(`Cancel failed: ${errorText(e)}`);
+  });
 }
 
 // ------------------------------------------------------------------ message actions
@@ -1631,13 +1051,6 @@ function closeMenus() {
   const open = ui.actionsFor || ui.pickerFor || ui.confirmDelete;
   ui.actionsFor = ui.pickerFor = ui.confirmDelete = null;
   return !!open;
-}
-
-/** A message gone (deleted): no menu, editor or picker left on it. */
-function forgetUi(chat, id) {
-  const ui = state.ui;
-  if ([ui.actionsFor, ui.pickerFor, ui.confirmDelete].includes(id)) closeMenus();
-  if (state.editing?.id === id && state.editing.chatId === chat.id) state.editing = null;
 }
 
 /** A tap on a bubble opens its action menu (on a phone there is no hover). */
@@ -1655,7 +1068,7 @@ function canEdit(m) {
 }
 
 function canDelete(chat, m) {
-  return !m.deleted && ((m.message_type === 'user' && m.sender_id === me()) || chat.ownerId === me());
+  return !m.deleted && ((m.message_type === 'user' && m.sender_id === me()) || chat.info.owner_id === me());
 }
 
 function startEdit(chat, m) {
@@ -1683,13 +1096,14 @@ async function saveEdit() {
   const ed = state.editing;
   if (!ed || ed.busy) return;
   const chat = state.chats.get(ed.chatId);
-  const m = chat?.messages.get(ed.id);
+  const m = chat?.snap.messages.find((x) => x.id === ed.id);
   const content = ed.input.value;
   if (!m || m.deleted || content === m.content) return cancelEdit();
   if (!content.trim()) return toast('A message cannot be empty: delete it instead.');
+  if (charCount(content) > state.maxChars) return toast(`Too long: the limit is ${state.maxChars} characters.`);
   ed.busy = true;
   ed.input.readOnly = true;
-  const ok = await changeMessage(chat, 'edit_message', m.id, { content });
+  const ok = await change('edit', () => chat.conv.edit(m.id, content));
   if (state.editing !== ed) return;
   if (ok) return cancelEdit();
   ed.busy = false;
@@ -1713,7 +1127,7 @@ function startReply(chat, m) {
 function toggleReaction(chat, m, emoji) {
   const r = (m.reactions || []).find((x) => x.emoji === emoji);
   const mine = !!r?.user_ids?.includes(me());
-  changeMessage(chat, mine ? 'remove_reaction' : 'add_reaction', m.id, { emoji });
+  change(mine ? 'remove the reaction' : 'react', () => (mine ? chat.conv.unreact(m.id, emoji) : chat.conv.react(m.id, emoji)));
 }
 
 function scrollToMessage(id) {
@@ -1727,19 +1141,20 @@ function scrollToMessage(id) {
   ui.flashTimer = setTimeout(() => {
     ui.flash = null;
     for (const e of $('messages').querySelectorAll('.flash')) e.classList.remove('flash');
+    renderChat();
   }, 1600);
 }
 
 // ------------------------------------------------------------------ rename
 
 function startRename() {
-  const chat = state.chats.get(state.openId);
+  const chat = openChatOf();
   if (!chat) return;
   state.renaming = chat.id;
   const input = $('rename-input');
-  input.value = chat.title;
+  input.value = chat.info.title || '';
   input.placeholder = chatTitle(chat);
-  renderHeader();
+  renderHeader(chat);
   input.focus();
   input.select();
 }
@@ -1748,16 +1163,16 @@ async function saveRename() {
   if (state.renameBusy) return;
   const chat = state.chats.get(state.renaming);
   const title = $('rename-input').value.trim();
-  if (!chat || !title || title === chat.title) return endRename();
+  if (!chat || !title || title === chat.info.title) return endRename();
   state.renameBusy = true;
   try {
-    upsertChat(await api('PATCH', `/chats/${chat.id}`, { title }));
+    upsertChat(await rest('PATCH', `/chats/${chat.id}`, { title }));
     state.renameBusy = false;
     endRename();
     renderChatList();
   } catch (e) {
     state.renameBusy = false;
-    toast(`Could not rename: ${e.message}`);
+    toast(`Could not rename: ${errorText(e)}`);
     $('rename-input').focus();
   }
 }
@@ -1765,26 +1180,32 @@ async function saveRename() {
 function endRename() {
   if (state.renameBusy) return;
   state.renaming = null;
-  renderHeader();
+  const chat = openChatOf();
+  if (chat) renderHeader(chat);
 }
+
 
 // ------------------------------------------------------------------ rendering
 
 let renderQueued = new Set();
 
-/** Coalesces the re-renders a burst of frames asks for into one. */
+/** Coalesces the re-renders a burst of snapshots asks for into one. */
 function scheduleRender(chat) {
   if (!chat) return;
   if (renderQueued.size === 0) {
-    const run = () => {
+    setTimeout(() => {
       const queued = renderQueued;
       renderQueued = new Set();
       renderChatList();
       if (queued.has(state.openId)) renderChat();
-    };
-    setTimeout(run, 0);
+    }, 0);
   }
   renderQueued.add(chat.id);
+}
+
+function renderAll() {
+  renderChatList();
+  renderChat();
 }
 
 function avatarFor(id) {
@@ -1796,9 +1217,19 @@ function avatarFor(id) {
   return span;
 }
 
+function senderLabel(m) {
+  if (m.message_type === 'assistant') return assistantName(m.sender_id);
+  return m.sender_id === me() ? 'You' : nameOf(m.sender_id);
+}
+
 function previewOf(m) {
   if (!m) return 'No messages yet';
   return `${senderLabel(m)}: ${m.deleted ? 'message deleted' : snippet(m.content, 120)}`;
+}
+
+/** The other users present in a chat. */
+function othersPresent(chat) {
+  return chat.snap.present.filter((u) => u !== me());
 }
 
 function renderChatList() {
@@ -1806,8 +1237,10 @@ function renderChatList() {
   const chats = [...state.chats.values()].sort((a, b) => activity(b) - activity(a));
   list.replaceChildren(
     ...chats.map((chat) => {
-      const unread = chat.id === state.openId && reading() ? 0 : unreadCount(chat);
+      const unread = unreadOf(chat);
       const here = othersPresent(chat);
+      const title = chatTitle(chat);
+      const preview = previewOf(lastMessage(chat));
       return el('li', {},
         el('button', {
           type: 'button',
@@ -1815,84 +1248,119 @@ function renderChatList() {
           'data-testid': 'chat-item',
           'data-chat-id': chat.id,
           'aria-current': chat.id === state.openId ? 'true' : null,
+          title: `${title}\n${preview}`,
           onclick: () => openChat(chat.id),
         },
         el('span', { className: 'avatar-wrap' },
-          avatarFor(chat.assistantId ? '✦' : chatTitle(chat)),
-          here.length ? el('span', { className: 'presence-dot', 'data-testid': 'presence-dot', title: `Here: ${here.join(', ')}` }) : null),
+          avatarFor(chat.info.assistant_id ? '✦' : title),
+          here.length ? el('span', { className: 'presence-dot', 'data-testid': 'presence-dot', title: `Here: ${here.map(nameOf).join(', ')}` }) : null),
         el('span', { className: 'chat-item-text' },
-          el('span', { className: 'chat-item-title', 'data-testid': 'chat-item-title', text: chatTitle(chat) }),
-          el('span', { className: 'chat-item-preview', text: previewOf(lastMessage(chat)) })),
+          el('span', { className: 'chat-item-title', 'data-testid': 'chat-item-title', text: title }),
+          el('span', { className: 'chat-item-preview', 'data-testid': 'chat-item-preview', text: preview })),
         unread > 0 ? el('span', { className: 'badge', 'data-testid': 'unread-badge', text: unread > 99 ? '99+' : unread }) : null));
     }),
   );
   $('chat-list-empty').hidden = chats.length > 0 || !state.chatsLoaded;
+  renderTitle();
+}
+
+/** "(3) confab": the messages waiting to be read, in every chat. */
+function renderTitle() {
+  let n = 0;
+  for (const chat of state.chats.values()) n += unreadOf(chat);
+  const title = n > 0 ? `(${n > 999 ? '999+' : n}) confab` : 'confab';
+  if (document.title !== title) document.title = title;
 }
 
 function openChat(id) {
+  const before = openChatOf();
   if (state.openId !== id) {
-    stopTyping();
+    if (before) {
+      before.draft = $('input').value;
+      before.conv.stopTyping();
+    }
     closeMenus();
     state.editing = null;
     state.renaming = null;
+    state.newBelow = 0;
+    $('chat-head').classList.remove('people-open');
+    $('invite-note').textContent = '';
   }
   state.openId = id;
   if (id) sessionStorage.setItem(OPEN_KEY, id);
   else sessionStorage.removeItem(OPEN_KEY);
   document.body.classList.toggle('chat-open', !!id);
-  $('input').value = '';
+  const chat = openChatOf();
+  $('input').value = chat?.draft || '';
+  updateCounter();
   renderChatList();
   renderChat({ toBottom: true });
+  autosize($('input'));
   if (id) $('input').focus();
 }
 
-function renderHeader() {
-  const chat = state.chats.get(state.openId);
-  if (!chat) return;
+function renderHeader(chat) {
   const renaming = state.renaming === chat.id;
   $('title-row').hidden = renaming;
   $('rename-form').hidden = !renaming;
-  $('chat-title').textContent = chatTitle(chat);
+  const title = chatTitle(chat);
+  if ($('chat-title').textContent !== title) $('chat-title').textContent = title;
   $('chat-people').replaceChildren(...people(chat));
+  // Phones: the participants are behind one button, "● 3".
+  const here = othersPresent(chat).length;
+  const toggle = $('people-toggle');
+  const count = (chat.info.participants || []).length;
+  toggle.replaceChildren(...(here ? [el('span', { className: 'dot', 'aria-hidden': 'true' })] : []), icon('people'), ` ${count}`);
+  toggle.setAttribute('aria-label', `${count} ${count === 1 ? 'person' : 'people'}${here ? `, ${here} here` : ''}: show them and invite`);
+  toggle.setAttribute('aria-expanded', String($('chat-head').classList.contains('people-open')));
 }
 
 /** The header's participants, each with a presence dot; in a large chat,
  *  how many are here. */
 function people(chat) {
-  const present = chat.present || new Set();
+  const present = new Set(chat.snap.present);
+  const known = chat.snap.joined;
+  const participants = chat.info.participants || [];
   const dot = (on) => el('span', { className: `dot${on ? ' on' : ''}`, 'aria-hidden': 'true' });
   let items;
-  if (chat.participants.length > PEOPLE_LISTED) {
-    const here = chat.participants.filter((p) => present.has(p)).length;
+  if (participants.length > PEOPLE_LISTED) {
+    const here = participants.filter((p) => present.has(p)).length;
     items = [el('span', { className: 'person', 'data-testid': 'presence-count', 'data-here': here },
-      dot(here > 0), `${here} here of ${chat.participants.length}`)];
+      dot(here > 0), `${here} here of ${participants.length}`)];
   } else {
-    items = chat.participants.map((p) => {
+    items = participants.map((p) => {
       const on = present.has(p);
+      const name = nameOf(p);
       return el('span', {
         className: 'person', 'data-testid': 'participant', 'data-user': p, 'data-present': String(on),
-        title: chat.present ? `${p} ${on ? 'is here' : 'is away'}` : null,
-      }, dot(on), p === me() ? `${p} (you)` : p);
+        title: `${name === p ? p : `${name} (${p})`}${known ? (on ? ' is here' : ' is away') : ''}`,
+      }, dot(on), p === me() ? `${name} (you)` : name);
     });
   }
-  if (chat.assistantId) items.push(el('span', { className: 'person' }, assistantName(chat.assistantId)));
+  if (chat.info.assistant_id) items.push(el('span', { className: 'person' }, assistantName(chat.info.assistant_id)));
   return items;
 }
 
-function renderTyping() {
-  const chat = state.chats.get(state.openId);
-  const who = chat ? [...chat.typers.keys()] : [];
+function renderTyping(chat) {
+  const who = chat.snap.typing.filter((u) => u !== me()).map(nameOf);
   const box = $('typing');
-  box.textContent = who.length === 0 ? '' : who.length === 1 ? `${who[0]} is typing…` : `${who.join(', ')} are typing…`;
-  box.dataset.typers = who.join(',');
+  const text = who.length === 0 ? '' : who.length === 1 ? `${who[0]} is typing…` : `${who.join(', ')} are typing…`;
+  if (box.textContent !== text) box.textContent = text;
+  box.dataset.typers = chat.snap.typing.join(',');
 }
 
 /** The quoted line of the message `id`: its sender and the start of its text. */
 function quoteParts(chat, id) {
-  const t = chat.messages.get(id);
+  const t = chat.snap.messages.find((m) => m.id === id);
   if (!t) return [el('span', { className: 'quote-text muted', text: 'earlier message' })];
   if (t.deleted) return [el('span', { className: 'quote-text muted', text: 'deleted message' })];
   return [el('span', { className: 'quote-sender', text: senderLabel(t) }), el('span', { className: 'quote-text', text: snippet(t.content) })];
+}
+
+/** What a quote shows, for the signature of the item holding it. */
+function quoteSig(chat, id) {
+  const t = id && chat.snap.messages.find((m) => m.id === id);
+  return t ? [t.deleted, t.sender_id, snippet(t.content)] : id ? 'earlier' : null;
 }
 
 function renderReplyBar(chat) {
@@ -1904,61 +1372,117 @@ function renderReplyBar(chat) {
   }
 }
 
+const isNearBottom = (s = $('scroller')) => s.scrollHeight - s.scrollTop - s.clientHeight < NEAR_BOTTOM_PX;
+/** The list's size: a scroll that changes it is the layout's, not the user's. */
+const boxOf = (s) => `${s.scrollHeight}x${s.clientHeight}`;
+
 function renderChat({ toBottom = false } = {}) {
-  const chat = state.chats.get(state.openId);
+  const chat = openChatOf();
   $('chat').hidden = !chat;
   $('no-chat').hidden = !!chat;
-  if (!chat) return;
+  if (!chat) {
+    state.list = { chatId: null, items: new Map() };
+    $('messages').replaceChildren();
+    return;
+  }
   const scroller = $('scroller');
-  const nearBottom = scroller.scrollHeight - scroller.scrollTop - scroller.clientHeight < 80;
-  renderHeader();
-  renderTyping();
+  const follow = toBottom || isNearBottom(scroller);
+  renderHeader(chat);
+  renderTyping(chat);
   renderReplyBar(chat);
-  $('ask').disabled = !state.connected;
-  $('load-earlier').hidden = chat.windowStart <= 0;
+  $('ask').disabled = !online();
+  $('load-earlier').hidden = !chat.snap.hasOlder;
 
-  // The inline editor survives the re-render, with its focus and caret.
+  // The inline editor survives a re-render of its message, with its focus and caret.
   const editor = state.editing?.chatId === chat.id ? state.editing.input : null;
   const focused = editor && document.activeElement === editor ? [editor.selectionStart, editor.selectionEnd] : null;
-  const sorted = [...chat.messages.values()].sort((a, b) => a.seq - b.seq);
-  const items = sorted.map((m, i) => messageItem(chat, m, sorted[i - 1]));
-  for (const s of state.streams.values()) if (s.convId === chat.id) items.push(streamItem(s));
-  for (const p of chat.pending.values()) items.push(pendingItem(chat, p));
-  $('messages').replaceChildren(...items);
-  if (focused && editor.isConnected) {
+  const fresh = reconcile(chat, listItems(chat));
+  if (focused && editor.isConnected && document.activeElement !== editor) {
     editor.focus({ preventScroll: true });
     editor.setSelectionRange(...focused);
   }
-  if (toBottom || nearBottom) scroller.scrollTop = scroller.scrollHeight;
+  if (follow) {
+    scroller.scrollTop = scroller.scrollHeight;
+    state.newBelow = 0;
+  } else {
+    state.newBelow += fresh;
+  }
+  state.pinned = follow;
+  state.box = boxOf(scroller);
+  renderJump();
   markRead(chat);
 }
 
-function stickToBottom() {
-  const s = $('scroller');
-  if (s.scrollHeight - s.scrollTop - s.clientHeight < 120) s.scrollTop = s.scrollHeight;
+/** Puts the open chat's items in the list, reusing the element of every
+ *  item whose signature did not change (so a new message or a piece of a
+ *  streamed answer touches only its own element). Returns how many new
+ *  messages from others were added after the last one shown before. */
+function reconcile(chat, items) {
+  const list = $('messages');
+  const old = state.list.chatId === chat.id ? state.list.items : new Map();
+  const next = new Map();
+  let lastOld = -1;
+  items.forEach((it, i) => {
+    if (old.has(it.key)) lastOld = i;
+  });
+  let fresh = 0;
+  const nodes = items.map((it, i) => {
+    const held = old.get(it.key);
+    const node = held && held.sig === it.sig ? held.node : it.build();
+    next.set(it.key, { sig: it.sig, node });
+    if (!held && old.size && i > lastOld && it.counts) fresh += 1;
+    return node;
+  });
+  let cursor = list.firstChild;
+  for (const node of nodes) {
+    if (node === cursor) cursor = cursor.nextSibling;
+    else list.insertBefore(node, cursor);
+  }
+  while (cursor) {
+    const after = cursor.nextSibling;
+    cursor.remove();
+    cursor = after;
+  }
+  state.list = { chatId: chat.id, items: next };
+  return fresh;
 }
 
-function timeOf(iso) {
-  const d = new Date(iso);
-  return Number.isNaN(d.getTime()) ? '' : d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+/** The open chat as list items {key, sig, build, counts}: a day line before
+ *  each day's first message, the messages (stored ones, then ours not
+ *  stored yet), then the answers being written. */
+function listItems(chat) {
+  const snap = chat.snap;
+  const items = [];
+  const seenBy = seenByOthers(chat);
+  let day = null;
+  let prev = null;
+  for (const m of snap.messages) {
+    const d = dayKey(m.created_at);
+    if (d !== day) {
+      day = d;
+      prev = null;
+      const label = dayLabel(m.created_at);
+      items.push({ key: `day:${d}`, sig: label, counts: false, build: () => el('li', { className: 'day', 'data-testid': 'day-separator', 'data-day': d, text: label }) });
+    }
+    const stored = m.seq > 0 && m.state === 'sent';
+    items.push(stored ? messageItem(chat, m, prev, seenBy?.key === m.key ? seenBy.who : null) : pendingItem(chat, m, prev));
+    prev = m;
+  }
+  for (const s of snap.streams) {
+    if (s.phase === 'failed' ? storedAnswer(snap, s) : s.message_id && snap.messages.some((m) => m.id === s.message_id && m.seq > 0)) continue;
+    items.push(streamItem(chat, s));
+  }
+  return items;
 }
 
-const assistantName = (id) => (!id || id === 'default' ? 'Assistant' : `Assistant ${id}`);
-
-function senderLabel(m) {
-  if (m.message_type === 'assistant') return assistantName(m.sender_id);
-  return m.sender_id === me() ? 'You' : m.sender_id;
-}
-
-function quoteButton(chat, targetId) {
-  return el('button', {
-    type: 'button',
-    className: 'quote',
-    'data-testid': 'reply-quote',
-    'data-target': targetId,
-    title: chat.messages.has(targetId) ? 'Show the message it answers' : 'Not loaded',
-    onclick: () => scrollToMessage(targetId),
-  }, ...quoteParts(chat, targetId));
+/** My latest stored message and who else has read it (read receipts). */
+function seenByOthers(chat) {
+  const mine = [...chat.snap.messages].reverse().find((m) => m.seq > 0 && m.sender_id === me() && !m.deleted);
+  if (!mine) return null;
+  const who = Object.entries(chat.snap.readBy)
+    .filter(([u, seq]) => u !== me() && seq >= mine.seq)
+    .map(([u]) => nameOf(u));
+  return who.length ? { key: mine.key, who } : null;
 }
 
 function actionButton(testId, icon, label, onclick, extra = '') {
@@ -1981,7 +1505,11 @@ function actionsBar(chat, m) {
     !canDelete(chat, m) ? null : confirming
       ? el('button', {
         type: 'button', className: 'danger', 'data-testid': 'action-delete-confirm', text: 'Delete?',
-        title: 'Delete for everyone', onclick: () => { closeMenus(); changeMessage(chat, 'delete_message', m.id); renderChat(); },
+        title: 'Delete for everyone', onclick: () => {
+          closeMenus();
+          change('delete', () => chat.conv.delete(m.id));
+          renderChat();
+        },
       })
       : actionButton('action-delete', 'Delete', 'Delete', () => {
         state.ui.actionsFor = m.id;
@@ -2018,24 +1546,63 @@ function reactionChips(chat, m) {
         'data-count': r.count,
         'data-mine': String(mine),
         'aria-pressed': String(mine),
-        title: `${ids.map((u) => (u === me() ? 'you' : u)).join(', ')}${more}`,
+        title: `${ids.map((u) => (u === me() ? 'you' : nameOf(u))).join(', ')}${more}`,
         onclick: () => toggleReaction(chat, m, r.emoji),
       }, el('span', { className: 'chip-emoji', text: r.emoji }), el('span', { className: 'chip-count', text: r.count }));
     }));
 }
 
-/** One stored message; the sender line is left out when `prev` has the same
- *  sender and is less than five minutes older. */
-function messageItem(chat, m, prev) {
+function quoteButton(chat, targetId) {
+  const loaded = chat.snap.messages.some((m) => m.id === targetId);
+  return el('button', {
+    type: 'button',
+    className: 'quote',
+    'data-testid': 'reply-quote',
+    'data-target': targetId,
+    title: loaded ? 'Show the message it answers' : 'Not loaded',
+    onclick: () => scrollToMessage(targetId),
+  }, ...quoteParts(chat, targetId));
+}
+
+/** The foot of a bubble: "(edited)" and the time. */
+function stamp(m, extra = null) {
+  return el('span', { className: 'stamp' },
+    m.edited_at && !m.deleted
+      ? el('span', { className: 'edited', 'data-testid': 'message-edited', title: `Edited ${dateTimeOf(m.edited_at)}`, text: '(edited)' })
+      : null,
+    extra,
+    el('time', { 'data-testid': 'message-time', datetime: m.created_at, title: dateTimeOf(m.created_at), text: timeOf(m.created_at) }));
+}
+
+/** Whether `m` goes on from `prev` (the same sender, less than five minutes
+ *  later): then it has no sender line. */
+const continues = (prev, m) => !!prev && prev.sender_id === m.sender_id && prev.message_type === m.message_type &&
+  Date.parse(m.created_at) - Date.parse(prev.created_at) < CONTINUE_MS;
+
+/** One stored message. */
+function messageItem(chat, m, prev, seenBy) {
   const mine = m.sender_id === me();
-  const kind = m.message_type === 'assistant' ? 'assistant' : mine ? 'mine' : 'theirs';
-  const cont = prev && prev.sender_id === m.sender_id && prev.message_type === m.message_type &&
-    Date.parse(m.created_at) - Date.parse(prev.created_at) < 5 * 60_000;
+  const cont = continues(prev, m);
   const ui = state.ui;
   const editing = state.editing?.chatId === chat.id && state.editing.id === m.id;
+  const note = chat.streamNotes.get(m.id);
+  const flags = [ui.actionsFor === m.id, ui.pickerFor === m.id, ui.confirmDelete === m.id, ui.flash === m.id, editing];
+  const sig = JSON.stringify([m.id, m.seq, m.content, m.deleted, m.edited_at, m.reactions, m.metadata?.finish_reason,
+    m.metadata?.citations, m.reply_to && quoteSig(chat, m.reply_to), cont, flags, note?.text, seenBy, chat.info.owner_id,
+    names.version, timeOf(m.created_at)]);
+  return {
+    key: m.key || m.id,
+    sig,
+    counts: !mine,
+    build: () => buildMessage(chat, m, { mine, cont, editing, note, seenBy }),
+  };
+}
+
+function buildMessage(chat, m, { mine, cont, editing, note, seenBy }) {
+  const kind = m.message_type === 'assistant' ? 'assistant' : mine ? 'mine' : 'theirs';
+  const ui = state.ui;
   const classes = ['msg', kind, cont && 'cont', m.deleted && 'deleted', editing && 'editing',
     ui.actionsFor === m.id && 'show-actions', ui.flash === m.id && 'flash'].filter(Boolean).join(' ');
-
   let body;
   if (m.deleted) {
     body = el('div', { className: 'text placeholder', 'data-testid': 'message-text', text: 'message deleted' });
@@ -2050,72 +1617,127 @@ function messageItem(chat, m, prev) {
   } else {
     body = el('div', { className: 'text md', 'data-testid': 'message-text' }, ...markdown(m.content));
   }
-  const bubble = el('div', { className: 'bubble', title: timeOf(m.created_at), onclick: (e) => onBubbleClick(e, m) },
+  const bubble = el('div', { className: 'bubble', onclick: (e) => onBubbleClick(e, m) },
     m.reply_to && !m.deleted ? quoteButton(chat, m.reply_to) : null,
     body,
-    m.edited_at && !m.deleted && !editing
-      ? el('span', { className: 'edited', 'data-testid': 'message-edited', title: `Edited ${timeOf(m.edited_at)}`, text: '(edited)' })
-      : null);
-
+    editing ? null : stamp(m));
+  const finish = m.metadata?.finish_reason;
   return el('li', {
     className: classes, 'data-testid': 'message', 'data-seq': m.seq, 'data-id': m.id, 'data-sender': m.sender_id,
     'data-deleted': m.deleted ? 'true' : null, 'data-edited': m.edited_at && !m.deleted ? 'true' : null,
   },
   el('div', { className: 'meta' },
     el('span', { className: 'sender', 'data-testid': 'message-sender', text: senderLabel(m) }),
-    el('time', { datetime: m.created_at, text: timeOf(m.created_at) }),
-    ['cancelled', 'error'].includes(m.metadata?.finish_reason)
-      ? el('span', { className: 'tag', text: m.metadata.finish_reason === 'cancelled' ? 'stopped' : 'interrupted' })
+    ['cancelled', 'error'].includes(finish)
+      ? el('span', { className: 'tag', text: finish === 'cancelled' ? 'stopped' : 'interrupted' })
       : null),
   el('div', { className: 'msg-body' },
     bubble,
     m.deleted || editing ? null : actionsBar(chat, m),
     ui.pickerFor === m.id && !m.deleted ? emojiPicker(chat, m) : null),
-  streamNote(chat, m),
+  note && !m.deleted
+    ? el('div', { className: 'stream-note', 'data-testid': 'stream-error-note', 'data-error-code': note.code, title: note.detail || null, text: note.text })
+    : null,
   citationList(m),
-  reactionChips(chat, m));
+  reactionChips(chat, m),
+  seenBy ? el('div', { className: 'seen', 'data-testid': 'seen-by', text: `Seen by ${seenBy.join(', ')}` }) : null);
+}
+
+/** One of ours not stored yet: sending (waiting for the connection, when
+ *  there is none: the SDK's outbox sends it once back), or failed. */
+function pendingItem(chat, m, prev) {
+  const waiting = m.state === 'sending' && !online();
+  const cont = continues(prev, m);
+  const sig = JSON.stringify([m.state, waiting, cont, m.content, m.reply_to && quoteSig(chat, m.reply_to), m.error?.code, timeOf(m.created_at)]);
+  return { key: m.key, sig, counts: false, build: () => buildPending(chat, m, waiting, cont) };
+}
+
+function buildPending(chat, m, waiting, cont) {
+  let status;
+  if (m.state === 'failed') {
+    const retryable = !['MESSAGE_TOO_LONG', 'FORBIDDEN', 'NOT_FOUND', 'INVALID_FRAME'].includes(m.error?.code);
+    status = el('div', { className: 'state', 'data-testid': 'message-state', title: m.error?.message || null },
+      `Not sent: ${errorText(m.error)} `,
+      retryable
+        ? el('button', { type: 'button', className: 'link', 'data-testid': 'retry-button', text: 'Retry', onclick: () => chat.conv.retry(m.key) })
+        : el('button', {
+          type: 'button', className: 'link', 'data-testid': 'edit-unsent', text: 'Edit',
+          title: 'Back into the input, to change it', onclick: () => {
+            chat.conv.discard(m.key);
+            $('input').value = m.content;
+            autosize($('input'));
+            updateCounter();
+            $('input').focus();
+          },
+        }),
+      el('button', { type: 'button', className: 'link', 'data-testid': 'discard-button', text: 'Discard', onclick: () => chat.conv.discard(m.key) }));
+  } else if (waiting) {
+    status = el('div', {
+      className: 'state', 'data-testid': 'message-state', 'data-waiting': 'true',
+      title: 'Waiting for connection: it is sent by itself once back online',
+    }, icon('clock'), 'Waiting for connection');
+  } else {
+    status = el('div', { className: 'state', 'data-testid': 'message-state', text: 'Sending…' });
+  }
+  return el('li', {
+    className: `msg mine pending ${m.state}${cont ? ' cont' : ''}`, 'data-testid': 'message', 'data-state': m.state,
+    'data-client-msg-id': m.client_msg_id || m.key, 'data-waiting': waiting ? 'true' : null,
+  },
+  el('div', { className: 'meta' }, el('span', { className: 'sender', text: 'You' })),
+  el('div', { className: 'bubble' },
+    m.reply_to ? quoteButton(chat, m.reply_to) : null,
+    el('div', { className: 'text md', 'data-testid': 'message-text' }, ...markdown(m.content)),
+    stamp(m)),
+  status);
 }
 
 /** A pending answer: queued (with its place), being written, or failed. */
-function streamItem(s) {
-  const text = streamText(s);
-  const failed = s.phase === 'error';
+function streamItem(chat, s) {
+  const failed = s.phase === 'failed';
+  const phase = failed ? 'error' : s.phase;
+  const error = failed ? streamError(s) : null;
+  const wait = error ? Math.max(0, Math.ceil((error.retryAt - Date.now()) / 1000)) : 0;
+  const cancelling = state.cancelling.has(s.stream_id);
+  const sig = JSON.stringify([phase, s.position, s.text, s.message_id, s.assistant_id, cancelling, error?.text, wait]);
+  return { key: `stream:${s.stream_id}`, sig, counts: false, build: () => buildStream(chat, s, { phase, error, wait, cancelling }) };
+}
+
+function buildStream(chat, s, { phase, error, wait, cancelling }) {
+  const text = s.text || '';
   const buttons = [];
-  if (failed) {
-    const wait = s.error.retryAt - Date.now();
+  if (error) {
     buttons.push(
       el('button', {
         type: 'button', className: 'ghost small', 'data-testid': 'stream-retry', disabled: wait > 0,
-        title: wait > 0 ? `Possible in ${Math.ceil(wait / 1000)} s` : 'Ask the assistant again', text: 'Retry',
-        onclick: () => retryStream(s),
+        title: wait > 0 ? `Possible in ${wait} s` : 'Ask the assistant again', text: 'Retry',
+        onclick: () => retryStream(chat, s),
       }),
       el('button', {
         type: 'button', className: 'ghost small', 'data-testid': 'stream-dismiss', 'aria-label': 'Dismiss',
-        title: 'Dismiss', text: '✕', onclick: () => dismissStream(s),
+        title: 'Dismiss', text: '✕', onclick: () => chat.conv.dismiss(s.stream_id),
       }));
   } else {
     buttons.push(el('button', {
-      type: 'button', className: 'ghost small', 'data-testid': 'cancel-stream', disabled: !!s.cancelling,
-      text: s.cancelling ? 'Cancelling…' : 'Cancel', onclick: () => cancelStream(s),
+      type: 'button', className: 'ghost small', 'data-testid': 'cancel-stream', disabled: cancelling,
+      text: cancelling ? 'Cancelling…' : 'Cancel', onclick: () => cancelStream(chat, s),
     }));
   }
-  const status = failed ? s.error.text : s.phase === 'queued' ? queuedText(s.position) : 'Writing…';
-  s.el = el('li', {
-    className: `msg assistant streaming ${s.phase}`, 'data-testid': 'stream-bubble', 'data-stream-id': s.id,
-    'data-stream-state': s.phase, 'data-position': s.phase === 'queued' ? s.position : null,
-    'data-message-id': s.messageId, 'data-error-code': failed ? s.error.code : null,
+  const status = error ? error.text : phase === 'queued' ? queuedText(s.position) : 'Writing…';
+  return el('li', {
+    className: `msg assistant streaming ${phase}`, 'data-testid': 'stream-bubble', 'data-stream-id': s.stream_id,
+    'data-stream-state': phase, 'data-position': phase === 'queued' ? s.position : null,
+    'data-message-id': s.message_id, 'data-error-code': error ? error.code : null,
   },
   el('div', { className: 'meta' },
-    el('span', { className: 'sender', text: assistantName(s.assistantId) }),
-    s.phase === 'running' ? el('span', { className: 'dots', 'aria-label': 'writing' }, el('i'), el('i'), el('i')) : null,
+    el('span', { className: 'sender', text: assistantName(s.assistant_id || chat.info.assistant_id) }),
+    phase === 'running' ? el('span', { className: 'dots', 'aria-label': 'writing' }, el('i'), el('i'), el('i')) : null,
     ...buttons),
   el('div', { className: 'bubble' },
     el('div', {
-      className: `stream-status${failed ? ' error' : ''}`, 'data-testid': 'stream-status', 'data-state': s.phase,
-      title: failed && s.error.detail ? s.error.detail : null, hidden: s.phase === 'running' && !!text, text: status,
+      className: `stream-status${error ? ' error' : ''}`, 'data-testid': 'stream-status', 'data-state': phase,
+      title: error?.detail || null, hidden: phase === 'running' && !!text, text: status,
     }),
     el('div', { className: 'text md', 'data-testid': 'stream-text' }, ...renderMarkdown(text))));
-  return s.el;
 }
 
 /** A citation's link target: http and https URLs only, else null. */
@@ -2155,33 +1777,113 @@ function citationList(m) {
   return el('ol', { className: 'citations', 'data-testid': 'citations', 'aria-label': 'Sources' }, ...items);
 }
 
-/** Why an answer stopped short (its partial text is the stored message). */
-function streamNote(chat, m) {
-  const note = chat.streamNotes.get(m.id);
-  if (!note || m.deleted) return null;
-  return el('div', {
-    className: 'stream-note', 'data-testid': 'stream-error-note', 'data-error-code': note.code,
-    title: note.detail || null, text: note.text,
+/** "Jump to latest", while the list is scrolled up: with how many new
+ *  messages arrived below meanwhile. */
+function renderJump() {
+  const jump = $('jump');
+  const away = !isNearBottom();
+  jump.hidden = !away;
+  jump.dataset.count = state.newBelow;
+  const label = state.newBelow ? `${state.newBelow} new` : null;
+  const want = `${away}|${label}`;
+  if (jump.dataset.shown === want) return;
+  jump.dataset.shown = want;
+  jump.replaceChildren(el('span', { 'aria-hidden': 'true', text: '↓' }), ' Latest',
+    ...(label ? [el('span', { className: 'count', 'data-testid': 'jump-count', text: label })] : []));
+  jump.title = label ? `${label} below: jump to the latest` : 'Jump to the latest message';
+}
+
+function jumpToLatest() {
+  const s = $('scroller');
+  s.scrollTop = s.scrollHeight;
+  state.newBelow = 0;
+  state.pinned = true;
+  renderJump();
+  $('input').focus({ preventScroll: true });
+}
+
+async function loadEarlier() {
+  const chat = openChatOf();
+  if (!chat) return;
+  const button = $('load-earlier');
+  const scroller = $('scroller');
+  button.disabled = true;
+  try {
+    await chat.conv.loadOlder();
+  } catch (e) {
+    toast(`Could not load earlier messages: ${errorText(e)}`);
+  } finally {
+    button.disabled = false;
+  }
+  // Render now and keep the messages in view where they were.
+  const fromBottom = scroller.scrollHeight - scroller.scrollTop;
+  chat.snap = chat.conv.getSnapshot();
+  renderChat();
+  scroller.scrollTop = scroller.scrollHeight - fromBottom;
+}
+
+/** Grows a textarea with its text, up to 160 px (its own height when empty or not shown). */
+function autosize(input) {
+  input.style.height = '';
+  if (!input.value || !input.offsetParent) return;
+  input.style.height = 'auto';
+  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+}
+
+// ------------------------------------------------------------------ dates
+
+const dateOf = (iso) => {
+  const d = new Date(iso);
+  return Number.isNaN(d.getTime()) ? new Date() : d;
+};
+
+/** The local day of a timestamp, as YYYY-MM-DD. */
+function dayKey(iso) {
+  const d = dateOf(iso);
+  return `${d.getFullYear()}-${String(d.getMonth() + 1).padStart(2, '0')}-${String(d.getDate()).padStart(2, '0')}`;
+}
+
+/** "Today", "Yesterday", else the date ("Monday, 3 March"; the year when not this one). */
+function dayLabel(iso) {
+  const d = dateOf(iso);
+  const today = new Date();
+  const yesterday = new Date(today.getFullYear(), today.getMonth(), today.getDate() - 1);
+  if (dayKey(d.toISOString()) === dayKey(today.toISOString())) return 'Today';
+  if (dayKey(d.toISOString()) === dayKey(yesterday.toISOString())) return 'Yesterday';
+  return d.toLocaleDateString([], {
+    weekday: 'long', day: 'numeric', month: 'long',
+    year: d.getFullYear() === today.getFullYear() ? undefined : 'numeric',
   });
 }
 
-function pendingItem(chat, p) {
-  const status = el('div', { className: 'state', 'data-testid': 'message-state' },
-    { sending: 'Sending…', sent: 'Sent', failed: `Not sent${p.error ? `: ${p.error}` : ''}` }[p.state]);
-  if (p.state === 'failed') {
-    status.append(' ', el('button', { type: 'button', className: 'link', 'data-testid': 'retry-button', text: 'Retry', onclick: () => deliver(chat, p) }));
+const timeOf = (iso) => dateOf(iso).toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+const dateTimeOf = (iso) => dateOf(iso).toLocaleString([], { dateStyle: 'medium', timeStyle: 'short' });
+
+
+// ------------------------------------------------------------------ presence
+//
+// The SDK keeps each chat's present users live (`presence` after every
+// join, then `presence_changed`). Chats of more than PRESENCE_LIVE_MAX
+// participants get no `presence_changed`: they are asked again every
+// PRESENCE_POLL_MS while open or in view in the sidebar.
+
+function pollPresence() {
+  if (!online() || !reading()) return;
+  const view = document.querySelector('.chat-list-wrap').getBoundingClientRect();
+  for (const chat of state.chats.values()) {
+    if (!chat.snap.joined || (chat.info.participants || []).length <= PRESENCE_LIVE_MAX) continue;
+    const item = document.querySelector(`[data-testid=chat-item][data-chat-id="${chat.id}"]`)?.getBoundingClientRect();
+    const inView = item && item.height > 0 && item.bottom > view.top && item.top < view.bottom;
+    if (chat.id === state.openId || inView) chat.conv.refreshPresence().catch(() => {});
   }
-  return el('li', { className: `msg mine pending ${p.state}`, 'data-testid': 'message', 'data-state': p.state, 'data-client-msg-id': p.cmid },
-    el('div', { className: 'meta' }, el('span', { className: 'sender', text: 'You' })),
-    el('div', { className: 'bubble' },
-      p.replyTo ? quoteButton(chat, p.replyTo) : null,
-      el('div', { className: 'text md', 'data-testid': 'message-text' }, ...markdown(p.content))),
-    status);
 }
 
-function autosize(input) {
-  input.style.height = 'auto';
-  input.style.height = `${Math.min(input.scrollHeight, 160)}px`;
+/** Once a second: the reconnect countdown, Retry buttons waiting out a rate limit. */
+function tick() {
+  if (!state.client) return;
+  if (state.client.status.state === 'reconnecting') renderStatus();
+  const chat = openChatOf();
+  if (chat?.snap.streams.some((s) => s.phase === 'failed')) scheduleRender(chat);
 }
 
 // ------------------------------------------------------------------ wiring
@@ -2189,28 +1891,16 @@ function autosize(input) {
 function wire() {
   $('signin-form').addEventListener('submit', signIn);
   $('signout').addEventListener('click', signOut);
+  window.addEventListener('storage', onStorage);
   $('new-chat-toggle').addEventListener('click', () => toggleNewChat());
   $('new-chat-cancel').addEventListener('click', () => toggleNewChat(false));
-  $('new-chat-form').addEventListener('submit', (e) => {
-    e.preventDefault();
-    const ids = $('new-chat-invite').value.split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
-    createChat({ title: $('new-chat-title').value.trim() || undefined, participant_ids: ids });
-    $('new-chat-form').reset();
-    toggleNewChat(false);
-  });
-  $('new-assistant-chat').addEventListener('click', () =>
-    createChat({ title: 'Assistant', assistant_id: 'default' }));
-  $('invite-form').addEventListener('submit', async (e) => {
-    e.preventDefault();
-    const id = $('invite-id').value.trim().toLowerCase();
-    if (!id || !state.openId) return;
-    try {
-      upsertChat(await api('POST', `/chats/${state.openId}/participants`, { user_id: id }));
-      $('invite-id').value = '';
-      renderHeader();
-    } catch (err) {
-      toast(`Could not invite ${id}: ${err.message}`);
-    }
+  $('new-chat-form').addEventListener('submit', submitNewChat);
+  $('new-assistant-chat').addEventListener('click', () => createChat({ title: 'Assistant', assistant_id: 'default' }));
+  $('invite-form').addEventListener('submit', invite);
+  $('people-toggle').addEventListener('click', () => {
+    const open = $('chat-head').classList.toggle('people-open');
+    $('people-toggle').setAttribute('aria-expanded', String(open));
+    if (open) $('invite-id').focus();
   });
   $('chat-title').addEventListener('click', startRename);
   $('rename-button').addEventListener('click', startRename);
@@ -2226,7 +1916,7 @@ function wire() {
   });
   $('rename-input').addEventListener('blur', () => state.renaming && saveRename());
   $('reply-cancel').addEventListener('click', () => {
-    const chat = state.chats.get(state.openId);
+    const chat = openChatOf();
     if (chat) chat.replyTo = null;
     renderChat();
     $('input').focus();
@@ -2234,62 +1924,106 @@ function wire() {
   $('ask').addEventListener('click', askAssistant);
   $('back').addEventListener('click', () => openChat(null));
   $('load-earlier').addEventListener('click', loadEarlier);
+  $('jump').addEventListener('click', jumpToLatest);
+  // A list at its bottom stays there when the window or the list's contents
+  // resize (a phone turned, the keyboard shown, a code block laid out): a
+  // scroll that comes with a new size is the layout's, not the user's.
+  const keepPinned = () => {
+    const scroller = $('scroller');
+    const now = boxOf(scroller);
+    if (now !== state.box) {
+      state.box = now;
+      if (state.pinned && !isNearBottom(scroller)) scroller.scrollTop = scroller.scrollHeight;
+    } else {
+      state.pinned = isNearBottom(scroller);
+    }
+    if (state.pinned) state.newBelow = 0;
+    renderJump();
+  };
+  $('scroller').addEventListener('scroll', keepPinned, { passive: true });
+  if (typeof ResizeObserver === 'function') {
+    const watch = new ResizeObserver(keepPinned);
+    watch.observe($('scroller'));
+    watch.observe($('messages'));
+  } else {
+    window.addEventListener('resize', keepPinned);
+  }
   $('composer').addEventListener('submit', (e) => {
     e.preventDefault();
-    const input = $('input');
-    sendMessage(input.value);
-    input.value = '';
-    autosize(input);
+    sendMessage();
   });
-  $('input').addEventListener('input', onInput);
+  $('input').addEventListener('input', () => {
+    const input = $('input');
+    autosize(input);
+    updateCounter();
+    const chat = openChatOf();
+    if (!chat) return;
+    if (input.value.trim()) chat.conv.typing();
+    else chat.conv.stopTyping();
+  });
   $('input').addEventListener('keydown', (e) => {
+    const chat = openChatOf();
     if (e.key === 'Enter' && !e.shiftKey && !e.isComposing) {
       e.preventDefault();
       $('composer').requestSubmit();
-    } else if (e.key === 'Escape' && state.chats.get(state.openId)?.replyTo) {
-      state.chats.get(state.openId).replyTo = null;
+    } else if (e.key === 'Escape' && chat?.replyTo) {
+      chat.replyTo = null;
       renderChat();
     }
   });
-  $('input').addEventListener('blur', stopTyping);
+  $('input').addEventListener('blur', () => openChatOf()?.conv.stopTyping());
   // A click outside the message list, or Escape, closes an open message menu.
   document.addEventListener('click', (e) => {
-    if (e.composedPath().some((n) => n.id === 'messages')) return;
+    const path = e.composedPath();
+    if (!path.some((n) => n.id === 'chat-head')) $('chat-head').classList.remove('people-open');
+    if (path.some((n) => n.id === 'messages')) return;
     if (closeMenus()) renderChat();
   });
   document.addEventListener('keydown', (e) => {
-    if (e.key === 'Escape' && closeMenus()) renderChat();
+    if (e.key !== 'Escape') return;
+    $('chat-head').classList.remove('people-open');
+    if (closeMenus()) renderChat();
   });
   document.addEventListener('visibilitychange', () => {
-    markRead(state.chats.get(state.openId));
+    markRead(openChatOf());
     renderChatList();
   });
+  // The browser's own idea of the network: "Offline" at once, waiting sends say so.
+  for (const type of ['online', 'offline']) {
+    window.addEventListener(type, () => {
+      if (!state.client) return;
+      renderStatus();
+      scheduleRender(openChatOf());
+    });
+  }
 }
 
 function toggleNewChat(show = $('new-chat-form').hidden) {
   $('new-chat-form').hidden = !show;
   $('new-chat-toggle').setAttribute('aria-expanded', String(show));
+  $('new-chat-error').textContent = '';
   if (show) $('new-chat-title').focus();
 }
 
 function start() {
   $('signin').hidden = true;
   $('app').hidden = false;
-  $('me-name').textContent = state.session.name;
+  startClient();
+  $('me-name').textContent = myName();
   $('me-id').textContent = `@${state.session.user_id}`;
-  $('me-avatar').replaceWith(Object.assign(avatarFor(state.session.user_id), { id: 'me-avatar' }));
-  setStatus('connecting');
+  $('me-avatar').replaceWith(Object.assign(avatarFor(myName()), { id: 'me-avatar' }));
+  updateCounter();
   setInterval(pollPresence, PRESENCE_POLL_MS);
+  setInterval(tick, 1000);
   const saved = sessionStorage.getItem(OPEN_KEY);
   refreshChats().then(() => {
     if (!state.openId && state.chats.has(saved)) openChat(saved);
   });
-  connect();
 }
 
 wire();
 state.session = loadSession();
-if (state.session?.token) {
+if (state.session) {
   start();
 } else {
   $('signin').hidden = false;

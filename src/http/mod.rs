@@ -64,6 +64,7 @@ pub fn routes(state: Arc<State>) -> impl poem::Endpoint + 'static {
     route
         .at("/", get(web::index))
         .at("/app.js", get(web::script))
+        .at("/sdk/:file", get(web::sdk))
         .at("/style.css", get(web::style))
         .at("/api/v1/chat/ws", get(crate::transport::ws::upgrade))
         .at("/api/v1/chat/events", get(events::stream))

@@ -21,7 +21,12 @@
 // she stops the first waiting one (its bubble goes, nothing is stored) and
 // the other moves up to next; Bob reloads while its answer is being written
 // and sees the text so far at once, then the whole answer stored. The cited
-// answer lists its sources as links under it.
+// answer lists its sources as links under it. Then `newUser`: a phone
+// (390x844) with a non-ASCII name, invites by name, the character counter,
+// "jump to latest", dates, dark mode, and the outbox across a cut (a tab
+// whose sockets the test holds through `routeWebSocket`, taken offline).
+// Alice's second tab is signed in by her first (the sign-in is shared),
+// and signed out with it at the end.
 //
 // `http`: behind a proxy that refuses WebSocket upgrades, Alice and Bob (a
 // tab each) find themselves on the HTTP transport and chat in real time:
@@ -37,7 +42,7 @@ const NODES = JSON.parse(must('CONFAB_E2E_NODES'));
 const SCENARIO = process.env.CONFAB_E2E_SCENARIO || 'websocket';
 const CHROMIUM = process.env.CONFAB_E2E_CHROMIUM || '/usr/bin/chromium';
 const STEP_MS = 10_000; // any single wait
-const TOTAL_MS = 120_000; // the whole scenario
+const TOTAL_MS = 200_000; // the whole scenario
 
 function must(name) {
   const v = process.env[name];
@@ -111,7 +116,7 @@ async function openTab(context, label) {
     d.dismiss().catch(() => {});
   });
   page.on('console', (m) => {
-    if (m.type() === 'error' && !/WebSocket|Failed to load resource|ERR_CONNECTION/.test(m.text())) {
+    if (m.type() === 'error' && !/WebSocket|Failed to load resource|ERR_CONNECTION|ERR_INTERNET_DISCONNECTED/.test(m.text())) {
       pageErrors.push(`${label} console: ${m.text()}`);
     }
   });
@@ -148,11 +153,21 @@ async function openTab(context, label) {
   return page;
 }
 
+/** Opens the page and signs in as `name`, unless the browser is signed in
+ *  already (the sign-in is kept across tabs); returns which it was
+ *  (`form` or `kept`) once connected. */
 async function signIn(page, name) {
   await (await front(page)).goto(BASE);
-  await fill(page, 'signin-name', name);
-  await click(page, 'signin-button');
+  const how = await until(page, 'the sign-in form or the app', () =>
+    (!document.getElementById('signin').hidden && 'form') || (!document.getElementById('app').hidden && 'kept'))
+    .then((h) => h.jsonValue());
+  if (how === 'form') {
+    await fill(page, 'signin-name', name);
+    await click(page, 'signin-button');
+  }
+  await until(page, `signed in as ${name}`, (n) => document.querySelector('[data-testid=me-name]').textContent === n, name);
   await connected(page);
+  return how;
 }
 
 /** Waits for the status pill to say connected; returns the node id it shows. */
@@ -164,12 +179,14 @@ async function connected(page, notOn) {
   return page.getByTestId('status').getAttribute('data-node-id');
 }
 
-/** Waits for the status pill to say connected over `transport` (`websocket` or `http`). */
+/** Waits for the status pill to say connected over `transport` (`websocket`:
+ *  "Online", or `http`: "Limited connection"), with the node in its tooltip. */
 async function over(page, transport) {
   await until(page, `status connected over ${transport}`, ([t, text]) => {
     const pill = document.querySelector('[data-testid=status]');
-    return pill.dataset.state === 'connected' && pill.dataset.transport === t && pill.textContent.includes(text);
-  }, [transport, transport === 'http' ? 'http stream' : 'websocket']);
+    return pill.dataset.state === 'connected' && pill.dataset.transport === t && pill.textContent === text &&
+      pill.title.includes(pill.dataset.nodeId);
+  }, [transport, transport === 'http' ? 'Limited connection' : 'Online']);
 }
 
 /** Waits until `page` shows `user` present: a dot by their name in the open
@@ -321,7 +338,8 @@ async function overWebSocket(browser) {
   mkdirSync(SHOTS, { recursive: true });
   await a1.screenshot({ path: join(SHOTS, 'signin.png') });
   await signIn(a1, 'Alice');
-  await signIn(a2, 'Alice');
+  // Alice's second tab is signed in already: the sign-in is kept across tabs.
+  if ((await signIn(a2, 'Alice')) !== 'kept') throw new Error('alice-tab2: asked to sign in again in a second tab');
   await signIn(b, 'Bob');
   for (const p of all) await over(p, 'websocket');
   log(`signed in: alice-tab1 on ${await connected(a1)}, alice-tab2 on ${await connected(a2)}, bob on ${await connected(b)}`);
@@ -343,23 +361,24 @@ async function overWebSocket(browser) {
   log('messages reach every tab');
 
   // Typing indicators: Bob types, both Alice tabs see it; Alice types in tab
-  // one, her tab two and Bob see it. Sending ends it.
+  // one, Bob sees it. Sending ends it.
   await (await front(b)).getByTestId('message-input').pressSequentially('Bob is typ', { delay: 5 });
   for (const p of [a1, a2]) {
     await until(p, 'typing indicator for bob', () =>
-      document.querySelector('[data-testid=typing-indicator]').textContent.includes('bob is typing'));
+      document.querySelector('[data-testid=typing-indicator]').textContent.includes('Bob is typing'));
   }
+  // Alice types in tab one: Bob sees it (her own tab two does not show her own typing).
   await (await front(a1)).getByTestId('message-input').pressSequentially('Typing in', { delay: 5 });
-  for (const p of [a2, b]) {
+  for (const p of [b]) {
     await until(p, 'typing indicator for alice', () =>
-      document.querySelector('[data-testid=typing-indicator]').textContent.includes('alice'));
+      document.querySelector('[data-testid=typing-indicator]').textContent.includes('Alice'));
   }
   await (await front(b)).getByTestId('message-input').press('Enter');
   expected.push('Bob is typ');
   for (const p of all) await seen(p, 'Bob is typ');
   for (const p of [a1, a2]) {
     await until(p, 'bob no longer typing', () =>
-      !document.querySelector('[data-testid=typing-indicator]').textContent.includes('bob'));
+      !document.querySelector('[data-testid=typing-indicator]').textContent.includes('Bob'));
   }
   await fill(a1, 'message-input', ''); // emptied: typing stops
   for (const p of [a2, b]) {
@@ -389,9 +408,12 @@ async function overWebSocket(browser) {
     await until(p, 'unread badge 2 on the team chat', (id) =>
       document.querySelector(`[data-testid=chat-item][data-chat-id="${id}"] [data-testid=unread-badge]`)?.textContent === '2', team);
   }
+  // The tab's title counts them too.
+  await until(a2, 'the title "(2) confab"', () => document.title === '(2) confab');
   await openChat(a1, team);
   await until(a2, 'unread badge cleared by the read in tab one', (id) =>
     !document.querySelector(`[data-testid=chat-item][data-chat-id="${id}"] [data-testid=unread-badge]`), team);
+  await until(a2, 'the title back to "confab"', () => document.title === 'confab');
   await until(a1, 'no badge on the open chat', (id) =>
     !document.querySelector(`[data-testid=chat-item][data-chat-id="${id}"] [data-testid=unread-badge]`), team);
   await openChat(a2, team);
@@ -527,6 +549,13 @@ async function overWebSocket(browser) {
   const pid = NODES[victimNode];
   if (!pid) throw new Error(`no pid for node ${victimNode} in CONFAB_E2E_NODES`);
   log(`killing ${victimNode} (pid ${pid}) behind alice-tab2; ${sender.label} sends meanwhile`);
+  // Every text the status pill shows meanwhile.
+  await a2.evaluate(() => {
+    const pill = document.querySelector('[data-testid=status]');
+    window.e2ePills = [];
+    new MutationObserver(() => window.e2ePills.push(pill.textContent))
+      .observe(pill, { childList: true, characterData: true, subtree: true });
+  });
   process.kill(pid, 'SIGKILL');
   await until(a2, 'status to leave connected', () =>
     document.querySelector('[data-testid=status]').dataset.state !== 'connected');
@@ -547,7 +576,11 @@ async function overWebSocket(browser) {
   await seen(sender, `${missed[1]}, corrected`);
   const stillAway = (await a2.getByTestId('status').getAttribute('data-state')) !== 'connected';
   const newNode = await connected(a2, victimNode);
-  log(`alice-tab2 reconnected on ${newNode} (messages sent while it was away: ${stillAway ? 'all' : 'some'})`);
+  const pills = [...new Set(await a2.evaluate(() => window.e2ePills))];
+  if (!pills.some((t) => /^Reconnecting… \(\d+ s\)$/.test(t)) || pills.at(-1) !== 'Online') {
+    throw new Error(`alice-tab2: the status pill showed ${JSON.stringify(pills)}, not "Reconnecting… (N s)" then "Online"`);
+  }
+  log(`alice-tab2 reconnected on ${newNode} (messages sent while it was away: ${stillAway ? 'all' : 'some'}); its pill said ${pills.join(' → ')}`);
   await say(sender, 'Welcome back', all);
   for (const p of all) await connected(p, victimNode);
   const lists = [];
@@ -573,16 +606,266 @@ async function overWebSocket(browser) {
   log(`every tab shows the same ${expected.length} messages, each once, in seq order (last seq ${lists[0].at(-1)[0]})`);
   if (pageErrors.length) throw new Error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
 
+  // What a new user meets: a phone, names, the outbox, the counter, dark mode.
+  await newUser(browser, a1, b);
+  if (pageErrors.length) throw new Error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
+
+  for (const p of all) await openChat(p, team);
   await screenshots();
   // The narrow layout, for a look.
   await (await front(b)).setViewportSize({ width: 390, height: 760 });
+  await until(b, 'the list still at its latest message after the resize', () => {
+    const s = document.getElementById('scroller');
+    return s.clientWidth <= 390 && s.scrollHeight - s.scrollTop - s.clientHeight < 80 &&
+      document.querySelector('[data-testid=jump-latest]').hidden;
+  });
   await b.screenshot({ path: join(SHOTS, 'bob-narrow.png') });
   await b.getByRole('button', { name: 'Back to chats' }).click();
   await b.screenshot({ path: join(SHOTS, 'bob-narrow-list.png') });
+
+  // Signing out in one tab signs out the other tabs of the browser.
+  await click(a1, 'signout');
+  for (const p of [a1, a2]) {
+    await until(p, 'the sign-in form, after signing out in tab one', () =>
+      !document.getElementById('signin').hidden && document.getElementById('app').hidden && document.title === 'confab');
+  }
+  log('signing out in alice-tab1 signed out alice-tab2 too');
 }
 
-/** The signed-in user's token, as the page keeps it. */
-const tokenOf = (page) => page.evaluate(() => JSON.parse(sessionStorage.getItem('confab.session')).token);
+/** The page as a new user meets it. Zoë Q (a non-ASCII name) on a phone
+ *  (390x844): a chat with a long title and a long preview fits the screen
+ *  and Sign out stays visible; the chat's header is one compact line.
+ *  Alice invites by name: "Carol Smith" (signed in once) is added as
+ *  `carol-smith`, shown "Carol Smith"; a name that never signed in is
+ *  refused, saying so. Names show instead of ids. The character counter
+ *  blocks an over-long message and keeps its text. "Jump to latest" counts
+ *  the messages that arrived below. Dark mode follows the system. And the
+ *  outbox: Alice's tab, cut off, keeps two messages waiting, then sends each
+ *  once when back. Returns nothing; every tab is left on a chat of its own. */
+async function newUser(browser, a1, b) {
+  // Carol Smith signs in once (over the dev token route, as the page does),
+  // and so do two people whose names fold in ways a whole-string
+  // lowercase would get wrong (a final sigma; a titlecase digraph, ½).
+  const signInOnce = (name) => fetch(`${BASE}/api/v1/dev/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name }),
+  }).then((r) => r.json()).then((t) => t.user_id);
+  const carol = await signInOnce('Carol Smith');
+  if (carol !== 'carol-smith') throw new Error(`Carol Smith signed in as ${JSON.stringify(carol)}`);
+  const tricky = [];
+  for (const name of ['ΣΊΣΥΦΟΣ', 'Ǆemal 2½!']) tricky.push([name, await signInOnce(name)]);
+
+  // Zoë Q, on a phone.
+  const phone = await browser.newContext({ viewport: { width: 390, height: 844 }, isMobile: true, hasTouch: true });
+  const z = await openTab(phone, 'zoe-phone');
+  await signIn(z, 'Zoë Q');
+  const zoe = await z.evaluate(() => JSON.parse(localStorage.getItem('confab.session')).user_id);
+  if (zoe !== 'zoë-q') throw new Error(`Zoë Q signed in as ${JSON.stringify(zoe)}`);
+
+  // Alice starts a chat with a long title, inviting by name.
+  const longTitle = 'A chat whose title is far too long to fit on the screen of any phone, even held sideways';
+  const chat = await createChat(a1, longTitle, 'Bob, Zoë Q');
+  const longWord = `${'Supercalifragilisticexpialidocious'.repeat(6)} and a preview that goes on and on`;
+  await send(a1, longWord);
+  await until(a1, 'Zoë shown by her name among the participants', () =>
+    document.querySelector('#chat-people [data-testid=participant][data-user="zoë-q"]')?.textContent === 'Zoë Q');
+  await until(z, 'the long chat in the phone\'s list, with its long preview', ([id, word]) =>
+    document.querySelector(`[data-testid=chat-item][data-chat-id="${id}"] [data-testid=chat-item-preview]`)?.textContent
+      .startsWith(`Alice: ${word.slice(0, 40)}`), [chat, longWord]);
+  const list = await z.evaluate((id) => {
+    const w = document.documentElement.clientWidth;
+    const wide = [...document.querySelectorAll('.sidebar, .sidebar *')]
+      .filter((e) => { const r = e.getBoundingClientRect(); return r.width > 0 && (r.right > w + 0.5 || r.left < -0.5); })
+      .map((e) => e.className || e.tagName);
+    const out = document.querySelector('[data-testid=signout]').getBoundingClientRect();
+    const title = document.querySelector(`[data-testid=chat-item][data-chat-id="${id}"] [data-testid=chat-item-title]`);
+    return {
+      w, scroll: document.documentElement.scrollWidth, wide: wide.slice(0, 5),
+      signout: out.width > 0 && out.left >= 0 && out.right <= w && out.top >= 0 && out.bottom <= window.innerHeight,
+      ellipsized: title.scrollWidth > title.clientWidth && title.getBoundingClientRect().right <= w,
+    };
+  }, chat);
+  if (list.scroll > list.w || list.wide.length || !list.signout || !list.ellipsized) {
+    throw new Error(`zoe-phone: the chat list does not fit a 390 px screen: ${JSON.stringify(list)}`);
+  }
+  await (await front(z)).screenshot({ path: join(SHOTS, 'phone-list.png') });
+  log('on a 390 px phone the list fits: a long title and preview are cut short, Sign out stays in view');
+
+  await openChat(z, chat);
+  const head = await z.evaluate(() => {
+    const h = document.querySelector('.chat-head').getBoundingClientRect();
+    const t = document.querySelector('[data-testid=chat-title]').getBoundingClientRect();
+    return {
+      height: h.height, screen: window.innerHeight, titleLines: Math.round(t.height / 20),
+      people: getComputedStyle(document.querySelector('[data-testid=chat-participants]')).display === 'none' ||
+        getComputedStyle(document.querySelector('[data-testid=people-panel]')).display === 'none',
+      scroll: document.documentElement.scrollWidth, w: document.documentElement.clientWidth,
+    };
+  });
+  if (head.height > 0.15 * head.screen || head.titleLines > 1 || !head.people || head.scroll > head.w) {
+    throw new Error(`zoe-phone: the chat header is not one compact line: ${JSON.stringify(head)}`);
+  }
+  await send(z, 'Grüße von Zoë');
+  await z.screenshot({ path: join(SHOTS, 'phone-chat.png') });
+  await click(z, 'people-toggle');
+  await until(z, 'the participants shown under the header', () =>
+    getComputedStyle(document.querySelector('[data-testid=people-panel]')).display !== 'none' &&
+    [...document.querySelectorAll('#chat-people [data-testid=participant]')].some((e) => e.textContent === 'Zoë Q (you)'));
+  await z.screenshot({ path: join(SHOTS, 'phone-people.png') });
+  await click(z, 'people-toggle');
+  log(`on the phone the chat header is one line, ${Math.round(head.height)} px of ${head.screen}; the participants open from a button`);
+
+  // Names, not ids: Zoë's message as Alice and Bob see it.
+  await openChat(b, chat);
+  for (const p of [a1, b]) {
+    await until(p, 'Zoë\'s message, from "Zoë Q"', () =>
+      [...document.querySelectorAll('#messages [data-testid=message][data-seq]')].some((m) =>
+        m.querySelector('[data-testid=message-text]').textContent === 'Grüße von Zoë' &&
+        m.querySelector('[data-testid=message-sender]').textContent === 'Zoë Q'));
+  }
+  log('Zoë Q is shown by her name, not her id zoë-q');
+
+  // Invite by name: Carol Smith signed in once, so she is found and added.
+  await fill(a1, 'invite-input', 'Carol Smith');
+  await click(a1, 'invite-button');
+  for (const p of [a1, b]) {
+    await until(p, 'carol-smith among the participants, shown "Carol Smith"', () =>
+      document.querySelector('#chat-people [data-testid=participant][data-user="carol-smith"]')?.textContent === 'Carol Smith');
+  }
+  // The page derives ids exactly as the server does.
+  for (const [name, id] of tricky) {
+    await fill(a1, 'invite-input', name);
+    await click(a1, 'invite-button');
+    await until(a1, `${name} added as ${id}`, ([n, u]) =>
+      document.querySelector(`#chat-people [data-testid=participant][data-user="${u}"]`)?.textContent === n, [name, id]);
+  }
+  // Someone who never signed in: nobody is added, and the page says why.
+  await fill(a1, 'invite-input', 'Nobody Signed In');
+  await click(a1, 'invite-button');
+  await until(a1, 'the invite refused: never signed in', () => {
+    const note = document.querySelector('[data-testid=invite-note]');
+    return note.dataset.kind === 'error' && note.textContent.includes('never signed in');
+  });
+  const members = (await rest(a1, 'GET', `/chats/${chat}`)).conversation?.participants;
+  if (!members || members.includes('nobody-signed-in') || !members.includes('carol-smith') || members.some((m) => m.includes(' '))) {
+    throw new Error(`participants after the invites: ${JSON.stringify(members)}`);
+  }
+  log(`invited by name: "Carol Smith" added as carol-smith and shown by her name, ${tricky.map(([n, u]) => `"${n}" as ${u}`).join(', ')}; ` +
+    `"Nobody Signed In" refused (participants ${members.join(', ')})`);
+
+  // The character counter: over the server's limit Send is blocked and the text stays.
+  const limit = Number(await a1.getByTestId('char-counter').getAttribute('data-limit'));
+  const tooLong = 'x'.repeat(limit + 25);
+  await fill(a1, 'message-input', tooLong);
+  await until(a1, 'the counter saying 25 over, Send disabled', () => {
+    const c = document.querySelector('[data-testid=char-counter]');
+    return !c.hidden && c.dataset.over === 'true' && c.textContent === '25 over' &&
+      document.querySelector('[data-testid=send-button]').disabled;
+  });
+  await a1.getByTestId('message-input').press('Enter');
+  await a1.getByTestId('send-button').click({ force: true }).catch(() => {});
+  const kept = await a1.getByTestId('message-input').inputValue();
+  const unsent = await a1.locator('#messages [data-testid=message]:not([data-seq])').count();
+  if (kept !== tooLong || unsent) throw new Error(`the over-long message: input kept ${kept.length} characters, ${unsent} sent`);
+  await a1.screenshot({ path: join(SHOTS, 'counter.png') });
+  await fill(a1, 'message-input', '');
+  log(`${limit + 25} characters (the limit is ${limit}): the counter says so, nothing is sent, the text stays`);
+
+  // Jump to latest: Bob scrolled up sees how many new messages came below.
+  for (let i = 1; i <= 18; i++) await rest(a1, 'POST', `/chats/${chat}/messages`, { content: `Filler ${i}` });
+  await seen(b, 'Filler 18');
+  await (await front(b)).evaluate(() => {
+    const s = document.getElementById('scroller');
+    s.scrollTop = 0;
+    s.dispatchEvent(new Event('scroll'));
+  });
+  await until(b, 'the jump button while scrolled up', () => !document.querySelector('[data-testid=jump-latest]').hidden);
+  for (const content of ['Below, one', 'Below, two']) await rest(a1, 'POST', `/chats/${chat}/messages`, { content });
+  await until(b, 'the jump button counting 2 new', () => {
+    const j = document.querySelector('[data-testid=jump-latest]');
+    return !j.hidden && j.dataset.count === '2' && j.textContent.includes('2 new');
+  });
+  await b.screenshot({ path: join(SHOTS, 'jump-latest.png') });
+  await click(b, 'jump-latest');
+  await until(b, 'at the latest, the button gone', () => {
+    const s = document.getElementById('scroller');
+    return s.scrollHeight - s.scrollTop - s.clientHeight < 80 && document.querySelector('[data-testid=jump-latest]').hidden &&
+      [...document.querySelectorAll('#messages [data-testid=message-text]')].at(-1)?.textContent === 'Below, two';
+  });
+  const dated = await b.evaluate(() => ({
+    days: [...document.querySelectorAll('#messages [data-testid=day-separator]')].map((d) => d.textContent),
+    untimed: [...document.querySelectorAll('#messages [data-testid=message]')].filter((m) => !m.querySelector('[data-testid=message-time]')).length,
+  }));
+  if (dated.days.join() !== 'Today' || dated.untimed) throw new Error(`day separators and times: ${JSON.stringify(dated)}`);
+  log('"Jump to latest" showed 2 new messages below and took Bob there; the day says "Today", every message its time');
+
+  // Dark mode follows the system.
+  const background = () => b.evaluate(() => {
+    const lum = (e) => {
+      const [r, g, bl] = getComputedStyle(e).backgroundColor.match(/\d+/g).map(Number);
+      return (0.2126 * r + 0.7152 * g + 0.0722 * bl) / 255;
+    };
+    return [lum(document.body), lum(document.querySelector('.sidebar')), lum(document.querySelector('.chat-head'))];
+  });
+  await b.emulateMedia({ colorScheme: 'dark' });
+  const dark = await background();
+  await b.screenshot({ path: join(SHOTS, 'bob-dark.png') });
+  await b.emulateMedia({ colorScheme: 'light' });
+  const light = await background();
+  if (dark.some((l) => l > 0.2) || light.some((l) => l < 0.8)) {
+    throw new Error(`backgrounds (luminance): dark ${JSON.stringify(dark)}, light ${JSON.stringify(light)}`);
+  }
+  log(`dark mode follows the system: backgrounds ${dark.map((l) => l.toFixed(2)).join('/')} dark, ${light.map((l) => l.toFixed(2)).join('/')} light`);
+  await phone.close();
+
+  // The outbox across a cut: a tab of Alice's whose sockets the test holds.
+  const cutOff = await browser.newContext({ viewport: { width: 1180, height: 760 } });
+  let cut = false;
+  const held = [];
+  await cutOff.routeWebSocket(/\/api\/v1\/chat\/ws$/, (ws) => {
+    if (cut) return ws.close({ code: 3000, reason: 'cut' });
+    held.push(ws.connectToServer());
+    held.push(ws);
+  });
+  const c = await openTab(cutOff, 'alice-cut');
+  await signIn(c, 'Alice');
+  await openChat(c, chat);
+  cut = true;
+  await cutOff.setOffline(true);
+  for (const ws of held.splice(0)) await ws.close({ code: 3000, reason: 'cut' }).catch(() => {});
+  await until(c, 'status "Offline"', () => {
+    const pill = document.querySelector('[data-testid=status]');
+    return pill.dataset.state === 'offline' && pill.textContent === 'Offline';
+  });
+  const offline = ['Written offline, one', 'Written offline, two'];
+  for (const text of offline) {
+    await fill(c, 'message-input', text);
+    await click(c, 'send-button');
+  }
+  await until(c, 'both messages waiting for the connection', (texts) => texts.every((t) =>
+    [...document.querySelectorAll('#messages [data-testid=message][data-state=sending][data-waiting=true]')]
+      .some((m) => m.querySelector('[data-testid=message-text]').textContent === t &&
+        m.querySelector('[data-testid=message-state]').textContent.includes('Waiting for connection'))), offline);
+  await c.screenshot({ path: join(SHOTS, 'outbox-waiting.png') });
+  cut = false;
+  await cutOff.setOffline(false);
+  for (const p of [c, b, a1]) {
+    await until(p, 'both offline messages stored, each once, in order', (texts) => {
+      const shown = [...document.querySelectorAll('#messages [data-testid=message]')]
+        .map((m) => [m.dataset.seq, m.querySelector('[data-testid=message-text]').textContent])
+        .filter(([, t]) => texts.includes(t));
+      return shown.length === 2 && shown.every(([seq], i) => seq && shown[i][1] === texts[i]);
+    }, offline, 30_000);
+  }
+  const stored = (await rest(a1, 'GET', `/chats/${chat}`)).messages.filter((m) => offline.includes(m.content));
+  if (stored.map((m) => m.content).join('|') !== offline.join('|')) {
+    throw new Error(`the offline messages stored: ${JSON.stringify(stored.map((m) => [m.seq, m.content]))}`);
+  }
+  log(`cut off, alice-cut kept two messages waiting; back online they were stored once each (seqs ${stored.map((m) => m.seq).join(', ')}) and Bob got each once`);
+  await cutOff.close();
+}
+
+/** The signed-in user's token, as the page keeps it (shared by the browser's tabs). */
+const tokenOf = (page) => page.evaluate(() => JSON.parse(localStorage.getItem('confab.session')).token);
 
 /** A REST call with the token of the user signed in to `page`. */
 async function rest(page, method, path, body) {
@@ -754,10 +1037,10 @@ async function overHttp(browser) {
   // Typing, each way; an emptied input ends it.
   await (await front(b)).getByTestId('message-input').pressSequentially('Bob is typ', { delay: 5 });
   await until(a, 'typing indicator for bob', () =>
-    document.querySelector('[data-testid=typing-indicator]').textContent.includes('bob is typing'));
+    document.querySelector('[data-testid=typing-indicator]').textContent.includes('Bob is typing'));
   await (await front(a)).getByTestId('message-input').pressSequentially('Alice is typ', { delay: 5 });
   await until(b, 'typing indicator for alice', () =>
-    document.querySelector('[data-testid=typing-indicator]').textContent.includes('alice is typing'));
+    document.querySelector('[data-testid=typing-indicator]').textContent.includes('Alice is typing'));
   await fill(a, 'message-input', '');
   await fill(b, 'message-input', '');
   for (const p of both) {
