@@ -630,7 +630,7 @@ async function askNames() {
   try {
     await lookUpUsers(ids);
   } catch {
-    for (const id of ids) names.known.set(id, null); // no directory: ids it is
+    for (const id of ids) names.known.set(id, null); // the lookup failed: their ids are shown
   } finally {
     for (const id of ids) names.asking.delete(id);
   }
@@ -640,8 +640,7 @@ async function askNames() {
 
 /** GET /users?ids=...: the users of `ids` who ever signed in, as a Map
  *  id -> {id, name?, first_seen_at, last_seen_at}; the others are absent.
- *  Their names go to the cache. Throws ConfabError (status 404: a server
- *  without the directory). */
+ *  Their names go to the cache. Throws ConfabError. */
 async function lookUpUsers(ids) {
   const found = new Map();
   for (let i = 0; i < ids.length; i += NAMES_PER_LOOKUP) {
@@ -657,16 +656,10 @@ async function lookUpUsers(ids) {
   return found;
 }
 
-/** Who of `ids` never signed in (the directory does not know them); null
- *  when this server has no directory (then nobody can be told apart). */
+/** Who of `ids` never signed in (the directory does not know them). */
 async function neverSignedIn(ids) {
-  try {
-    const found = await lookUpUsers(ids);
-    return ids.filter((id) => !found.has(id));
-  } catch (e) {
-    if (e.status === 404 || e.status === 405) return null;
-    throw e;
-  }
+  const found = await lookUpUsers(ids);
+  return ids.filter((id) => !found.has(id));
 }
 
 
@@ -858,7 +851,7 @@ async function submitNewChat(e) {
       error.textContent = `Could not look those people up: ${errorText(err)}`;
       return;
     }
-    if (missing?.length) {
+    if (missing.length) {
       const who = missing.map((id) => wanted.find((n) => userIdOf(n) === id));
       error.textContent = `${who.join(', ')} ${who.length > 1 ? 'have' : 'has'} never signed in: they can be invited once they have.`;
       return;
@@ -884,7 +877,7 @@ async function invite(e) {
   inviteNote('info', `Looking up ${raw}…`);
   try {
     const missing = await neverSignedIn([id]);
-    if (missing?.length) {
+    if (missing.length) {
       return inviteNote('error', `${raw} has never signed in, so there is nobody to add yet: ask them to sign in once with that name.`);
     }
     upsertChat(await rest('POST', `/chats/${chat.id}/participants`, { user_id: id }));
