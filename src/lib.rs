@@ -15,6 +15,7 @@ pub mod model;
 pub mod node;
 pub mod presence;
 pub mod protocol;
+pub mod search;
 pub mod server;
 pub mod store;
 pub mod tasks;

@@ -29,6 +29,9 @@ pub struct Metrics {
     pub messages_stored: IntCounter,
     pub changes_stored: IntCounter,
     pub store_latency: HistogramVec,
+    /// Message searches (`GET /api/v1/chat/search`), from the query's
+    /// check to its results.
+    pub search_seconds: Histogram,
     pub bus_resyncs: IntCounter,
     pub bus_publish_errors: IntCounter,
     pub gap_fills: IntCounter,
@@ -117,6 +120,14 @@ impl Metrics {
             ))
             .expect("valid metric"),
         );
+        let search_seconds = register(
+            &registry,
+            Histogram::with_opts(histogram_opts(
+                "search_seconds",
+                "Message searches, from the query's check to its results",
+            ))
+            .expect("valid metric"),
+        );
         let store_latency = register(
             &registry,
             HistogramVec::new(
@@ -187,6 +198,7 @@ impl Metrics {
             frames_in: counter_vec("frames_in_total", "Client frames received, by type", "type"),
             events_delivered: counter("events_delivered_total", "Frames queued to local sockets"),
             delivery_latency,
+            search_seconds,
             messages_stored: counter("messages_stored_total", "Messages stored by this node"),
             changes_stored: counter(
                 "message_changes_stored_total",

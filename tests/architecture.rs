@@ -19,7 +19,7 @@ const LAYERS: &[&[&str]] = &[
     &["config", "metrics"],
     &["telemetry"],
     &["bus", "store"],
-    &["error"],
+    &["error", "search"],
     &["protocol", "hub", "auth", "server", "presence"],
     &["chat"],
     &["assistant", "transport"],

@@ -9,6 +9,7 @@ use confab::model::{
     ChangeRequest, ClientMsgId, Conversation, ConversationId, Emoji, LogEntry, Message,
     MessageType, Refusal, Seq, UserId,
 };
+use confab::search::{search, Query};
 use confab::store::{ChangeOrder, Changed, NewMessage, Store};
 use confab::tasks::Tasks;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database};
@@ -919,4 +920,275 @@ async fn sqlite_users_are_recorded_and_looked_up() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_users_are_recorded_and_looked_up() {
     users_are_recorded_and_looked_up("postgres").await;
+}
+
+/// What a search of `q` (optionally in `conv`) by `who` finds: the
+/// contents, best first, and the next cursor.
+async fn found(store: &Store, who: &str, q: &str, conv: Option<ConversationId>) -> Vec<String> {
+    let query = Query::parse(q, conv, None, None).unwrap();
+    search(store, &user(who), &query)
+        .await
+        .unwrap()
+        .hits
+        .into_iter()
+        .map(|h| h.message.content)
+        .collect()
+}
+
+fn sorted(mut v: Vec<String>) -> Vec<String> {
+    v.sort();
+    v
+}
+
+async fn search_finds_current_text_where_the_caller_is(backend: &str) {
+    let Some((stores, _dir)) = stores(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let (alice, bob, carol) = (user("alice"), user("bob"), user("carol"));
+    let ours = store
+        .create_chat(&alice, None, std::slice::from_ref(&bob), None)
+        .await
+        .unwrap()
+        .id;
+    let theirs = store.create_chat(&carol, None, &[], None).await.unwrap().id;
+    let left = store
+        .create_chat(&bob, None, std::slice::from_ref(&alice), None)
+        .await
+        .unwrap()
+        .id;
+    let append = |conv: ConversationId, sender: &str, text: &str| {
+        let new = msg(conv, sender, text, None);
+        async move { store.append(new).await.unwrap().unwrap().message }
+    };
+    let noir = append(ours, "bob", "Un Café noir, s'il vous plaît").await;
+    append(ours, "alice", "Le CAFETIER arrive").await;
+    append(ours, "bob", "thé vert").await;
+    let both = append(ours, "bob", "café et thé").await;
+    let mut answer = msg(ours, "echo", "le cafe\u{301} des assistants", None);
+    answer.message_type = MessageType::Assistant;
+    store.append(answer).await.unwrap().unwrap();
+    append(theirs, "carol", "café secret").await;
+    append(left, "bob", "café d'avant").await;
+    assert!(store.remove_participant(left, &alice).await.unwrap());
+
+    let cafes = sorted(vec![
+        "Le CAFETIER arrive".into(),
+        "Un Café noir, s'il vous plaît".into(),
+        "café et thé".into(),
+        "le cafe\u{301} des assistants".into(),
+    ]);
+    // Prefix, case and accents; only conversations alice is in now.
+    assert_eq!(sorted(found(store, "alice", "cafe", None).await), cafes);
+    assert_eq!(sorted(found(store, "alice", "CAF", None).await), cafes);
+    assert_eq!(sorted(found(store, "alice", "Càfé", None).await), cafes);
+    // Every word, in any order.
+    assert_eq!(
+        found(store, "alice", "thé café", None).await,
+        vec!["café et thé"]
+    );
+    assert_eq!(
+        found(store, "alice", "cafe-the!", None).await,
+        vec!["café et thé"]
+    );
+    assert!(found(store, "alice", "cafe zebra", None).await.is_empty());
+    // Another user's conversation, and one alice left.
+    assert_eq!(
+        found(store, "carol", "cafe", None).await,
+        vec!["café secret"]
+    );
+    assert!(found(store, "alice", "secret", None).await.is_empty());
+    assert!(found(store, "alice", "avant", None).await.is_empty());
+    assert_eq!(
+        found(store, "bob", "avant", None).await,
+        vec!["café d'avant"]
+    );
+    // The conversation filter.
+    assert_eq!(
+        found(store, "carol", "cafe", Some(ours)).await,
+        Vec::<String>::new()
+    );
+    assert_eq!(
+        found(store, "bob", "cafe", Some(left)).await,
+        vec!["café d'avant"]
+    );
+    assert_eq!(sorted(found(store, "bob", "cafe", Some(ours)).await), cafes);
+
+    // An edit is found by its new text only; a deletion not at all.
+    let order = |message: &Message, request: ChangeRequest| ChangeOrder {
+        conversation_id: ours,
+        message_id: message.id,
+        actor: bob.clone(),
+        request,
+        max_reactions: 20,
+    };
+    let edit = ChangeRequest::Edit {
+        content: "Un Espresso, s'il vous plaît".into(),
+    };
+    store.change(&order(&noir, edit)).await.unwrap().unwrap();
+    assert!(found(store, "alice", "noir", None).await.is_empty());
+    let query = Query::parse("espr", None, None, None).unwrap();
+    let hits = search(store, &alice, &query).await.unwrap().hits;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].message.id, noir.id);
+    assert!(
+        hits[0].message.edited_at.is_some(),
+        "the message as history has it"
+    );
+    assert_eq!(hits[0].snippet, "Un Espresso, s'il vous plaît");
+    store
+        .change(&order(&both, ChangeRequest::Delete))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found(store, "alice", "the", None).await, vec!["thé vert"]);
+
+    // The snippet is cut from the original text around the first match.
+    let long = format!(
+        "{} Crème BRÛLÉE au dessert {}",
+        "avant ".repeat(40),
+        "après ".repeat(40)
+    );
+    append(ours, "alice", &long).await;
+    let query = Query::parse("brulee", None, None, None).unwrap();
+    let hits = search(store, &bob, &query).await.unwrap().hits;
+    assert_eq!(hits.len(), 1);
+    let snippet = &hits[0].snippet;
+    assert!(
+        snippet.starts_with('…') && snippet.ends_with('…'),
+        "{snippet}"
+    );
+    assert!(snippet.contains("Crème BRÛLÉE au dessert"), "{snippet}");
+    assert!(snippet.chars().count() <= 162, "{snippet}");
+}
+
+async fn search_pages_by_cursor(backend: &str) {
+    let Some((stores, _dir)) = stores(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let alice = user("alice");
+    let conv = store.create_chat(&alice, None, &[], None).await.unwrap().id;
+    let mut sent = BTreeSet::new();
+    for i in 0..7 {
+        let new = msg(conv, "alice", &format!("page item {i}"), None);
+        sent.insert(store.append(new).await.unwrap().unwrap().message.id.0);
+    }
+    // Equal matches: the newest first.
+    let query = Query::parse("item", None, Some(3), None).unwrap();
+    let first = search(store, &alice, &query).await.unwrap();
+    let seqs: Vec<i64> = first.hits.iter().map(|h| h.message.seq.0).collect();
+    assert_eq!(seqs, vec![7, 6, 5]);
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let query = Query::parse("page ITEM", Some(conv), Some(3), cursor.as_deref()).unwrap();
+        let page = search(store, &alice, &query).await.unwrap();
+        seen.extend(page.hits.iter().map(|h| h.message.id.0));
+        pages += 1;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    assert_eq!(seen.len(), 7, "no duplicates across pages");
+    assert_eq!(seen.iter().copied().collect::<BTreeSet<_>>(), sent);
+    // A cursor belongs to its search.
+    let cursor = search(
+        store,
+        &alice,
+        &Query::parse("item", None, Some(3), None).unwrap(),
+    )
+    .await
+    .unwrap()
+    .next_cursor
+    .unwrap();
+    assert!(Query::parse("page", None, Some(3), Some(&cursor)).is_err());
+}
+
+/// Messages stored before search existed are found once the migration ran.
+async fn the_search_migration_indexes_existing_messages(backend: &str) {
+    use migration::{Migrator, MigratorTrait};
+    let Some((stores, _dir)) = unmigrated(backend, 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let db = store.connection();
+    Migrator::up(db, Some(6)).await.unwrap();
+    let ann = user("ann");
+    let conv = store.create_chat(&ann, None, &[], None).await.unwrap().id;
+    let (kept, gone) = (uuid::Uuid::now_v7(), uuid::Uuid::now_v7());
+    let (uuid, at): (fn(uuid::Uuid) -> String, &str) = match backend {
+        "sqlite" => (
+            |u| format!("X'{}'", u.simple()),
+            "'2026-12-01T10:00:00+00:00'",
+        ),
+        _ => (
+            |u| format!("'{u}'"),
+            "'2026-12-01T10:00:00+00:00'::timestamptz",
+        ),
+    };
+    db.execute_unprepared(&format!(
+        "INSERT INTO chat_messages \
+         (id, chat_id, seq, sender_id, message_type, content, created_at, deleted) \
+         VALUES ({}, {c}, 1, 'ann', 'user', 'Ancienne Crème', {at}, false), \
+                ({}, {c}, 2, 'ann', 'user', '', {at}, true)",
+        uuid(kept),
+        uuid(gone),
+        c = uuid(conv.0)
+    ))
+    .await
+    .unwrap();
+    db.execute_unprepared(&format!(
+        "UPDATE chats SET last_seq = 2 WHERE id = {}",
+        uuid(conv.0)
+    ))
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let query = Query::parse("creme", None, None, None).unwrap();
+    let hits = search(store, &ann, &query).await.unwrap().hits;
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].message.id.0, kept);
+    assert_eq!(hits[0].message.content, "Ancienne Crème");
+    // And what is stored afterwards is indexed by the store.
+    store
+        .append(msg(conv, "ann", "nouvelle crème", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(search(store, &ann, &query).await.unwrap().hits.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_search_finds_current_text_where_the_caller_is() {
+    search_finds_current_text_where_the_caller_is("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_finds_current_text_where_the_caller_is() {
+    search_finds_current_text_where_the_caller_is("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_search_pages_by_cursor() {
+    search_pages_by_cursor("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_search_pages_by_cursor() {
+    search_pages_by_cursor("postgres").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_the_search_migration_indexes_existing_messages() {
+    the_search_migration_indexes_existing_messages("sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_the_search_migration_indexes_existing_messages() {
+    the_search_migration_indexes_existing_messages("postgres").await;
 }

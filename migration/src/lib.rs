@@ -9,6 +9,8 @@ mod m20261201_000003_stream_claim_index;
 mod m20261203_000004_conversation_log;
 mod m20261210_000005_assistant_usage;
 mod m20261215_000006_users;
+mod m20261220_000007_message_search;
+pub mod search_text;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -23,6 +25,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261203_000004_conversation_log::Migration),
             Box::new(m20261210_000005_assistant_usage::Migration),
             Box::new(m20261215_000006_users::Migration),
+            Box::new(m20261220_000007_message_search::Migration),
         ]
     }
 }

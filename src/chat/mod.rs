@@ -14,6 +14,7 @@ mod assistants;
 mod events;
 mod limits;
 mod presence;
+mod search;
 mod usage;
 mod users;
 

@@ -34,6 +34,8 @@ enum ApiTags {
     Assistants,
     /// The users directory: the display names of users who signed in.
     Users,
+    /// Message search across the caller's conversations.
+    Search,
 }
 
 /// `Authorization: Bearer <JWT>`, the same token a socket sends first.
@@ -673,6 +675,55 @@ impl ChatApi {
         Ok(Json(UsersAnswer { users }))
     }
 
+    /// Messages containing every word of `q`, each word matched as a
+    /// prefix, ignoring case and accents ("cafe" finds "Café"), best match
+    /// first, then newest; only from conversations the caller is a
+    /// participant of now, never deleted messages, and an edited message by
+    /// its current text only. Each result carries the message as history
+    /// gives it and `snippet`, an excerpt of its content around the first
+    /// match (plain text: render it as text, never as HTML). When more
+    /// follow, `next_cursor` continues: an offset into the ranked results
+    /// of this same query (messages arriving meanwhile may shift them).
+    #[oai(path = "/search", method = "get", tag = "ApiTags::Search")]
+    async fn search(
+        &self,
+        req: &Request,
+        auth: BearerAuth,
+        /// The words to find: 1 to 200 characters, with at least one letter
+        /// or digit; at most 10 words count.
+        q: Query<Option<String>>,
+        /// Only this conversation (the caller must be a participant).
+        conversation_id: Query<Option<ConversationId>>,
+        /// 1 to 50, default 20.
+        limit: Query<Option<u64>>,
+        /// `next_cursor` of the previous page, with the same `q` and
+        /// `conversation_id`.
+        cursor: Query<Option<String>>,
+    ) -> ApiResult<Json<SearchAnswer>> {
+        let found = state(req)?
+            .chat
+            .search(
+                &auth.0.user_id,
+                q.0.as_deref().unwrap_or_default(),
+                conversation_id.0,
+                limit.0,
+                cursor.0.as_deref(),
+            )
+            .await?;
+        Ok(Json(SearchAnswer {
+            results: found
+                .hits
+                .into_iter()
+                .map(|hit| SearchResult {
+                    conversation_id: hit.message.conversation_id,
+                    message: hit.message,
+                    snippet: hit.snippet,
+                })
+                .collect(),
+            next_cursor: found.next_cursor,
+        }))
+    }
+
     /// A single-use ticket, valid 30 s, for opening the event stream with
     /// `EventSource` (`GET /api/v1/chat/events?ticket=...`), which cannot
     /// send an `Authorization` header.
@@ -720,6 +771,27 @@ pub struct PresenceAnswer {
 pub struct UsersAnswer {
     /// In the order asked; ids nobody signed in as are absent.
     pub users: Vec<User>,
+}
+
+/// `GET /search`.
+#[derive(Debug, Object)]
+pub struct SearchAnswer {
+    /// Best match first, then newest.
+    pub results: Vec<SearchResult>,
+    /// The `cursor` of the next page, when more follow.
+    #[oai(skip_serializing_if_is_none)]
+    pub next_cursor: Option<String>,
+}
+
+/// One message found.
+#[derive(Debug, Object)]
+pub struct SearchResult {
+    pub conversation_id: ConversationId,
+    /// The message as history gives it.
+    pub message: Message,
+    /// Up to about 160 characters of the message's content around its first
+    /// match, with `…` where it was cut: plain text, to render as text.
+    pub snippet: String,
 }
 
 /// A ticket for the event stream.

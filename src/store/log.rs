@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::ops::ControlFlow;
 
 use entity::{chat_changes as changes, chat_messages as msgs, chat_reactions as reactions, chats};
+use migration::search_text::index_text;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseTransaction, DbErr, EntityTrait, Order,
@@ -293,7 +294,8 @@ async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResu
     let update = match &order.request {
         ChangeRequest::Edit { content } => update
             .col_expr(msgs::Column::Content, content.clone().into())
-            .col_expr(msgs::Column::EditedAt, Some(at).into()),
+            .col_expr(msgs::Column::EditedAt, Some(at).into())
+            .col_expr(search_text(), index_text(content).into()),
         ChangeRequest::Delete => {
             reactions::Entity::delete_many()
                 .filter(reactions::Column::MessageId.eq(message.id.0))
@@ -301,6 +303,7 @@ async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResu
                 .await?;
             update
                 .col_expr(msgs::Column::Content, String::new().into())
+                .col_expr(search_text(), String::new().into())
                 .col_expr(msgs::Column::Deleted, true.into())
                 .col_expr(
                     msgs::Column::Reactions,
@@ -339,6 +342,13 @@ async fn change_in(txn: &DatabaseTransaction, order: &ChangeOrder) -> ChangeResu
         change,
         message,
     }))
+}
+
+/// `chat_messages.search_text`, the normalized words search matches
+/// (`migration::search_text`): not a column of the entity, so reads do not
+/// carry it; written with the content it comes from.
+fn search_text() -> sea_orm::sea_query::Alias {
+    sea_orm::sea_query::Alias::new("search_text")
 }
 
 /// Lets the rules decide on `message`: the answer when the change is

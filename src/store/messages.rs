@@ -5,9 +5,10 @@ use entity::chat_messages as msgs;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::{DateTime, Utc};
+use migration::search_text::index_text;
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
+    FromQueryResult, QueryFilter, QueryOrder, QuerySelect, SqlErr, Statement,
 };
 
 use super::{now, stored_user, Store};
@@ -43,6 +44,11 @@ pub struct Appended {
     pub message: Message,
     pub duplicate: bool,
 }
+
+/// The columns of a message row, as `m`, for `Store::query_messages`.
+pub const MESSAGE_COLUMNS: &str = "m.id, m.chat_id, m.seq, m.sender_id, m.message_type, \
+    m.content, m.client_msg_id, m.metadata, m.created_at, m.reply_to, m.edited_at, m.deleted, \
+    m.reactions";
 
 /// Appends one message on its own; a retry that raced another copy of
 /// itself finds the stored one.
@@ -225,14 +231,14 @@ async fn insert_postgres(
             SELECT m.*, bumped.base + m.position AS seq \
             FROM jsonb_to_recordset($2) AS m(id uuid, chat_id uuid, position bigint, \
                 sender_id text, message_type text, content text, client_msg_id text, \
-                metadata jsonb, reply_to uuid) \
+                metadata jsonb, reply_to uuid, search_text text) \
             JOIN bumped ON bumped.id = m.chat_id), \
         inserted AS (\
             INSERT INTO chat_messages \
                 (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, \
-                 created_at, reply_to) \
+                 created_at, reply_to, search_text) \
             SELECT id, chat_id, seq, sender_id, message_type, content, client_msg_id, \
-                metadata::json, $3, reply_to FROM rows), \
+                metadata::json, $3, reply_to, search_text FROM rows), \
         marked AS (\
             UPDATE chat_participants p SET last_read_seq = r.seq \
             FROM (SELECT chat_id, sender_id, MAX(seq) AS seq FROM rows \
@@ -256,6 +262,7 @@ async fn insert_postgres(
                 "client_msg_id": m.client_msg_id,
                 "metadata": m.metadata,
                 "reply_to": m.reply_to,
+                "search_text": index_text(&m.content),
             })
         })
         .collect();
@@ -318,6 +325,18 @@ async fn find_retries(
 }
 
 impl Store {
+    /// The messages a query selects, in its order: `statement` selects the
+    /// columns of `chat_messages` (as `m`, the way `MESSAGE_COLUMNS` names
+    /// them). For queries built elsewhere on the store's tables (search).
+    pub async fn query_messages(&self, statement: Statement) -> Result<Vec<Message>, DbErr> {
+        self.db
+            .query_all_raw(statement)
+            .await?
+            .iter()
+            .map(|row| msgs::Model::from_query_result(row, "").and_then(to_message))
+            .collect()
+    }
+
     /// One message of the conversation.
     #[tracing::instrument(level = "debug", name = "store.message", skip_all, fields(conversation_id = %id))]
     pub async fn message(

@@ -20,7 +20,7 @@ use sea_orm::{ConnectOptions, Database, DatabaseConnection, DbErr, RuntimeErr};
 pub use appender::Submitted;
 pub use chats::{ChatsPage, ListCursor};
 pub use log::{ChangeOrder, Changed};
-pub use messages::{Appended, NewMessage};
+pub use messages::{Appended, NewMessage, MESSAGE_COLUMNS};
 pub use users::Sighting;
 
 use crate::model::UserId;

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
+use migration::search_text::index_text;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use sea_orm::{ActiveEnum, DbErr};
 use tokio::sync::{mpsc, oneshot};
@@ -163,8 +164,8 @@ impl Writer {
                 .prepare_cached(
                     "INSERT INTO chat_messages \
                      (id, chat_id, seq, sender_id, message_type, content, client_msg_id, metadata, \
-                      created_at, reply_to) \
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                      created_at, reply_to, search_text) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
                 )
                 .map_err(|e| db_err("prepare insert", e))?;
             // Each user sender's newest seq per conversation: their read mark.
@@ -192,6 +193,7 @@ impl Writer {
                         metadata,
                         created_at,
                         m.reply_to.map(|r| r.0.as_bytes().to_vec()),
+                        index_text(&m.content),
                     ])
                     .map_err(|e| db_err("insert", e))?;
             }
@@ -306,8 +308,8 @@ fn change_in(tx: &rusqlite::Transaction<'_>, order: &ChangeOrder) -> ChangeResul
     message.apply(&order.request, at);
     match &order.request {
         ChangeRequest::Edit { content } => run(
-            "UPDATE chat_messages SET content = ?1, edited_at = ?2 WHERE id = ?3",
-            params![content, stamp, id],
+            "UPDATE chat_messages SET content = ?1, edited_at = ?2, search_text = ?4 WHERE id = ?3",
+            params![content, stamp, id, index_text(content)],
         )?,
         ChangeRequest::Delete => {
             run(
@@ -315,7 +317,8 @@ fn change_in(tx: &rusqlite::Transaction<'_>, order: &ChangeOrder) -> ChangeResul
                 params![id],
             )?;
             run(
-                "UPDATE chat_messages SET content = '', deleted = 1, reactions = NULL WHERE id = ?1",
+                "UPDATE chat_messages SET content = '', deleted = 1, reactions = NULL, \
+                 search_text = '' WHERE id = ?1",
                 params![id],
             )?
         }
