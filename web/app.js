@@ -23,6 +23,11 @@ const NEAR_BOTTOM_PX = 80; // this close to the bottom, the list follows new mes
 const CONTINUE_MS = 5 * 60_000; // a message this soon after the previous one of its sender has no sender line
 const REACTIONS = ['👍', '❤️', '😂', '🎉', '😮', '😢', '🙏', '👀'];
 const MAX_CITATIONS = 50;
+const SEARCH_MIN_CHARS = 2; // shorter queries show the chat list
+const SEARCH_DEBOUNCE_MS = 250;
+const SEARCH_PAGE = 20;
+const FIND_PAGES = 20; // history pages loaded at most to reach a search result (50 messages each)
+const FIND_JOIN_MS = 10_000; // how long a result waits for its chat to be joined
 
 // ------------------------------------------------------------------ state
 
@@ -46,6 +51,8 @@ const state = {
   newBelow: 0, // messages that arrived below while the list was scrolled up
   pinned: true, // the list was at its bottom when last looked: it stays there through resizes
   box: '', // the list's size then (boxOf)
+  // Message search (client.search): the query shown, its results so far and the next page's cursor.
+  search: { q: '', results: [], cursor: null, busy: false, error: null, run: 0, timer: null, finding: 0 },
 };
 
 // The users directory (GET /users?ids=): display names by id, looked up in
@@ -1123,10 +1130,10 @@ function toggleReaction(chat, m, emoji) {
   change(mine ? 'remove the reaction' : 'react', () => (mine ? chat.conv.unreact(m.id, emoji) : chat.conv.react(m.id, emoji)));
 }
 
-function scrollToMessage(id) {
+function scrollToMessage(id, { behavior = 'smooth' } = {}) {
   const li = [...$('messages').querySelectorAll('[data-testid=message][data-id]')].find((e) => e.dataset.id === id);
   if (!li) return toast('That message is not loaded.');
-  li.scrollIntoView({ block: 'center', behavior: 'smooth' });
+  li.scrollIntoView({ block: 'center', behavior });
   const ui = state.ui;
   ui.flash = id;
   li.classList.add('flash');
@@ -1136,6 +1143,158 @@ function scrollToMessage(id) {
     for (const e of $('messages').querySelectorAll('.flash')) e.classList.remove('flash');
     renderChat();
   }, 1600);
+}
+
+// ------------------------------------------------------------------ search
+//
+// The sidebar's search box: `client.search()` (GET /search) after a pause in
+// typing, results (best first) in place of the chat list, "More" for the
+// next page. A result opens its chat at the message: older history pages
+// are loaded until it is there (at most FIND_PAGES), then it is scrolled to
+// and flashed like a reply's target. Snippets are plain text (textContent).
+
+function onSearchInput() {
+  const s = state.search;
+  const q = $('search').value.trim();
+  clearTimeout(s.timer);
+  s.timer = null;
+  if (q.length < SEARCH_MIN_CHARS) return endSearch({ keepInput: true });
+  if (q === s.q && (s.results.length || s.busy)) return;
+  s.timer = setTimeout(() => {
+    s.timer = null;
+    runSearch(q);
+  }, SEARCH_DEBOUNCE_MS);
+}
+
+/** Back to the chat list: the results dropped, a search on its way ignored. */
+function endSearch({ keepInput = false } = {}) {
+  const s = state.search;
+  clearTimeout(s.timer);
+  Object.assign(s, { q: '', results: [], cursor: null, busy: false, error: null, run: s.run + 1, timer: null });
+  if (!keepInput) $('search').value = '';
+  renderSearch();
+}
+
+/** The first page of `q`, or with `cursor` the next one (appended). */
+async function runSearch(q, cursor = null) {
+  const s = state.search;
+  const run = ++s.run;
+  if (!cursor) Object.assign(s, { q, results: [], cursor: null });
+  s.busy = true;
+  s.error = null;
+  renderSearch();
+  try {
+    const page = await state.client.search(q, { limit: SEARCH_PAGE, ...(cursor ? { cursor } : {}) });
+    if (run !== s.run) return; // typed on meanwhile, or closed
+    const seen = new Set(s.results.map((r) => r.message.id));
+    s.results = [...s.results, ...page.results.filter((r) => !seen.has(r.message.id))];
+    s.cursor = page.next_cursor || null;
+  } catch (e) {
+    if (run !== s.run) return;
+    s.error = e;
+  }
+  s.busy = false;
+  renderSearch();
+}
+
+function searchMore() {
+  const s = state.search;
+  if (s.q && s.cursor && !s.busy) runSearch(s.q, s.cursor);
+}
+
+/** "14:05" today, else "3 Mar" (with the year when not this one). */
+function shortDate(iso) {
+  const d = dateOf(iso);
+  const today = new Date();
+  if (dayKey(d.toISOString()) === dayKey(today.toISOString())) return timeOf(iso);
+  return d.toLocaleDateString([], {
+    day: 'numeric', month: 'short',
+    year: d.getFullYear() === today.getFullYear() ? undefined : 'numeric',
+  });
+}
+
+function renderSearch() {
+  const s = state.search;
+  const active = !!s.q;
+  $('chat-list-wrap').classList.toggle('searching', active);
+  $('search-results').hidden = !active;
+  $('search-results').setAttribute('aria-busy', String(s.busy));
+  if (!active) {
+    $('search-list').replaceChildren();
+    return;
+  }
+  $('search-list').replaceChildren(...s.results.map((r) => {
+    const chat = state.chats.get(r.conversation_id);
+    const title = chat ? chatTitle(chat) : 'A chat not in your list';
+    const m = r.message;
+    const text = r.snippet || snippet(m.content, 120);
+    return el('li', {},
+      el('button', {
+        type: 'button',
+        className: 'search-result',
+        'data-testid': 'search-result',
+        'data-chat-id': r.conversation_id,
+        'data-message-id': m.id,
+        title: `${title}\n${senderLabel(m)}: ${text}\n${dateTimeOf(m.created_at)}`,
+        onclick: () => openResult(r),
+      },
+      el('span', { className: 'search-result-head' },
+        el('span', { className: 'search-result-title', 'data-testid': 'search-result-title', text: title }),
+        el('time', { className: 'search-result-date', 'data-testid': 'search-result-date', dateTime: m.created_at, text: shortDate(m.created_at) })),
+      el('span', { className: 'search-result-sender', 'data-testid': 'search-result-sender', text: senderLabel(m) }),
+      el('span', { className: 'search-result-snippet', 'data-testid': 'search-result-snippet', text })));
+  }));
+  let note = '';
+  if (s.busy) note = s.results.length ? 'Loading more…' : 'Searching…';
+  else if (s.error?.code === 'NOT_FOUND') note = 'Search is not available on this server.';
+  else if (s.error) note = `Search failed: ${errorText(s.error)}`;
+  else if (!s.results.length) note = `No messages match “${s.q}”.`;
+  $('search-note').textContent = note;
+  $('search-note').hidden = !note;
+  $('search-note').dataset.kind = s.error ? 'error' : s.busy ? 'busy' : 'info';
+  $('search-more').hidden = !s.cursor || s.busy || !!s.error;
+}
+
+/** Opens a result's chat at its message, loading older history until it is there. */
+async function openResult(r) {
+  const chat = state.chats.get(r.conversation_id);
+  if (!chat) return toast('That chat is no longer in your list.');
+  const id = r.message.id;
+  const run = ++state.search.finding;
+  openChat(chat.id);
+  const here = () => chat.conv.getSnapshot().messages.some((m) => m.id === id);
+  const current = () => run === state.search.finding && state.openId === chat.id;
+  try {
+    await joinedSnapshot(chat);
+    for (let page = 0; !here() && page < FIND_PAGES; page++) {
+      if (!current() || !chat.conv.getSnapshot().hasOlder) break;
+      await chat.conv.loadOlder();
+    }
+  } catch (e) {
+    if (current()) toast(`Could not load earlier messages: ${errorText(e)}`);
+    return;
+  }
+  if (!current()) return;
+  chat.snap = chat.conv.getSnapshot();
+  renderChat();
+  if (!here()) return toast(r.message.deleted ? 'That message was deleted.' : 'That is an earlier message, too far back to show here.');
+  scrollToMessage(id, { behavior: 'auto' });
+  state.pinned = isNearBottom();
+}
+
+/** Resolves once the chat is joined (its first history page asked), or after FIND_JOIN_MS. */
+function joinedSnapshot(chat) {
+  if (chat.conv.getSnapshot().joined) return Promise.resolve();
+  return new Promise((resolve) => {
+    let off = null;
+    const done = () => {
+      clearTimeout(timer);
+      off?.();
+      resolve();
+    };
+    const timer = setTimeout(done, FIND_JOIN_MS);
+    off = chat.conv.subscribe(() => chat.conv.getSnapshot().joined && done());
+  });
 }
 
 // ------------------------------------------------------------------ rename
@@ -1199,6 +1358,7 @@ function scheduleRender(chat) {
 function renderAll() {
   renderChatList();
   renderChat();
+  if (state.search.q) renderSearch(); // names arrived
 }
 
 function avatarFor(id) {
@@ -1918,6 +2078,13 @@ function wire() {
   $('back').addEventListener('click', () => openChat(null));
   $('load-earlier').addEventListener('click', loadEarlier);
   $('jump').addEventListener('click', jumpToLatest);
+  $('search').addEventListener('input', onSearchInput);
+  $('search').addEventListener('keydown', (e) => {
+    if (e.key !== 'Escape') return;
+    e.preventDefault();
+    endSearch();
+  });
+  $('search-more').addEventListener('click', searchMore);
   // A list at its bottom stays there when the window or the list's contents
   // resize (a phone turned, the keyboard shown, a code block laid out): a
   // scroll that comes with a new size is the layout's, not the user's.

@@ -25,6 +25,9 @@
 // (390x844) with a non-ASCII name, invites by name, the character counter,
 // "jump to latest", dates, dark mode, and the outbox across a cut (a tab
 // whose sockets the test holds through `routeWebSocket`, taken offline).
+// Then search: Bob, in another chat, types "reuni" in the sidebar's search
+// box; Alice's earlier "Réunion..." is the result (chat, sender, snippet as
+// text, date), and a click opens the team chat with it in view, highlighted.
 // Alice's second tab is signed in by her first (the sign-in is shared),
 // and signed out with it at the end.
 //
@@ -358,6 +361,10 @@ async function overWebSocket(browser) {
   await say(a1, 'Hello from Alice, tab one', all);
   await say(b, 'Hi Alice, Bob here', all);
   await say(a2, 'And hello from Alice, tab two', all);
+  // An accented word, found later by Bob's search typed without its accent.
+  const searched = 'Réunion au café vendredi, apportez les brioches';
+  await say(a1, searched, all);
+  const searchedId = await messageId(a1, searched);
   log('messages reach every tab');
 
   // Typing indicators: Bob types, both Alice tabs see it; Alice types in tab
@@ -610,6 +617,10 @@ async function overWebSocket(browser) {
   await newUser(browser, a1, b);
   if (pageErrors.length) throw new Error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
 
+  // Bob, in another chat, searches what Alice wrote much earlier in the team chat.
+  await searchFinds(b, team, searchedId);
+  if (pageErrors.length) throw new Error(`errors in the page:\n  ${pageErrors.join('\n  ')}`);
+
   for (const p of all) await openChat(p, team);
   await screenshots();
   // The narrow layout, for a look.
@@ -630,6 +641,45 @@ async function overWebSocket(browser) {
       !document.getElementById('signin').hidden && document.getElementById('app').hidden && document.title === 'confab');
   }
   log('signing out in alice-tab1 signed out alice-tab2 too');
+}
+
+/** Message search in the sidebar: `page` (in another chat) types "reuni",
+ *  a prefix of "Réunion" without its accent; the result names the chat and
+ *  Alice and shows the snippet as text; a click opens the chat with the
+ *  message in view and highlighted. Escape brings the chat list back. */
+async function searchFinds(page, chatId, messageId) {
+  const other = await page.evaluate(() =>
+    document.querySelector('[data-testid=chat-item][aria-current=true]')?.dataset.chatId);
+  if (other === chatId) throw new Error(`${page.label}: expected to be in another chat than ${chatId} before searching`);
+  await (await front(page)).getByTestId('search-input').pressSequentially('reuni', { delay: 20 });
+  const result = `[data-testid=search-result][data-message-id="${messageId}"]`;
+  await until(page, 'the search result for "reuni", the chat list hidden', ([sel, cid]) => {
+    const r = document.querySelector(sel);
+    return r && r.dataset.chatId === cid &&
+      r.querySelector('[data-testid=search-result-title]').textContent === 'Team log' &&
+      r.querySelector('[data-testid=search-result-sender]').textContent === 'Alice' &&
+      r.querySelector('[data-testid=search-result-snippet]').textContent.includes('Réunion') &&
+      r.querySelector('[data-testid=search-result-date]').textContent.length > 0 &&
+      !document.querySelector('[data-testid=search-result-snippet] *') && // text, never markup
+      document.querySelector('[data-testid=chat-list]').offsetParent === null;
+  }, [result, chatId]);
+  await page.screenshot({ path: join(SHOTS, 'search-results.png') });
+  await page.locator(result).click();
+  await until(page, 'the chat open at the message, in view and highlighted', ([cid, id]) => {
+    const m = window.e2eMsg(id);
+    if (document.querySelector(`[data-testid=chat-item][data-chat-id="${cid}"]`)?.getAttribute('aria-current') !== 'true') return false;
+    if (!m?.classList.contains('flash')) return false;
+    const box = m.getBoundingClientRect();
+    const view = document.getElementById('scroller').getBoundingClientRect();
+    return box.top >= view.top - 1 && box.bottom <= view.bottom + 1 && box.height > 0;
+  }, [chatId, messageId]);
+  await page.screenshot({ path: join(SHOTS, 'search-opened.png') });
+  await page.getByTestId('search-input').press('Escape');
+  await until(page, 'the chat list back after Escape', () =>
+    document.querySelector('[data-testid=search-input]').value === '' &&
+    document.querySelector('[data-testid=search-results]').hidden &&
+    document.querySelector('[data-testid=chat-list]').offsetParent !== null);
+  log('Bob found "Réunion" by "reuni" in the sidebar; the result opened the chat at the message, highlighted');
 }
 
 /** The page as a new user meets it. Zoë Q (a non-ASCII name) on a phone

@@ -126,6 +126,20 @@ class ConfabClient {
         this.learn(info);
         return info;
     }
+    async search(q, options = {}) {
+        const params = new URLSearchParams({ q });
+        if (options.conversationId !== undefined)
+            params.set('conversation_id', options.conversationId);
+        if (options.limit !== undefined)
+            params.set('limit', String(options.limit));
+        if (options.cursor !== undefined)
+            params.set('cursor', options.cursor);
+        const data = await this.rest('GET', `/api/v1/chat/search?${params}`);
+        const page = { results: Array.isArray(data?.results) ? data.results : [] };
+        if (typeof data?.next_cursor === 'string' && data.next_cursor)
+            page.next_cursor = data.next_cursor;
+        return page;
+    }
     async rest(method, path, body) {
         return (await this.restRaw(method, path, body)).data;
     }

@@ -15,7 +15,7 @@ import { indexedDbOutbox, memoryOutbox, Outbox, type OutboxStore, type PendingMe
 import { restCall, type RestResponse } from './rest.js';
 import { decodeToken } from './token.js';
 import type { TransportKind, WebSocketConstructor } from './transport.js';
-import type { ConversationInfo, ConversationUpdateReason, Message, ServerFrame } from './types.js';
+import type { ConversationInfo, ConversationUpdateReason, Message, SearchPage, ServerFrame } from './types.js';
 
 /** How to reach confab, and how the connection behaves. */
 export interface ConnectOptions {
@@ -73,6 +73,16 @@ export interface CreateConversationBody {
   assistant_id?: string;
 }
 
+/** What {@link Client.search} looks in, and which page. */
+export interface SearchOptions {
+  /** Only this conversation (one of the caller's). Default: every conversation the caller is in now. */
+  conversationId?: string;
+  /** Results per page (the server's default 20). */
+  limit?: number;
+  /** A previous page's `next_cursor`: the page after it. */
+  cursor?: string;
+}
+
 /** A connection to confab and everything followed over it. */
 export interface Client {
   /** The connection status: always the current value (a new object on each change). */
@@ -91,6 +101,24 @@ export interface Client {
   listConversations(): Promise<ConversationInfo[]>;
   /** Creates a conversation (the caller is its owner). */
   createConversation(body: CreateConversationBody): Promise<ConversationInfo>;
+  /**
+   * Searches the caller's messages: `GET /api/v1/chat/search`. Finds messages
+   * containing every word of `q`, each word matched as a prefix, ignoring
+   * case and accents (`"cafe"` finds "Café"), best match first; only in the
+   * conversations the caller is in now, never deleted messages, edited ones
+   * by their new text. Rejects with a ConfabError (`INVALID_FRAME` for an
+   * empty `q`).
+   *
+   * ```ts
+   * let page = await client.search('meet tomo');
+   * while (page.next_cursor) page = await client.search('meet tomo', { cursor: page.next_cursor });
+   * ```
+   *
+   * @param q The words, as typed (at least one).
+   * @param options A conversation to look in, the page size, the next page's cursor.
+   * @returns One page of results; `next_cursor` when more follow.
+   */
+  search(q: string, options?: SearchOptions): Promise<SearchPage>;
   /** Any REST call with the current token; throws ConfabError (code, status, retryAfterMs). Path relative to url, e.g. `'/api/v1/chat/chats'`. */
   rest<T = unknown>(method: string, path: string, body?: unknown): Promise<T>;
   /** A raw request/reply frame over the connection (waits until online); resolves with the reply's data, rejects with ConfabError. */
@@ -226,6 +254,17 @@ class ConfabClient implements Client {
     const info = await this.rest<ConversationInfo>('POST', '/api/v1/chat/chats', body);
     this.learn(info);
     return info;
+  }
+
+  async search(q: string, options: SearchOptions = {}): Promise<SearchPage> {
+    const params = new URLSearchParams({ q });
+    if (options.conversationId !== undefined) params.set('conversation_id', options.conversationId);
+    if (options.limit !== undefined) params.set('limit', String(options.limit));
+    if (options.cursor !== undefined) params.set('cursor', options.cursor);
+    const data = await this.rest<Partial<SearchPage> | undefined>('GET', `/api/v1/chat/search?${params}`);
+    const page: SearchPage = { results: Array.isArray(data?.results) ? data.results : [] };
+    if (typeof data?.next_cursor === 'string' && data.next_cursor) page.next_cursor = data.next_cursor;
+    return page;
   }
 
   async rest<T = unknown>(method: string, path: string, body?: unknown): Promise<T> {

@@ -15,7 +15,7 @@
  */
 
 export { connect } from './client.js';
-export type { Client, ClientEvents, ConnectOptions, CreateConversationBody } from './client.js';
+export type { Client, ClientEvents, ConnectOptions, CreateConversationBody, SearchOptions } from './client.js';
 export type { ConnectionState, ConnectionStatus } from './connection.js';
 export type {
   AskOptions,
@@ -58,6 +58,8 @@ export type {
   PresenceData,
   Reaction,
   ReadReceiptData,
+  SearchPage,
+  SearchResult,
   ServerFrame,
   StreamCompleteData,
   StreamContentData,

@@ -42,6 +42,23 @@ export interface Message {
   deleted: boolean;
 }
 
+/** One message found by {@link Client.search}. */
+export interface SearchResult {
+  /** The conversation holding the message (one of the caller's, now). */
+  conversation_id: string;
+  /** The message in its current state (never a deleted one). */
+  message: Message;
+  /** Plain text of the message's content around the match: render it as text, never as HTML. */
+  snippet: string;
+}
+
+/** A page of {@link Client.search} results, best match first. */
+export interface SearchPage {
+  results: SearchResult[];
+  /** Present when more results follow: pass it as `cursor` for the next page. */
+  next_cursor?: string;
+}
+
 /** The kind of change a `message_updated` entry made. */
 export type ChangeKind = 'edited' | 'deleted' | 'reaction_added' | 'reaction_removed';
 
