@@ -1163,6 +1163,46 @@ async fn the_search_migration_indexes_existing_messages(backend: &str) {
     assert_eq!(search(store, &ann, &query).await.unwrap().hits.len(), 2);
 }
 
+/// SQLite's `VACUUM` renumbers the rowids of a table without an integer
+/// primary key; the search index must still name the right messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_search_survives_a_vacuum() {
+    let Some((stores, _dir)) = stores("sqlite", 1).await else {
+        return;
+    };
+    let store = &stores[0];
+    let ann = user("ann");
+    let conv = store.create_chat(&ann, None, &[], None).await.unwrap().id;
+    for text in ["alpha one", "bravo two", "charlie three", "delta four"] {
+        store
+            .append(msg(conv, "ann", text, None))
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    // Rows gone for good (as a chat's removal would take them) leave gaps
+    // that a VACUUM closes by renumbering the later rows.
+    let db = store.connection();
+    db.execute_unprepared("DELETE FROM chat_messages WHERE content IN ('alpha one', 'bravo two')")
+        .await
+        .unwrap();
+    db.execute_unprepared("VACUUM").await.unwrap();
+    assert_eq!(
+        found(store, "ann", "charl", None).await,
+        vec!["charlie three"]
+    );
+    assert_eq!(found(store, "ann", "delt", None).await, vec!["delta four"]);
+    assert!(found(store, "ann", "alph", None).await.is_empty());
+    // New messages after the VACUUM get keys of their own.
+    store
+        .append(msg(conv, "ann", "echo five", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found(store, "ann", "echo", None).await, vec!["echo five"]);
+    assert_eq!(found(store, "ann", "delta", None).await, vec!["delta four"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_search_finds_current_text_where_the_caller_is() {
     search_finds_current_text_where_the_caller_is("sqlite").await;

@@ -4,9 +4,13 @@
 //! It is indexed on each database by its own full-text index:
 //!
 //! - SQLite: `message_search`, an FTS5 table over `search_text` with
-//!   `chat_messages` as its external content (keyed by the row's rowid),
-//!   kept current by triggers on insert, update of `search_text` and
-//!   delete, so the index changes in the writer's own transaction.
+//!   `chat_messages` as its external content, kept current by triggers on
+//!   insert, update of `search_text` and delete, so the index changes in
+//!   the writer's own transaction. It is keyed by `search_key`, an integer
+//!   the insert trigger gives each message (the highest so far plus one),
+//!   not by the rowid: a `VACUUM` may renumber the rowids of a table
+//!   without an integer primary key, and the index would then point at
+//!   other messages.
 //! - Postgres: `search_vector`, a stored generated column
 //!   `to_tsvector('simple', search_text)` with a GIN index.
 //!
@@ -49,9 +53,18 @@ impl MigrationTrait for Migration {
                 .await?;
             }
             _ => {
+                db.execute_unprepared("ALTER TABLE chat_messages ADD COLUMN search_key INTEGER")
+                    .await?;
+                db.execute_unprepared("UPDATE chat_messages SET search_key = rowid")
+                    .await?;
+                db.execute_unprepared(
+                    "CREATE UNIQUE INDEX ux_chat_messages_search_key \
+                     ON chat_messages (search_key)",
+                )
+                .await?;
                 db.execute_unprepared(
                     "CREATE VIRTUAL TABLE message_search USING fts5(search_text, \
-                     content='chat_messages', content_rowid='rowid', \
+                     content='chat_messages', content_rowid='search_key', \
                      tokenize='unicode61 remove_diacritics 2')",
                 )
                 .await?;
@@ -62,8 +75,12 @@ impl MigrationTrait for Migration {
                 db.execute_unprepared(
                     "CREATE TRIGGER chat_messages_search_insert AFTER INSERT ON chat_messages \
                      BEGIN \
+                       UPDATE chat_messages SET search_key = \
+                         (SELECT coalesce(max(search_key), 0) + 1 FROM chat_messages) \
+                         WHERE rowid = new.rowid; \
                        INSERT INTO message_search(rowid, search_text) \
-                       VALUES (new.rowid, new.search_text); \
+                         SELECT search_key, search_text FROM chat_messages \
+                         WHERE rowid = new.rowid; \
                      END",
                 )
                 .await?;
@@ -71,7 +88,7 @@ impl MigrationTrait for Migration {
                     "CREATE TRIGGER chat_messages_search_delete AFTER DELETE ON chat_messages \
                      BEGIN \
                        INSERT INTO message_search(message_search, rowid, search_text) \
-                       VALUES ('delete', old.rowid, old.search_text); \
+                       VALUES ('delete', old.search_key, old.search_text); \
                      END",
                 )
                 .await?;
@@ -80,9 +97,9 @@ impl MigrationTrait for Migration {
                      AFTER UPDATE OF search_text ON chat_messages \
                      BEGIN \
                        INSERT INTO message_search(message_search, rowid, search_text) \
-                       VALUES ('delete', old.rowid, old.search_text); \
+                       VALUES ('delete', old.search_key, old.search_text); \
                        INSERT INTO message_search(rowid, search_text) \
-                       VALUES (new.rowid, new.search_text); \
+                       VALUES (new.search_key, new.search_text); \
                      END",
                 )
                 .await?;
@@ -108,6 +125,10 @@ impl MigrationTrait for Migration {
                     .await?;
                 }
                 db.execute_unprepared("DROP TABLE IF EXISTS message_search")
+                    .await?;
+                db.execute_unprepared("DROP INDEX IF EXISTS ux_chat_messages_search_key")
+                    .await?;
+                db.execute_unprepared("ALTER TABLE chat_messages DROP COLUMN search_key")
                     .await?;
             }
         }

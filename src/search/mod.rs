@@ -176,7 +176,7 @@ pub async fn search(store: &Store, user: &UserId, query: &Query) -> Result<Found
             let conv = conv_filter(&mut values, 3);
             format!(
                 "SELECT {MESSAGE_COLUMNS} FROM message_search \
-                 JOIN chat_messages m ON m.rowid = message_search.rowid \
+                 JOIN chat_messages m ON m.search_key = message_search.rowid \
                  JOIN chat_participants p ON p.chat_id = m.chat_id AND p.user_id = ? \
                  WHERE message_search MATCH ? AND m.deleted = 0{conv} \
                  ORDER BY bm25(message_search), m.created_at DESC, m.seq DESC, m.id \
