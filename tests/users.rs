@@ -111,6 +111,9 @@ async fn reconnecting_within_the_hour_writes_nothing() {
     let first = node.connect_with(&token, "ann").await;
     let seen = entry_when(&node, "ann", |u| !u.is_null()).await;
     drop(first);
+    // Not a wait for anything: the marker below orders the writes. The
+    // pause only makes a rewrite visible, as a later `last_seen_at`
+    // (stored to the millisecond).
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _again = node.connect_with(&token, "ann").await;
     let _tab = node.connect_with(&token, "ann").await;
